@@ -1,0 +1,63 @@
+"""pyserve: the standard library's socketserver, reimplemented and finished.
+
+``import pyserve as socketserver`` changes nothing for correct code: every name,
+attribute, hook, default and call order of the stdlib module is here. What the
+stdlib leaves broken is fixed (instant shutdown, no deadlocks, accept-error
+back-off, O(1) thread tracking, reaped children, a real listen backlog, no silent
+datagram truncation, tidy Unix socket files, logging instead of printing).
+
+Where to look: :mod:`pyserve.base` (the loop), :mod:`pyserve.sockets` (TCP, UDP,
+Unix), :mod:`pyserve.concurrency` (threads, processes), :mod:`pyserve.request`
+(handlers), :mod:`pyserve.servers` (ready combinations), :mod:`pyserve.testing`
+(helpers for your tests).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pyserve.base import BaseServer
+from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
+from pyserve.errors import PyserveError, ProtocolError, RequestDropped
+from pyserve.request import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from pyserve.servers import ThreadingTCPServer, ThreadingUDPServer
+from pyserve.sockets import SocketServer, TCPServer, UDPServer
+
+__version__ = "0.1.0"
+
+# The stdlib's names first (in the stdlib's order), then pyserve's extras.
+__all__ = [
+    "BaseServer",
+    "TCPServer",
+    "UDPServer",
+    "ThreadingUDPServer",
+    "ThreadingTCPServer",
+    "BaseRequestHandler",
+    "StreamRequestHandler",
+    "DatagramRequestHandler",
+    "ThreadingMixIn",
+]
+
+if hasattr(os, "fork"):
+    from pyserve.servers import ForkingTCPServer, ForkingUDPServer
+
+    __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"]
+
+if hasattr(socket, "AF_UNIX"):
+    from pyserve.servers import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from pyserve.sockets import UnixDatagramServer, UnixStreamServer
+
+    __all__ += [
+        "UnixStreamServer",
+        "UnixDatagramServer",
+        "ThreadingUnixStreamServer",
+        "ThreadingUnixDatagramServer",
+    ]
+    if hasattr(os, "fork"):
+        from pyserve.servers import ForkingUnixDatagramServer, ForkingUnixStreamServer
+
+        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
+
+# pyserve's own public names.
+__all__ += ["SocketServer", "PyserveError", "ProtocolError", "RequestDropped"]
