@@ -19,7 +19,7 @@ import socket
 
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
-from pyserve.errors import PyserveError, ProtocolError, RequestDropped
+from pyserve.errors import ProtocolError, PyserveError, RequestDropped
 from pyserve.request import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from pyserve.servers import ThreadingTCPServer, ThreadingUDPServer
 from pyserve.sockets import SocketServer, TCPServer, UDPServer

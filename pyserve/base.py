@@ -5,15 +5,15 @@ Theory of operation
 A server is a loop around one question: *is a request waiting?* ``serve_forever()``
 asks it of a selector that watches three kinds of file descriptor:
 
-* the **listener** (``self``, through :meth:`fileno`): readable means ``accept()`` or
-  ``recvfrom()`` will not block, so the loop calls :meth:`_handle_request_noblock`;
-* a **wake-up socket pair** made for each ``serve_forever()`` call: :meth:`shutdown`
+* the **listener** (``self``, through ``fileno()``): readable means ``accept()`` or
+  ``recvfrom()`` will not block, so the loop calls ``_handle_request_noblock()``;
+* a **wake-up socket pair** made for each ``serve_forever()`` call: ``shutdown()``
   writes one byte into it, so the loop leaves ``select()`` at once instead of waiting
   out ``poll_interval`` (the stdlib polls a flag every 0.5 s);
 * **extra watches** registered by concurrency strategies (a forked child's pidfd, so
   the parent reaps it the moment it exits).
 
-``poll_interval`` still bounds each wait, so :meth:`service_actions` keeps its
+``poll_interval`` still bounds each wait, so ``service_actions()`` keeps its
 stdlib rhythm, but nothing waits on it any more.
 
 One request takes this path (each name is a hook a subclass may override)::
@@ -29,11 +29,11 @@ One request takes this path (each name is a hook a subclass may override)::
 Accept errors are sorted, not swallowed (see :mod:`pyserve.errors`): transient ones
 are retried, resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged once per
 episode and answered by *not watching the listener* for a doubling delay while work
-already accepted goes on, and anything else goes to :meth:`handle_error`.
+already accepted goes on, and anything else goes to ``handle_error()``.
 
 Strategies that must stop accepting for a while (accept back-off, a full fork table,
-a full worker pool) *hold* the listener with :meth:`_hold_accept` and release it
-with :meth:`_release_accept`; the loop watches the listener only while nobody holds
+a full worker pool) *hold* the listener with ``_hold_accept()`` and release it
+with ``_release_accept()``; the loop watches the listener only while nobody holds
 it, so the kernel's backlog absorbs the burst. These calls are safe from any thread.
 
 Mix-in state
@@ -42,7 +42,7 @@ The stdlib's mix-ins create their state lazily (``vars(self).setdefault``) becau
 real code often calls ``TCPServer.__init__(self, ...)`` directly from a
 ``ThreadingMixIn`` subclass, skipping the mix-in's ``__init__``. pyserve keeps that
 code working *and* declares its state up front: ``BaseServer.__init__`` calls the
-cooperative hook :meth:`_init_dispatch_state`, which every strategy extends, so the
+cooperative hook ``_init_dispatch_state()``, which every strategy extends, so the
 state exists however ``__init__`` was reached.
 """
 
@@ -206,7 +206,7 @@ class BaseServer:
                     if self._selector_dirty:
                         self._sync_selector(selector)
                     ready = selector.select(self._turn_timeout(poll_interval))
-                    if self._stop_requested:
+                    if self._stop_requested_now():
                         break
                     for key, _events in ready:
                         if key.data is _LISTENER:
@@ -225,6 +225,10 @@ class BaseServer:
                 wake_sender.close()
                 wake_receiver.close()
                 self._loop_exited.set()
+
+    def _stop_requested_now(self) -> bool:
+        # A method, not the attribute: another thread may have set it during select().
+        return self._stop_requested
 
     def shutdown(self) -> None:
         """Stop the :meth:`serve_forever` loop.

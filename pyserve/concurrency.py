@@ -25,6 +25,7 @@ Each strategy declares its state in ``_init_dispatch_state()`` (see
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -199,10 +200,8 @@ class ForkingMixIn(_Base):
 
     def _wait_for_a_child(self) -> None:
         oldest = next(iter(self.active_children))
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(oldest, 0)
-        except ChildProcessError:
-            pass
         self._forget_child(oldest)
 
     def _track_child(self, pid: int) -> None:

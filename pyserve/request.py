@@ -51,10 +51,11 @@ if TYPE_CHECKING:
 
     from pyserve.base import BaseServer
 
-ServerT = TypeVar("ServerT", bound="BaseServer", covariant=True)
+#: The server type a handler is generic over (``self.server``'s type).
+ServerT_co = TypeVar("ServerT_co", bound="BaseServer", covariant=True)
 
 
-class BaseRequestHandler(Generic[ServerT]):
+class BaseRequestHandler(Generic[ServerT_co]):
     """Handle one request: ``setup()``, ``handle()``, then always ``finish()``.
 
     For derived classes: ``setup()``, ``handle()`` and ``finish()`` (each does
@@ -63,7 +64,7 @@ class BaseRequestHandler(Generic[ServerT]):
 
     request: Any
 
-    def __init__(self, request: Any, client_address: Any, server: ServerT) -> None:
+    def __init__(self, request: Any, client_address: Any, server: ServerT_co) -> None:
         self.request = request
         self.client_address = client_address
         self.server = server
@@ -91,7 +92,7 @@ class _SocketReader(io.RawIOBase):
         self._sock = sock
         # An instance attribute shadows RawIOBase.readinto, so BufferedReader calls
         # the C method directly: no Python frame per refill.
-        self.readinto = sock.recv_into  # type: ignore[method-assign,assignment]
+        self.readinto = sock.recv_into  # type: ignore[method-assign]
 
     def readable(self) -> bool:
         return True
@@ -116,7 +117,7 @@ class _SocketWriter(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: Buffer) -> int:  # type: ignore[override]
+    def write(self, data: Buffer) -> int:
         self._sendall(data)
         if type(data) is bytes:  # the common case needs no memoryview
             return len(data)
@@ -127,7 +128,7 @@ class _SocketWriter(io.BufferedIOBase):
         return self._sock.fileno()
 
 
-class StreamRequestHandler(BaseRequestHandler[ServerT]):
+class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
     """A handler for stream requests, with ``rfile`` and ``wfile`` file objects.
 
     Class attributes that may be overridden:
@@ -175,7 +176,7 @@ class StreamRequestHandler(BaseRequestHandler[ServerT]):
         self.rfile.close()
 
 
-class DatagramRequestHandler(BaseRequestHandler[ServerT]):
+class DatagramRequestHandler(BaseRequestHandler[ServerT_co]):
     """A handler for one datagram: read it from ``rfile``, write the reply to ``wfile``.
 
     The reply is sent to the client when the handler finishes, unless nothing was

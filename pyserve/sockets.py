@@ -69,11 +69,15 @@ class SocketServer(BaseServer):
     ``request_queue_size``, ``allow_reuse_address``, ``allow_reuse_port``.
     """
 
+    #: The socket's address family (``AF_INET``, ``AF_INET6``, ``AF_UNIX``).
     address_family: int = socket.AF_INET
+    #: The socket's type (``SOCK_STREAM`` or ``SOCK_DGRAM``).
     socket_type: int = socket.SOCK_STREAM
     #: Listen backlog: as much as the kernel allows (it caps the value itself).
     request_queue_size: int = socket.SOMAXCONN
+    #: Set SO_REUSEADDR before binding.
     allow_reuse_address: bool = False
+    #: Set SO_REUSEPORT before binding (several sockets then share the port).
     allow_reuse_port: bool = False
 
     def __init__(
@@ -125,7 +129,7 @@ class TCPServer(SocketServer):
     allow_reuse_address = os.name != "nt"
 
     def server_activate(self) -> None:
-        """Listen with a backlog of :attr:`request_queue_size`."""
+        """Listen with a backlog of :attr:`~SocketServer.request_queue_size`."""
         self.socket.listen(self.request_queue_size)
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -154,6 +158,7 @@ class UDPServer(SocketServer):
     address_family = socket.AF_INET
     socket_type = socket.SOCK_DGRAM
     allow_reuse_address = False
+    #: The longest datagram delivered to a handler; longer ones are dropped.
     max_packet_size: int = 8192
 
     #: Minimum seconds between two log lines about over-long datagrams: a peer can
