@@ -223,8 +223,12 @@ def run_stream_handler(
         handler_class, server=server, client_address=client_address, timeout=timeout
     )
     with harness as client:
-        client.sendall(data)
-        client.shutdown(socket.SHUT_WR)
+        try:
+            if data:
+                client.sendall(data)
+            client.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the handler finished (and closed) before reading it all
         return read_until_eof(client)
 
 
