@@ -8,7 +8,7 @@ This module gives two, each in three pieces that cooperate:
 * a **sans-IO decoder** (:class:`LengthPrefixDecoder`, :class:`NetstringDecoder`):
   ``feed(data)`` any bytes, then call ``next_message()`` until it returns
   :data:`NEED_DATA`; it returns one complete payload at a time, or raises
-  :class:`pyserve.ProtocolError` (bad header, frame over the size limit). It never
+  ``pyserve.ProtocolError`` (bad header, frame over the size limit). It never
   holds more than one maximum-size message plus one read, whatever the peer sends;
 * an **encoder** (``encode(payload)`` on the framing object);
 * a **framing object** (:class:`LengthPrefixed`, :class:`Netstrings`) that names the
@@ -338,7 +338,7 @@ class MessageHandler(StreamRequestHandler[Any]):
 
     Class attributes that may be overridden: ``framing`` (default: 4-byte
     length prefix, 1 MiB), ``read_size`` (bytes asked of the socket per read),
-    plus :class:`pyserve.StreamRequestHandler`'s (``timeout``...).
+    plus ``pyserve.StreamRequestHandler``'s (``timeout``...).
 
     May be overridden: ``make_decoder()`` and ``encode(payload)`` (to derive the
     framing from per-instance state), ``protocol_error(exc)`` (the logging).
@@ -427,7 +427,7 @@ def recv_message(sock: socket.socket, framing: Framing = DEFAULT_FRAMING) -> byt
     """Receive exactly one message, reading no byte beyond it.
 
     Raises :class:`EOFError` if the peer closed before the message began,
-    :class:`pyserve.ProtocolError` if it closed inside one or broke the framing,
+    ``pyserve.ProtocolError`` if it closed inside one or broke the framing,
     and the socket's own errors (``socket.timeout``) as they come.
     """
     decoder = framing.decoder()

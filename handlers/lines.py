@@ -5,7 +5,7 @@ The pieces, from the bottom up:
 * :class:`LineDecoder` is a sans-IO decoder in the sense of
   :mod:`handlers.framing`: ``feed(data)``, then ``next_message()`` returns one line
   (bytes, without its terminator) or :data:`~handlers.framing.NEED_DATA`, or raises
-  :class:`pyserve.ProtocolError`. A line longer than its maximum is refused *as
+  ``pyserve.ProtocolError``. A line longer than its maximum is refused *as
   soon as* the buffered bytes prove it too long, without waiting for its end, so
   a peer that never sends a newline costs at most one maximum line of memory.
 * :class:`Lines` is the framing object (decoder factory plus encoder), usable with

@@ -2,8 +2,8 @@
 
 Each service of RFCs 862-868 comes as a pair of handlers, one for TCP and one for
 UDP, because the RFCs define both: serve ``EchoStreamHandler`` on a
-:class:`pyserve.TCPServer` and ``EchoDatagramHandler`` on a
-:class:`pyserve.UDPServer`. They are small on purpose: each is the shortest correct
+``pyserve.TCPServer`` and ``EchoDatagramHandler`` on a
+``pyserve.UDPServer``. They are small on purpose: each is the shortest correct
 handler for its protocol, written against pyserve's public API.
 
 =========  ====  ===========================================================
