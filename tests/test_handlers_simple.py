@@ -14,7 +14,7 @@ import pytest
 
 from handlers import simple
 from pyserve import ThreadingTCPServer, ThreadingUDPServer
-from pyserve.testing import run_datagram_handler, run_stream_handler, serving
+from pyserve.testing import StreamHarness, run_datagram_handler, run_stream_handler, serving
 
 #: 2001-09-09 01:46:40 UTC: a fixed clock for the time services.
 BILLENNIUM = 1_000_000_000
@@ -70,6 +70,11 @@ def test_rfc868_time_counts_from_1900_big_endian() -> None:
     assert struct.unpack("!I", simple.rfc868_time(BILLENNIUM)) == (3_208_988_800,)
 
 
+def test_daytime_and_time_over_a_stream_send_then_close() -> None:
+    assert read_greeting(FixedDaytime) == b"Sunday, September 9, 2001 01:46:40-UTC\r\n"
+    assert read_greeting(FixedTime) == simple.rfc868_time(BILLENNIUM)
+
+
 def test_rfc868_time_wraps_in_2036() -> None:
     wrap = (1 << 32) - 2_208_988_800  # 2036-02-07 06:28:16 UTC
     assert simple.rfc868_time(wrap) == b"\x00\x00\x00\x00"
@@ -93,8 +98,23 @@ def test_discard_answers_nothing() -> None:
     assert run_datagram_handler(simple.DiscardDatagramHandler, b"x") == []
 
 
+def read_greeting(handler) -> bytes:
+    """What a speak-first handler sends before closing, the client sending nothing.
+
+    (``run_stream_handler`` sends its data first, even b"", and that send races
+    with a handler that has already closed: EPIPE.)
+    """
+    with StreamHarness(handler) as client:
+        chunks = []
+        while True:
+            chunk = client.recv(4096)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
 def test_qotd_sends_one_short_ascii_quotation() -> None:
-    reply = run_stream_handler(simple.QotdStreamHandler)
+    reply = read_greeting(simple.QotdStreamHandler)
     assert reply.endswith(b"\r\n")
     assert reply[:-2].decode("ascii") in simple.QUOTES
     assert len(reply) < 512
