@@ -298,3 +298,26 @@ def test_chargen_stops_on_a_reset() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
         assert ObservedChargen.ended.wait(10)
+
+
+@pytest.mark.skipif(shutil.which("nc") is None, reason="nc (netcat-openbsd) is not installed")
+def test_chargen_serves_netcat_and_stops_when_netcat_is_killed() -> None:
+    ObservedChargen.ended = threading.Event()
+    with tcp_server(ObservedChargen) as server:
+        host, port = server.server_address
+        nc = subprocess.Popen(
+            ["nc", "-d", host, str(port)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+        # The read's deadline: if nothing comes, netcat is killed and the read ends.
+        watchdog = threading.Timer(10, nc.kill)
+        watchdog.start()
+        try:
+            assert nc.stdout is not None
+            assert nc.stdout.read(74 * 20) == simple.chargen_lines(0, 20)
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+            nc.kill()  # our own child, by its handle
+            nc.wait(10)
+            nc.stdout.close()  # type: ignore[union-attr]
+        assert ObservedChargen.ended.wait(10)
