@@ -39,6 +39,7 @@ state exists however ``__init__`` was reached.
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import sys
 import time
@@ -96,12 +97,19 @@ class BaseServer(ServeLoop):
 
     #: Seconds handle_request() waits for a request; None waits forever (stdlib).
     timeout: Optional[float] = None
+    #: Trace every hook call (True: to the "pyserve.explain" logger; or a text
+    #: stream). See pyserve.explain; PYSERVE_EXPLAIN=1 turns it on everywhere.
+    explain: Any = False
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         self.server_address: Any = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._init_loop_state()
         self._init_dispatch_state()
+        if self.explain or os.environ.get("PYSERVE_EXPLAIN", "0") not in ("", "0"):
+            from pyserve.explain import install  # only when asked: costs nothing off
+
+            install(self)
 
     def _init_dispatch_state(self) -> None:
         """Declare the state of the concurrency strategy. Extend; call super()."""
