@@ -39,13 +39,13 @@ state exists however ``__init__`` was reached.
 from __future__ import annotations
 
 import logging
-import os
 import selectors
 import sys
 import time
 from types import TracebackType
 from typing import Any, Callable, Optional
 
+from pyserve import explain
 from pyserve.errors import ACCEPT_CAPACITY, ACCEPT_FATAL, ACCEPT_TRANSIENT, PeerGone, RequestDropped
 from pyserve.loop import ServeLoop, _Selector
 
@@ -106,10 +106,8 @@ class BaseServer(ServeLoop):
         self.RequestHandlerClass = RequestHandlerClass
         self._init_loop_state()
         self._init_dispatch_state()
-        if self.explain or os.environ.get("PYSERVE_EXPLAIN", "0") not in ("", "0"):
-            from pyserve.explain import install  # only when asked: costs nothing off
-
-            install(self)
+        if explain.requested(self):  # the attribute, then the environment; free when off
+            explain.install(self)
 
     def _init_dispatch_state(self) -> None:
         """Declare the state of the concurrency strategy. Extend; call super()."""

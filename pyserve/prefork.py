@@ -50,9 +50,7 @@ the supervisor's single ``select()`` sees signals, readiness bytes and child exi
   than that counts as healthy again. A worker crashing in a loop costs at most one
   fork per ``restart_backoff_max`` seconds.
 
-Workers ignore ``SIGINT`` and ``SIGHUP`` (the terminal sends ``^C`` to the whole
-process group; the supervisor decides) and exit with ``os._exit`` so nothing of
-the parent (atexit handlers, buffered files) runs twice.
+The worker side (signals, readiness, drain) lives in :mod:`pyserve.prefork_worker`.
 """
 
 from __future__ import annotations
@@ -97,7 +95,6 @@ class _Worker:
         self.pid = pid
         self.slot = slot
         self.ready_fd: Optional[int] = ready_fd  # None once the byte (or EOF) came
-        self.ready = False
         self.role = role
         self.started_at = time.monotonic()
         self.deadline: Optional[float] = ready_by  # ready by, or killed by (draining)
@@ -390,7 +387,6 @@ class Prefork:
         worker.ready_fd = None
         if data != READY:
             return  # EOF: it died before it was ready; _reap() sees the exit
-        worker.ready = True
         if worker.role is not _Role.DRAINING:
             worker.deadline = None
         logger.info("worker %d ready (slot %d)", worker.pid, worker.slot)

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The supervisor forks with its signals blocked and calls :func:`serve_in_worker` in
 the child, which never returns to the caller's code (the supervisor ends the
-process with ``os._exit``). A :class:`WorkerProcess` then:
+process with ``os._exit``). A ``WorkerProcess`` then:
 
 1. installs its own signal handling: ``SIGTERM`` means *drain and exit*;
    ``SIGINT`` and ``SIGHUP`` are ignored (the supervisor decides); only then are
