@@ -120,6 +120,9 @@ def test_threading_server_explains_the_request_thread_separately() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# serving() runs the loop in a thread, and the relay is another: forking from a
+# threaded process is what ForkingTCPServer does; the child only runs the handler.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forking_server_explains_the_child_from_its_own_pid() -> None:
     lines = Lines()
     read_end, write_end = os.pipe()
