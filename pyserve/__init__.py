@@ -61,3 +61,8 @@ if hasattr(socket, "AF_UNIX"):
 
 # pyserve's own public names.
 __all__ += ["SocketServer", "PyserveError", "ProtocolError", "RequestDropped"]
+
+if hasattr(os, "fork"):
+    from pyserve.prefork import Prefork
+
+    __all__ += ["Prefork"]

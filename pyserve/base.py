@@ -45,6 +45,7 @@ import time
 from types import TracebackType
 from typing import Any, Callable, Optional
 
+from pyserve import explain
 from pyserve.errors import ACCEPT_CAPACITY, ACCEPT_FATAL, ACCEPT_TRANSIENT, PeerGone, RequestDropped
 from pyserve.loop import ServeLoop, _Selector
 
@@ -96,12 +97,17 @@ class BaseServer(ServeLoop):
 
     #: Seconds handle_request() waits for a request; None waits forever (stdlib).
     timeout: Optional[float] = None
+    #: Trace every hook call (True: to the "pyserve.explain" logger; or a text
+    #: stream). See pyserve.explain; PYSERVE_EXPLAIN=1 turns it on everywhere.
+    explain: Any = False
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         self.server_address: Any = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._init_loop_state()
         self._init_dispatch_state()
+        if explain.requested(self):  # the attribute, then the environment; free when off
+            explain.install(self)
 
     def _init_dispatch_state(self) -> None:
         """Declare the state of the concurrency strategy. Extend; call super()."""

@@ -1,0 +1,69 @@
+"""Run a Prefork supervisor for tests/test_prefork.py, in its own process.
+
+Prints ``PORT <n>`` once the listening sockets exist (connections queue from then
+on), relays the supervisor's log lines to stdout (the test waits on them), and
+exits with ``run()``'s status. Signal handlers in force after ``run()`` are
+compared with those before and reported as ``HANDLERS restored|changed``.
+
+Handler protocol, one line per request: ``pid`` -> this worker's pid; ``hold`` ->
+``holding``, then waits for any line and answers ``released``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from pyserve import StreamRequestHandler, ThreadingTCPServer
+from pyserve.prefork import Prefork
+
+
+class Handler(StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            command = line.strip()
+            if command == b"pid":
+                self.wfile.write(b"%d\n" % os.getpid())
+            elif command == b"hold":
+                self.wfile.write(b"holding\n")
+                self.rfile.readline()
+                self.wfile.write(b"released\n")
+
+
+def broken_factory(listener: Any) -> Any:
+    raise RuntimeError("this factory always fails")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--drain-timeout", type=float, default=10.0)
+    parser.add_argument("--broken", action="store_true")
+    parser.add_argument("--backoff-max", type=float, default=10.0)
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="LOG %(message)s")
+    watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    before = [signal.getsignal(s) for s in watched]
+    supervisor = Prefork(
+        ThreadingTCPServer,
+        ("127.0.0.1", 0),
+        Handler,
+        workers=args.workers,
+        drain_timeout=args.drain_timeout,
+        make_server=broken_factory if args.broken else None,
+        restart_backoff_initial=0.05,
+        restart_backoff_max=args.backoff_max,
+    )
+    print(f"PORT {supervisor.server_address[1]}", flush=True)
+    status = supervisor.run()
+    after = [signal.getsignal(s) for s in watched]
+    print("HANDLERS", "restored" if before == after else "changed", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

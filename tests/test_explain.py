@@ -1,0 +1,276 @@
+"""Explain mode: one line per hook, in the documented order, from the right
+thread and process; and nothing at all when it is off."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+
+import pyserve
+from pyserve import StreamRequestHandler, TCPServer, ThreadingTCPServer
+from pyserve.explain import install
+from pyserve.testing import serving
+
+DEADLINE = 10.0
+
+
+class Echo(StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+class Lines(io.TextIOBase):
+    """A text stream that collects whole lines and lets a test wait for them.
+
+    Its write end can also be a pipe (``fd``), so lines written by a forked child
+    arrive here through a reader thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+
+    def write(self, text: str) -> int:
+        with self._changed:
+            self._lines.extend(line for line in text.splitlines() if line)
+            self._changed.notify_all()
+        return len(text)
+
+    def wait_for(self, count: int, hook: str) -> list[str]:
+        """Wait until ``count`` lines name ``hook``; return every line so far."""
+        deadline = time.monotonic() + DEADLINE
+        with self._changed:
+            while sum(parse(line)[2] == hook for line in self._lines) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"{count} {hook} line(s) not seen in: {self._lines}")
+                self._changed.wait(remaining)
+            return list(self._lines)
+
+
+def parse(line: str) -> tuple[int, str, str, str]:
+    """(pid, thread, hook, provider) of one explain line."""
+    where, what = line.split(" | ", 1)
+    pid, thread = where.split(None, 1)
+    hook, provider = what.split()[:2]
+    return int(pid), thread.strip(), hook, provider.strip("[]")
+
+
+def one_echo(server: Any) -> None:
+    with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
+        client.sendall(b"hello\n")
+        assert client.recv(100) == b"hello\n"
+
+
+def hooks_of(lines: list[str], *, pid: Optional[int] = None, thread: Optional[str] = None
+             ) -> list[str]:
+    return [
+        parse(line)[2]
+        for line in lines
+        if (pid is None or parse(line)[0] == pid) and (thread is None or parse(line)[1] == thread)
+    ]
+
+
+def test_tcp_server_explains_one_request_in_the_documented_order() -> None:
+    lines = Lines()
+
+    class Server(TCPServer):
+        explain = lines
+
+    with serving(Server(("127.0.0.1", 0), Echo)) as server:
+        one_echo(server)
+        seen = lines.wait_for(1, "close_request")
+    assert [parse(line)[2] for line in seen] == [
+        "get_request", "verify_request", "process_request", "finish_request",
+        "setup", "handle", "finish", "shutdown_request", "close_request",
+    ]
+    assert {parse(line)[:2] for line in seen} == {parse(seen[0])[:2]}  # one thread
+    assert parse(seen[2])[3] == "BaseServer"  # process_request: synchronous
+
+
+def test_threading_server_explains_the_request_thread_separately() -> None:
+    lines = Lines()
+
+    class Server(ThreadingTCPServer):
+        explain = lines
+
+    with serving(Server(("127.0.0.1", 0), Echo)) as server:
+        one_echo(server)
+        seen = lines.wait_for(1, "close_request")
+    loop_thread = parse(seen[0])[1]
+    request_thread = parse(seen[-1])[1]
+    assert loop_thread != request_thread
+    assert hooks_of(seen, thread=loop_thread) == [
+        "get_request", "verify_request", "process_request",
+    ]
+    assert hooks_of(seen, thread=request_thread) == [
+        "process_request_thread", "finish_request", "setup", "handle", "finish",
+        "shutdown_request", "close_request",
+    ]
+    assert "[ThreadingMixIn] starts a thread for it" in seen[2]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# serving() runs the loop in a thread, and the relay is another: forking from a
+# threaded process is what ForkingTCPServer does; the child only runs the handler.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forking_server_explains_the_child_from_its_own_pid() -> None:
+    lines = Lines()
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")  # the child inherits it and writes here too
+
+    def relay() -> None:
+        with os.fdopen(read_end) as pipe:
+            for line in pipe:
+                lines.write(line)
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    relay_thread.start()
+
+    class Server(pyserve.ForkingTCPServer):
+        explain = stream
+
+    try:
+        with serving(Server(("127.0.0.1", 0), Echo)) as server:
+            one_echo(server)
+            seen = lines.wait_for(2, "close_request")  # the child's and the parent's
+    finally:
+        stream.close()  # EOF for the relay once the (reaped) child's copy is gone too
+        relay_thread.join(DEADLINE)
+    parent = os.getpid()
+    children = {parse(line)[0] for line in seen} - {parent}
+    assert len(children) == 1
+    (child,) = children
+    assert hooks_of(seen, pid=parent) == [
+        "get_request", "verify_request", "process_request", "close_request",
+    ]
+    assert hooks_of(seen, pid=child) == [
+        "finish_request", "setup", "handle", "finish", "shutdown_request", "close_request",
+    ]
+    assert "[ForkingMixIn] forks a child for it" in seen[2]
+
+
+def test_each_line_names_the_class_that_provides_the_hook() -> None:
+    lines = Lines()
+
+    class Careful(ThreadingTCPServer):
+        explain = lines
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            return True
+
+    with serving(Careful(("127.0.0.1", 0), Echo)) as server:
+        one_echo(server)
+        seen = lines.wait_for(1, "close_request")
+    providers = {parse(line)[2]: parse(line)[3] for line in seen}
+    assert providers["verify_request"] == "Careful"
+    assert providers["process_request"] == "ThreadingMixIn"
+    assert providers["shutdown_request"] == "TCPServer"
+    assert providers["setup"] == "StreamRequestHandler"
+    assert providers["handle"] == "Echo"
+
+
+def test_lines_are_indented_by_depth() -> None:
+    lines = Lines()
+
+    class Server(TCPServer):
+        explain = lines
+
+    with serving(Server(("127.0.0.1", 0), Echo)) as server:
+        one_echo(server)
+        seen = lines.wait_for(1, "close_request")
+    depth = {parse(line)[2]: len(line.split(" | ", 1)[1]) - len(line.split(" | ", 1)[1].lstrip())
+             for line in seen}
+    assert depth["process_request"] == 0
+    assert depth["finish_request"] == 2
+    assert depth["handle"] == 4
+    assert depth["close_request"] == 4  # inside shutdown_request
+
+
+def test_off_means_the_server_runs_its_classes_own_methods() -> None:
+    server = ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    try:
+        assert not any(hook in vars(server) for hook in ("get_request", "process_request"))
+        assert server.RequestHandlerClass is Echo
+    finally:
+        server.server_close()
+
+
+def test_explaining_one_server_changes_no_class() -> None:
+    classes = (ThreadingTCPServer, TCPServer, Echo, StreamRequestHandler)
+    before = [dict(vars(cls)) for cls in classes]
+    server = ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    try:
+        install(server, io.StringIO())
+        assert [dict(vars(cls)) for cls in classes] == before
+        assert issubclass(server.RequestHandlerClass, Echo)
+        assert server.RequestHandlerClass is not Echo
+        other = ThreadingTCPServer(("127.0.0.1", 0), Echo)
+        other.server_close()
+        assert "process_request" not in vars(other)
+    finally:
+        server.server_close()
+
+
+class LinesHandler(logging.Handler):
+    """Feeds the records of the "pyserve.explain" logger into a :class:`Lines`."""
+
+    def __init__(self, lines: Lines) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+        self.levels: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.levels.append(record.levelno)
+        self.lines.write(record.getMessage() + "\n")
+
+
+@pytest.fixture
+def explain_log() -> Iterator[LinesHandler]:
+    explain_logger = logging.getLogger("pyserve.explain")
+    handler = LinesHandler(Lines())
+    old_level = explain_logger.level
+    explain_logger.setLevel(logging.INFO)
+    explain_logger.addHandler(handler)
+    yield handler
+    explain_logger.removeHandler(handler)
+    explain_logger.setLevel(old_level)
+
+
+def test_environment_variable_turns_it_on_through_the_logger(
+    monkeypatch: pytest.MonkeyPatch, explain_log: LinesHandler
+) -> None:
+    monkeypatch.setenv("PYSERVE_EXPLAIN", "1")
+    with serving(TCPServer(("127.0.0.1", 0), Echo)) as server:
+        one_echo(server)
+        seen = explain_log.lines.wait_for(1, "close_request")
+    assert hooks_of(seen)[:3] == ["get_request", "verify_request", "process_request"]
+    assert set(explain_log.levels) == {logging.INFO}
+
+
+def test_environment_variable_zero_leaves_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYSERVE_EXPLAIN", "0")
+    server = TCPServer(("127.0.0.1", 0), Echo)
+    server.server_close()
+    assert "get_request" not in vars(server)
+
+
+def test_installing_twice_traces_each_hook_once() -> None:
+    lines = Lines()
+    server = TCPServer(("127.0.0.1", 0), Echo)
+    install(server, lines)
+    install(server, lines)
+    with serving(server):
+        one_echo(server)
+        seen = lines.wait_for(1, "close_request")
+    assert hooks_of(seen).count("get_request") == 1
+    assert hooks_of(seen).count("handle") == 1
