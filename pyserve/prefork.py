@@ -61,7 +61,7 @@ from typing import Any, Callable, Optional
 
 from pyserve.prefork_backoff import RestartSchedule
 from pyserve.prefork_sockets import Listeners, adopt_listener
-from pyserve.prefork_worker import READY, serve_in_worker
+from pyserve.prefork_worker import READY, become_worker
 
 __all__ = ["Prefork"]
 
@@ -313,8 +313,10 @@ class Prefork:
         try:
             pid = os.fork()
             if pid == 0:
-                os.close(ready_r)
-                self._become_worker(slot, ready_w, blocked)  # never returns
+                inherited = [self._wake_r, ready_r]
+                inherited += [w.ready_fd for w in self._live.values() if w.ready_fd is not None]
+                become_worker(self.make_server, self._listeners, slot, ready_w=ready_w,
+                              grace=self.drain_timeout, mask=blocked, inherited=inherited)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(ready_w)
@@ -398,25 +400,6 @@ class Prefork:
         # If a roll's new worker is already starting on this slot, it takes over.
         if not any(w.slot == worker.slot for w in self._live.values()):
             self._restarts.due_at(worker.slot, time.monotonic() + delay)
-
-    # -- the worker side ---------------------------------------------------------
-
-    def _become_worker(self, slot: int, ready_w: int, mask: Any) -> None:
-        """Run in the forked child: serve until SIGTERM, drain, ``os._exit``."""
-        status = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            os.close(self._wake_r)
-            for worker in self._live.values():
-                if worker.ready_fd is not None:
-                    os.close(worker.ready_fd)
-            listener = self._listeners.keep_only(slot)
-            status = serve_in_worker(self.make_server, listener, ready_w, self.drain_timeout,
-                                      mask)
-        except BaseException:
-            logger.exception("worker %d failed", os.getpid())
-        finally:
-            os._exit(status)
 
 
 def _describe_status(status: int) -> str:
