@@ -25,6 +25,7 @@ import pytest
 
 from pyserve import TCPServer, ThreadingTCPServer
 from pyserve.prefork import Prefork
+from pyserve.prefork_backoff import RestartSchedule
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
 
@@ -378,3 +379,16 @@ def test_unix_socket_file_outlives_a_roll_and_is_removed_at_stop(
     assert supervisor.wait() == 0
     assert not os.path.exists(path)
 
+
+
+def test_restart_backoff_starts_afresh_after_a_healthy_life() -> None:
+    schedule = RestartSchedule(1, initial=0.1, maximum=1.0)
+    assert schedule.take_due(0.0) == [0]  # every slot starts at once
+    crash_loop = [schedule.record_exit(0, lived=0.01) for _ in range(6)]
+    assert crash_loop == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert schedule.record_exit(0, lived=1.5) == 0.1  # it had outlived the maximum
+    schedule.due_at(0, 5.0)
+    assert schedule.moments() == [5.0]
+    assert schedule.take_due(4.9) == []
+    assert schedule.take_due(5.0) == [0]
+    assert schedule.moments() == []
