@@ -195,9 +195,10 @@ class Lifecycle:
         """
         if grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        at_start = len(self._registry)  # before handlers see `draining` and hurry
         self.draining.set()
         self._hold_accept("draining")
-        report = self._settle(grace, force_timeout, what="drain")
+        report = self._settle(grace, force_timeout, "drain", at_start)
         self._registry.count_many("drained", report.forced)
         if self._loop_running.is_set():
             self.shutdown()
@@ -209,13 +210,20 @@ class Lifecycle:
             )
         return report
 
-    def _settle(self, grace: float, force_timeout: Optional[float], what: str) -> DrainReport:
+    def _settle(
+        self,
+        grace: float,
+        force_timeout: Optional[float],
+        what: str,
+        at_start: Optional[int] = None,
+    ) -> DrainReport:
         """Steps 2-4 of a drain: wait, force, wait, kill; log and report."""
         if force_timeout is None:
             force_timeout = self.drain_force_timeout
         started = time.monotonic()
         registry = self._registry
-        at_start = len(registry)
+        if at_start is None:
+            at_start = len(registry)
         forced = 0
         if not self._wait_settled(grace):
             for entry in registry.entries():
