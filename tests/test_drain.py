@@ -191,10 +191,9 @@ def test_drain_logs_stragglers_by_client_address(caplog) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_drain_sends_sigterm_to_forked_children() -> None:
     server = pyserve.ForkingTCPServer(("127.0.0.1", 0), Hold)
-    with serving(server):
-        with socket.create_connection(server.server_address, timeout=DEADLINE):
-            wait_until(lambda: server.stats.active == 1)
-            report = server.drain(grace=0.05)
+    with serving(server), socket.create_connection(server.server_address, timeout=DEADLINE):
+        wait_until(lambda: server.stats.active == 1)
+        report = server.drain(grace=0.05)
     assert (report.forced, report.stragglers) == (1, ())
     assert server.active_children == set()
     assert server.stats.errored == 1  # killed by SIGTERM
