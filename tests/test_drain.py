@@ -17,6 +17,10 @@ from pyserve.testing import serving
 DEADLINE = 10.0
 
 
+def connect(server) -> socket.socket:
+    return socket.create_connection(server.server_address, timeout=DEADLINE)
+
+
 def wait_until(condition, timeout: float = DEADLINE) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -73,20 +77,20 @@ def test_synchronous_server_registers_the_request_while_it_runs() -> None:
         def handle(self) -> None:
             seen.extend(self.server.in_flight())
 
-    with serving(pyserve.TCPServer(("127.0.0.1", 0), Look)) as server:
-        with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
-            assert client.recv(10) == b""
+    server = pyserve.TCPServer(("127.0.0.1", 0), Look)
+    with serving(server), connect(server) as client:
+        assert client.recv(10) == b""
     assert [r.state for r in seen] == ["running"]
     assert seen[0].thread_ident != threading.get_ident()
     assert server.in_flight() == ()
 
 
 def test_in_flight_records_are_read_only() -> None:
-    with serving(pyserve.ThreadingTCPServer(("127.0.0.1", 0), Hold)) as server:
-        with socket.create_connection(server.server_address, timeout=DEADLINE):
-            wait_until(lambda: len(server.in_flight()) == 1)
-            with pytest.raises(AttributeError):
-                server.in_flight()[0].state = "finished"  # type: ignore[misc]
+    server = pyserve.ThreadingTCPServer(("127.0.0.1", 0), Hold)
+    with serving(server), connect(server):
+        wait_until(lambda: len(server.in_flight()) == 1)
+        with pytest.raises(AttributeError):
+            server.in_flight()[0].state = "finished"  # type: ignore[misc]
 
 
 # -- drain -----------------------------------------------------------------------
@@ -158,11 +162,10 @@ def test_drain_sets_draining_and_stops_the_loop() -> None:
 
 def test_drain_shuts_blocked_reads_after_grace_so_handlers_finish() -> None:
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Hold)
-    with serving(server):
-        with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
-            wait_until(lambda: server.stats.active == 1)
-            report = server.drain(grace=0.05)
-            assert client.recv(10) == b""  # the handler ended and the server sent FIN
+    with serving(server), connect(server) as client:
+        wait_until(lambda: server.stats.active == 1)
+        report = server.drain(grace=0.05)
+        assert client.recv(10) == b""  # the handler ended and the server sent FIN
     assert (report.completed, report.forced, report.stragglers) == (0, 1, ())
     assert server.stats.drained == 1
 
@@ -175,13 +178,12 @@ def test_drain_logs_stragglers_by_client_address(caplog) -> None:
             release.wait(DEADLINE)  # never reads: SHUT_RD cannot end it
 
     server = pyserve.ThreadingTCPServer(("127.0.0.1", 0), Stubborn)
-    with serving(server):
-        with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
-            wait_until(lambda: server.stats.active == 1)
-            with caplog.at_level(logging.WARNING, logger="pyserve"):
-                report = server.drain(grace=0.05, force_timeout=0.05)
-            release.set()
-            address = client.getsockname()
+    with serving(server), connect(server) as client:
+        wait_until(lambda: server.stats.active == 1)
+        with caplog.at_level(logging.WARNING, logger="pyserve"):
+            report = server.drain(grace=0.05, force_timeout=0.05)
+        release.set()
+        address = client.getsockname()
     (straggler,) = report.stragglers
     assert straggler.client_address == address
     assert straggler.forced
@@ -208,19 +210,18 @@ def test_drain_kills_children_that_ignore_sigterm_at_the_deadline() -> None:
             time.sleep(DEADLINE)
 
     server = pyserve.ForkingTCPServer(("127.0.0.1", 0), Deaf)
-    with serving(server):
-        with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
-            assert client.recv(10) == b"deaf"  # SIGTERM is ignored from here on
-            report = server.drain(grace=0.05, force_timeout=0.2)
+    with serving(server), connect(server) as client:
+        assert client.recv(10) == b"deaf"  # SIGTERM is ignored from here on
+        report = server.drain(grace=0.05, force_timeout=0.2)
     assert len(report.stragglers) == 1
     server.collect_children(blocking=True)
     assert server.active_children == set()
 
 
 def test_negative_grace_is_refused_by_value() -> None:
-    with pyserve.ThreadingTCPServer(("127.0.0.1", 0), Hold) as server:
-        with pytest.raises(ValueError, match="-1"):
-            server.drain(-1)
+    server = pyserve.ThreadingTCPServer(("127.0.0.1", 0), Hold)
+    with server, pytest.raises(ValueError, match="-1"):
+        server.drain(-1)
 
 
 # -- bounded close -----------------------------------------------------------------

@@ -72,9 +72,9 @@ def test_unprotected_rfile_is_the_fast_reader() -> None:
         def handle(self) -> None:
             kinds.append(type(self.rfile.raw).__name__)  # type: ignore[attr-defined]
 
-    with serving(pyserve.ThreadingTCPServer(("127.0.0.1", 0), Look)) as server:
-        with connect(server) as client:
-            assert client.recv(10) == b""
+    server = pyserve.ThreadingTCPServer(("127.0.0.1", 0), Look)
+    with serving(server), connect(server) as client:
+        assert client.recv(10) == b""
     assert kinds == ["_SocketReader"]
 
 
@@ -210,11 +210,11 @@ def test_connections_over_a_limit_are_closed_counted_and_logged(limit, caplog) -
 
 def test_a_flood_of_rejections_is_logged_once(caplog) -> None:
     server_class = type("Limited", (pyserve.ThreadingTCPServer,), {"max_connections": 0})
-    with serving(server_class(("127.0.0.1", 0), Hold)) as server:
-        with caplog.at_level(logging.WARNING, logger="pyserve"):
-            for _ in range(5):
-                with connect(server) as client:
-                    assert closed_by_server(client)
+    server = server_class(("127.0.0.1", 0), Hold)
+    with serving(server), caplog.at_level(logging.WARNING, logger="pyserve"):
+        for _ in range(5):
+            with connect(server) as client:
+                assert closed_by_server(client)
     assert server.stats.rejected == 5
     assert caplog.text.count("max_connections=0 reached") == 1
 
