@@ -18,8 +18,8 @@ reused while the entry lives.
 
 Readers never see the live entries: :meth:`RequestRegistry.snapshot` returns
 immutable :class:`InFlight` records (``server.in_flight()``). Graceful drain
-(:mod:`pyserve.lifecycle`) waits on :meth:`RequestRegistry.wait_empty` and cuts
-short what :meth:`RequestRegistry.entries` still lists.
+(:mod:`pyserve.lifecycle`) waits on ``RequestRegistry.wait_empty()`` and cuts
+short what ``RequestRegistry.entries()`` still lists.
 """
 
 from __future__ import annotations
