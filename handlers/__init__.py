@@ -2,9 +2,26 @@
 
 Everything in this package is built only on pyserve's public API -- the same
 names any user can import -- so each handler doubles as a worked example of
-writing one.  The handlers themselves (line, length-prefixed, RESP and PROXY
-framing, with sans-IO parsers underneath) land in a later issue; until then the
-package is intentionally empty.
+writing one. The modules, from the bottom up:
+
+* :mod:`handlers.framing`: message boundaries on a byte stream (length-prefixed
+  frames, netstrings) as sans-IO decoders, the :class:`~handlers.framing.MessageHandler`
+  base, and the ``send_message`` / ``recv_message`` client helpers;
+* :mod:`handlers.lines`: text line protocols on the same machinery
+  (``LineHandler``), with the upper-casing echo and the "Welcome!" service;
+* :mod:`handlers.simple`: the RFC 862-868 services (echo, discard, chargen,
+  qotd, daytime, time) over TCP and UDP;
+* :mod:`handlers.auth`: an HMAC-SHA256 challenge-response mix-in for any stream
+  handler, and its client helper;
+* :mod:`handlers.registry`: short names (``echo``, ``daytime``, ``uppercase``...)
+  for all of the above, so a command line can serve them by name.
+
+Parsers never touch a socket: they take bytes and return a message, the
+``NEED_DATA`` sentinel, or raise ``pyserve.ProtocolError``. A peer that breaks
+a protocol loses its connection with one WARNING line on the ``pyserve.handlers``
+logger; the server and its other clients carry on.
+
+Nothing is imported eagerly here: ``import handlers.lines`` pays only for lines.
 """
 
 __all__: list[str] = []
