@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
+from handlers import registry
 from handlers.files import FileHandler, FileServer, FileServiceError, download, upload
 from handlers.framing import recv_message, send_message
 from pyserve.testing import serving
@@ -182,3 +183,11 @@ def test_request_that_is_not_json_ends_the_connection(
 def test_file_server_needs_an_existing_root(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="missing"):
         FileServer(("127.0.0.1", 0), tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [("chat", "handlers.chat"), ("resp", "handlers.resp"), ("files", "handlers.files")],
+)
+def test_registry_names_the_application_handlers(name: str, module: str) -> None:
+    assert registry.get(name, "tcp").__module__ == module
