@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, Optional
 
 from pyserve import StreamRequestHandler, ThreadingTCPServer
 
-__all__ = ["ChatHandler", "ChatServer", "Outbox", "Room", "parse_line"]
+__all__ = ["ChatHandler", "ChatServer", "Command", "Member", "Outbox", "Room", "parse_line"]
 
 logger = logging.getLogger("pyserve.chat")
 

@@ -11,7 +11,7 @@ separated by spaces, with ``"double"`` and ``'single'`` quotes for words that
 contain spaces. :class:`CommandParser` turns bytes into commands without doing any
 I/O: ``feed(data)`` appends what the socket delivered, and ``next_command()``
 returns one command (a list of ``bytes``), the :data:`NEED_DATA` sentinel when the
-buffer holds no complete command yet, or raises :class:`pyserve.ProtocolError` for
+buffer holds no complete command yet, or raises ``pyserve.ProtocolError`` for
 input no Redis server would accept (a bad length, a length over the limits, a
 missing CRLF, an unbalanced quote). After an error the parser is unusable: the
 connection must close, as Redis closes it.
@@ -29,7 +29,7 @@ header lines of the multi-bulk form).
 The encoders (:func:`encode_simple`, :func:`encode_error`, :func:`encode_integer`,
 :func:`encode_bulk`, :func:`encode_array`) build replies; :func:`encode_command`
 builds a request, for clients and tests. Replies the server sends again and again
-are ready-made constants (:data:`OK`, :data:`NULL_BULK`, ...).
+are ready-made constants (``OK``, ``NULL_BULK``, ...).
 
 Speed
 -----
@@ -144,7 +144,7 @@ class CommandParser:
     """Sans-IO parser of client commands (RESP2 arrays and inline commands).
 
     ``feed(data)``, then ``next_command()`` (one command or :data:`NEED_DATA`) or
-    ``drain()`` (every complete command). Both raise :class:`pyserve.ProtocolError`
+    ``drain()`` (every complete command). Both raise ``pyserve.ProtocolError``
     on input that breaks the protocol or the limits; the parser is then spent.
     """
 
