@@ -88,6 +88,8 @@ EMPTY_ARRAY = b"*0\r\n"
 _SMALL_INTEGERS = [b":%d\r\n" % n for n in range(1024)]
 # "$0" ... "$1023": the fast path checks bulk headers by lookup (see _parse_simple).
 _BULK_HEADERS = [b"$%d" % n for n in range(1024)]
+# "*1" ... "*64" -> count: the fast path recognises array headers by lookup.
+_ARRAY_HEADERS = {b"*%d" % n: n for n in range(1, 65)}
 
 
 def encode_simple(text: Union[str, bytes]) -> bytes:
@@ -236,6 +238,8 @@ class CommandParser:
             while True:
                 if not self._remaining and self._failed is None:
                     self._parse_simple(commands)
+                    if self._pos == len(self._buffer):  # all consumed: the usual case
+                        return commands
                 command = parse()
                 if command is None:
                     return commands
@@ -306,35 +310,37 @@ class CommandParser:
             buffer = buffer[self._pos :]
         pieces = buffer.split(b"\r\n")
         complete = len(pieces) - 1  # the last piece is not terminated yet
-        headers = _BULK_HEADERS
+        header_for = _BULK_HEADERS.__getitem__
+        counts = _ARRAY_HEADERS
         index = 0
         append = commands.append
         try:
             while index < complete:
                 head = pieces[index]
-                if head[:1] == b"*":
-                    count = int(head[1:])
+                count = counts.get(head)
+                if count is not None:
                     end = index + 1 + 2 * count
-                    if count < 1 or count > self.max_array_length or end > complete:
+                    if end > complete or count > self.max_array_length:
                         break
                     args = pieces[index + 2 : end : 2]
-                    if list(map(headers.__getitem__, map(len, args))) != pieces[
-                        index + 1 : end : 2
-                    ]:
+                    if list(map(header_for, map(len, args))) != pieces[index + 1 : end : 2]:
                         break
+                    append(args)
+                elif head[:1] == b"*" or b"\n" in head or b'"' in head or b"'" in head:
+                    break  # a long array, an LF-only line, quotes: for the exact parser
+                elif len(head) > self.max_inline_length:
+                    break
                 else:
-                    if b"\n" in head or b'"' in head or b"'" in head:
-                        break
-                    if len(head) > self.max_inline_length:
-                        break
                     args = head.split()
                     end = index + 1
-                if args:
-                    append(args)
+                    if args:
+                        append(args)
                 index = end
-        except (ValueError, IndexError):
-            pass  # an unusual command: the exact parser will judge it
-        if index:
+        except IndexError:
+            pass  # an argument of 1 KiB or more: the exact parser will take it
+        if index == complete:  # everything up to the last CRLF: no need to add up
+            self._pos += len(buffer) - len(pieces[-1])
+        elif index:
             self._pos += sum(map(len, pieces[:index])) + 2 * index
 
     def _parse_bulks(self, args: Command, remaining: int) -> Optional[Command]:
