@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 Three modules cooperate, each readable on its own:
 
-* :mod:`handlers.resp_protocol` turns bytes into commands (sans-IO) and encodes
-  replies;
+* :mod:`handlers.resp_protocol` turns bytes into commands (sans-IO), and
+  :mod:`handlers.resp_encoding` encodes replies;
 * :mod:`handlers.resp_store` holds the strings, their expiry and the memory cap;
-* :mod:`handlers.resp_commands` maps command names to functions and runs batches.
+* :mod:`handlers.resp_session` runs batches of commands for one connection, with
+  the command table of :mod:`handlers.resp_commands` (data commands) and
+  :mod:`handlers.resp_connection` (connection and server commands).
 
 This module is the thin part that touches the network. :class:`RespHandler` is a
 stream handler whose ``handle()`` is a loop: ``recv()`` whatever arrived, feed it
@@ -16,7 +18,7 @@ packet), run them as one batch under the store's lock, and send all the replies
 with one ``sendall()``. One system call per batch, not per command, is what lets
 ``redis-benchmark -P 16`` go fast.
 
-All connections of one server share one :class:`~handlers.resp_commands.ServerState`
+All connections of one server share one :class:`~handlers.resp_session.ServerState`
 (the store and the counters). :class:`RespServer` creates it in its constructor,
 sized by its ``max_memory`` argument; a plain server (``ThreadingTCPServer(addr,
 RespHandler)``, as the CLI builds one) gets one on its first connection, sized by
@@ -39,8 +41,10 @@ import threading
 import weakref
 from typing import Any, Optional
 
-from handlers.resp_commands import ServerState, Session
-from handlers.resp_protocol import CommandParser, encode_error
+from handlers.resp_commands import open_session
+from handlers.resp_encoding import encode_error
+from handlers.resp_protocol import CommandParser
+from handlers.resp_session import ServerState
 from pyserve import ProtocolError, StreamRequestHandler, ThreadingTCPServer
 
 __all__ = ["RespHandler", "RespServer", "server_state"]
@@ -92,7 +96,9 @@ class RespHandler(StreamRequestHandler[Any]):
         if self.request.family not in (socket.AF_INET, socket.AF_INET6):
             self.disable_nagle_algorithm = False  # no TCP_NODELAY on Unix sockets
         super().setup()
-        self.session = Session(server_state(self.server, self.max_memory), self.client_address)
+        self.session = open_session(
+            server_state(self.server, self.max_memory), self.client_address
+        )
 
     def handle(self) -> None:
         session = self.session

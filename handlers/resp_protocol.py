@@ -1,4 +1,4 @@
-"""RESP2, the Redis wire protocol, as a sans-IO parser and reply encoders.
+"""RESP2, the Redis wire protocol: a sans-IO parser of client commands.
 
 Theory of operation
 -------------------
@@ -26,10 +26,8 @@ server hold: ``max_bulk_length`` (Redis's ``proto-max-bulk-len``), ``max_array_l
 and ``max_inline_length`` (Redis's fixed 64 KiB for inline commands and for the
 header lines of the multi-bulk form).
 
-The encoders (:func:`encode_simple`, :func:`encode_error`, :func:`encode_integer`,
-:func:`encode_bulk`, :func:`encode_array`) build replies; :func:`encode_command`
-builds a request, for clients and tests. Replies the server sends again and again
-are ready-made constants (``OK``, ``NULL_BULK``, ...).
+The other direction, encoding replies (and requests, for clients and tests), is
+in :mod:`handlers.resp_encoding`.
 
 Speed
 -----
@@ -45,21 +43,7 @@ from typing import Optional, Union
 
 from pyserve import ProtocolError
 
-__all__ = [
-    "NEED_DATA",
-    "NULL_ARRAY",
-    "NULL_BULK",
-    "OK",
-    "PONG",
-    "CommandParser",
-    "NeedData",
-    "encode_array",
-    "encode_bulk",
-    "encode_command",
-    "encode_error",
-    "encode_integer",
-    "encode_simple",
-]
+__all__ = ["NEED_DATA", "CommandParser", "NeedData", "split_inline"]
 
 
 class NeedData:
@@ -77,69 +61,10 @@ NEED_DATA = NeedData()
 #: One command: its name and arguments, exactly as sent.
 Command = list[bytes]
 
-OK = b"+OK\r\n"
-PONG = b"+PONG\r\n"
-NULL_BULK = b"$-1\r\n"
-NULL_ARRAY = b"*-1\r\n"
-EMPTY_ARRAY = b"*0\r\n"
-
-# Small integers are the most common replies (DEL, EXISTS, INCR on fresh counters):
-# encode them once.
-_SMALL_INTEGERS = [b":%d\r\n" % n for n in range(1024)]
 # "$0" ... "$1023": the fast path checks bulk headers by lookup (see _parse_simple).
 _BULK_HEADERS = [b"$%d" % n for n in range(1024)]
 # "*1" ... "*64" -> count: the fast path recognises array headers by lookup.
 _ARRAY_HEADERS = {b"*%d" % n: n for n in range(1, 65)}
-
-
-def encode_simple(text: Union[str, bytes]) -> bytes:
-    """``+text``: a status reply. ``text`` must not contain CR or LF."""
-    data = text.encode() if isinstance(text, str) else text
-    if b"\r" in data or b"\n" in data:
-        raise ValueError(f"a simple string cannot contain CR or LF: {data!r}")
-    return b"+" + data + b"\r\n"
-
-
-def encode_error(message: str) -> bytes:
-    """``-message``: an error reply; by convention it starts with a code (``ERR``)."""
-    # A peer's bytes may end up in messages (unknown command names): make them safe.
-    message = message.replace("\r", " ").replace("\n", " ")
-    return b"-" + message.encode("utf-8", "replace") + b"\r\n"
-
-
-def encode_integer(number: int) -> bytes:
-    """``:number``."""
-    if 0 <= number < 1024:
-        return _SMALL_INTEGERS[number]
-    return b":%d\r\n" % number
-
-
-def encode_bulk(value: Optional[bytes]) -> bytes:
-    """``$length`` and the bytes, or the null bulk string for None."""
-    if value is None:
-        return NULL_BULK
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
-def encode_array(items: Optional[list[bytes]]) -> bytes:
-    """An array of already-encoded replies, or the null array for None."""
-    if items is None:
-        return NULL_ARRAY
-    return b"*%d\r\n" % len(items) + b"".join(items)
-
-
-def encode_command(*args: Union[bytes, str, int]) -> bytes:
-    """A request as clients send it: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, int):
-            data = b"%d" % arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        else:
-            data = arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 class CommandParser:

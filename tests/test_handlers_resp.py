@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from handlers.resp import RespHandler, RespServer, server_state
-from handlers.resp_protocol import encode_command
+from handlers.resp_encoding import encode_command
 from pyserve import ThreadingTCPServer
 from pyserve.testing import read_until_eof
 

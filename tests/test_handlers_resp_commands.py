@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.resp_commands import ServerState, Session
+from handlers.resp_commands import open_session
+from handlers.resp_session import ServerState, Session
 from handlers.resp_store import KeyValueStore, OutOfMemory, glob_to_regex
 
 
@@ -18,7 +19,7 @@ def run(session: Session, *args: bytes) -> bytes:
 
 @pytest.fixture
 def session() -> Session:
-    return Session(ServerState())
+    return open_session(ServerState())
 
 
 def test_set_then_get_returns_the_value(session: Session) -> None:
@@ -130,7 +131,7 @@ def test_mset_mget_del_exists(session: Session) -> None:
 
 
 def test_memory_cap_refuses_growth_but_allows_deletes() -> None:
-    session = Session(ServerState(max_memory=100))
+    session = open_session(ServerState(max_memory=100))
     assert run(session, b"SET", b"k", b"v" * 90) == b"+OK\r\n"
     assert run(session, b"SET", b"k2", b"v" * 20) == (
         b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"

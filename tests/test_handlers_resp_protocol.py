@@ -6,17 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.resp_protocol import (
-    NEED_DATA,
-    CommandParser,
+from handlers.resp_encoding import (
     encode_array,
     encode_bulk,
     encode_command,
     encode_error,
     encode_integer,
     encode_simple,
-    split_inline,
 )
+from handlers.resp_protocol import NEED_DATA, CommandParser, split_inline
 from pyserve import ProtocolError
 
 
