@@ -164,11 +164,15 @@ def test_too_long_line_disconnects_with_a_logged_reason(
 ) -> None:
     client = chat()()
     joined(client)
-    with caplog.at_level(logging.WARNING, logger="pyserve.chat"):
+    # ChatHandler.max_line_length is also StreamRequestHandler's core line limit,
+    # so pyserve itself may report it (logger "pyserve"); either way: one line.
+    with caplog.at_level(logging.WARNING, logger="pyserve"):
         client.sock.sendall(b"x" * 5000 + b"\n")
         with pytest.raises(EOFError):
             client.wait_for("never")
-    assert ["line longer than 1024 bytes" in r.getMessage() for r in caplog.records] == [True]
+    reasons = [r.getMessage() for r in caplog.records if "line longer than" in r.getMessage()]
+    assert len(reasons) == 1
+    assert "1024" in reasons[0]
 
 
 def test_plain_threading_server_gets_a_room(serve: Serve) -> None:
