@@ -113,7 +113,7 @@ def test_report_marks_each_target_from_ratios_of_the_same_run(tmp_path: Any) -> 
     assert marks["pool connrate-10: ThreadPoolTCPServer / stdlib"] == "n/a n/a"
     assert marks["shutdown() latency, pyserve (median)"] == "0.100 ms PASS"
     assert "uvloop-proto: absent" in text
-    assert (tmp_path / "results.md").read_text() == text
+    assert text.startswith((tmp_path / "results.md").read_text())
 
 
 def test_report_says_when_the_load_generator_has_headroom(tmp_path: Any) -> None:
