@@ -131,8 +131,8 @@ def harness_check(table: Table) -> list[str]:
             verdict = (f"harness limit: the load generator used {fmt(cpu)} of its CPU; "
                        "Python figures near it are capped")
         else:
-            verdict = ("native no faster, load generator not CPU-bound: the kernel's "
-                       "loopback latency bounds this scenario, not the harness")
+            verdict = ("native no faster, load generator not CPU-bound: loopback "
+                       "latency and CPU scheduling set this limit, not the harness's CPU")
         lines.append(f"| {scen} | {fmt(native)} | {fmt(best)} ({who}) | {fmt(headroom)}{X} | "
                      f"{fmt(cpu)} | {verdict} |")
     return lines
@@ -209,6 +209,11 @@ def markdown(raw: Rows, inproc: Rows, meta: dict[str, Any]) -> str:
              "rounds; ratios divide medians of this run.", "",
              "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts.items()]
+    load = str(facts.get("loadavg_before", "")).split()
+    cores = facts.get("cores") or 1
+    if load and float(load[0]) > 2 * cores:
+        lines += ["", f"**The machine was busy** (load average {load[0]} on {cores} cores "
+                  "when the run began): single figures are noisy; read the ratios."]
     lines += ["", "## Targets", "", "| target | measured | goal | result |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in targets_table(table, inproc)]
     lines += ["", "## Is the load generator the bottleneck?", "",
