@@ -115,6 +115,10 @@ class Member:
         self.dropped = False  # set when the room disconnected it for being slow
 
 
+#: The first line every client reads.
+WELCOME = "* Welcome! You are {nick}. Commands: /nick NAME, /who, /quit\n"
+
+
 class Room:
     """The members and the broadcast. All methods are safe from any thread."""
 
@@ -131,6 +135,9 @@ class Room:
                 self._guest_number += 1
                 nick = f"guest{self._guest_number}"
             member = Member(nick, outbox, sock, address)
+            # The welcome goes into the outbox before the member is visible to
+            # broadcasts, so it is always the first line the client reads.
+            outbox.put(WELCOME.format(nick=nick).encode())
             self._members[nick] = member
             self._broadcast_locked(f"* {nick} has joined\n", exclude=member)
             return member
@@ -218,10 +225,6 @@ class ChatHandler(StreamRequestHandler["ChatServer"]):
         self.writer.start()
         self.room = _room_of(self.server)
         self.member = self.room.join(self.outbox, self.request, self.client_address)
-        self.outbox.put(
-            f"* Welcome! You are {self.member.nick}. Commands: /nick NAME, /who, /quit\n"
-            .encode()
-        )
 
     def _write_loop(self) -> None:
         sendall = self.request.sendall

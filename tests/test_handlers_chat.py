@@ -177,14 +177,19 @@ def test_too_long_line_disconnects_with_a_logged_reason(
 
 def test_plain_threading_server_gets_a_room(serve: Serve) -> None:
     server = serve(ThreadingTCPServer(("127.0.0.1", 0), ChatHandler))
-    one, two = Client(server), Client(server)
+    # Connect the second client only once the first is in the room: handler threads
+    # may run in either order, and a member hears only of those who join after it.
+    one = Client(server)
+    two = None
     try:
         joined(one)
+        two = Client(server)
         nick = joined(two)
         one.wait_for(f"* {nick} has joined")
     finally:
         one.close()
-        two.close()
+        if two is not None:
+            two.close()
     assert not hasattr(server, "room")
 
 
