@@ -61,3 +61,10 @@ if hasattr(socket, "AF_UNIX"):
 
 # pyserve's own public names.
 __all__ += ["SocketServer", "PyserveError", "ProtocolError", "RequestDropped"]
+
+# Network edges (issue 4): multicast, systemd activation, socket options.
+from pyserve import sockopts  # noqa: E402
+from pyserve.activation import ActivationError  # noqa: E402
+from pyserve.multicast import MulticastUDPServer  # noqa: E402
+
+__all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]

@@ -125,10 +125,12 @@ def receive_buffer(size: int) -> tuple[SocketOption, ...]:
 
 
 def send_buffer(size: int) -> tuple[SocketOption, ...]:
-    """Ask for a kernel send buffer of ``size`` bytes (``SO_SNDBUF``)::
+    """Ask for a kernel send buffer of ``size`` bytes (``SO_SNDBUF``).
 
-    class Server(TCPServer):
-        accepted_socket_options = sockopts.send_buffer(256 * 1024)
+    Bigger buffers let a handler hand large replies to the kernel in one go::
+
+        class Server(TCPServer):
+            accepted_socket_options = sockopts.send_buffer(256 * 1024)
     """
     return ((socket.SOL_SOCKET, socket.SO_SNDBUF, _positive_int("send_buffer size", size)),)
 
