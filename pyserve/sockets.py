@@ -244,7 +244,8 @@ class UDPServer(SocketServer):
     """A datagram server: one datagram per request, as ``(data, socket)``.
 
     Class attributes: ``max_packet_size`` (longer datagrams are dropped and counted
-    in ``datagrams_truncated``, never delivered cut short).
+    in ``datagrams_truncated``, never delivered cut short) and ``allow_broadcast``
+    (``SO_BROADCAST``, so handlers may send to broadcast addresses).
     """
 
     address_family = socket.AF_INET
