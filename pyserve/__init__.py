@@ -68,3 +68,17 @@ from pyserve.activation import ActivationError  # noqa: E402
 from pyserve.multicast import MulticastUDPServer  # noqa: E402
 
 __all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]
+
+# Network edges (issue 4): TLS and the PROXY protocol.
+from pyserve.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn  # noqa: E402
+from pyserve.proxy_parser import ProxyHeader, ProxyParser  # noqa: E402
+from pyserve.tls import TLSMixIn  # noqa: E402
+
+__all__ += [
+    "TLSMixIn",
+    "ProxyProtocolMixIn",
+    "ProxiedAddress",
+    "ProxiedPath",
+    "ProxyHeader",
+    "ProxyParser",
+]

@@ -24,7 +24,7 @@ Its parts, in the order a connection meets them:
 3. The handler runs with ``client_address`` set to a :class:`ProxiedAddress`: the
    real client's ``(host, port)`` (a tuple, so ``client_address[0]`` and every
    stdlib handler work unchanged) that also carries ``proxy_address`` (the
-   connection's own peer) and ``header`` (the :class:`ProxyHeader`, TLVs
+   connection's own peer) and ``header`` (the :class:`~pyserve.proxy_parser.ProxyHeader`, TLVs
    included). For the LOCAL command (proxy health checks) and UNKNOWN
    connections, the address is the proxy's own. A Unix-socket client arrives as
    a :class:`ProxiedPath` (a ``str`` with the same two attributes).
