@@ -48,6 +48,10 @@ from pyserve.testing import serving
 pytest_plugins = ["pytester"]
 
 TIMEOUT = 10.0  # seconds: the deadline of every wait in these tests
+# A scenario's own waits have deadlines (TIMEOUT; 5 s where the stdlib hangs, see
+# finishes() below), so this kill is only a safety net; it is generous because an
+# interpreter's start-up alone can take seconds on a loaded machine.
+SCENARIO_TIMEOUT = 60.0
 IMPLEMENTATIONS = {"pyserve": pyserve, "socketserver": socketserver}
 
 
@@ -162,8 +166,12 @@ def _pythonpath() -> str:
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
-def _run_scenario(module: ModuleType, body: str, timeout: float = TIMEOUT) -> ScenarioResult:
-    code = _PRELUDE.format(module=module.__name__) + textwrap.dedent(body)
+def _run_scenario(
+    module: ModuleType, body: str, *, setup: str = "", timeout: float = SCENARIO_TIMEOUT
+) -> ScenarioResult:
+    code = "\n".join(
+        (_PRELUDE.format(module=module.__name__), textwrap.dedent(setup), textwrap.dedent(body))
+    )
     env = dict(os.environ, PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     # A session of its own, so a hung scenario and any child it forked are killed
@@ -198,7 +206,7 @@ def _run_scenario(module: ModuleType, body: str, timeout: float = TIMEOUT) -> Sc
 
 @pytest.fixture
 def run_scenario() -> Callable[..., ScenarioResult]:
-    """``run_scenario(impl, body, timeout=10)``: run ``body`` in a subprocess."""
+    """``run_scenario(impl, body, setup="", timeout=60)``: run a script in a subprocess."""
     return _run_scenario
 
 

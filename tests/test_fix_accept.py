@@ -111,7 +111,7 @@ def _emfile_run(impl: Any, run_scenario: Any) -> dict[str, Any]:
     if not sys.platform.startswith("linux"):
         pytest.skip("needs Linux's /proc/self/fd and RLIMIT_NOFILE")
     if impl.__name__ not in _emfile_results:
-        result = run_scenario(impl, EMFILE_SCENARIO, timeout=30)
+        result = run_scenario(impl, EMFILE_SCENARIO)
         _emfile_results[impl.__name__] = result.check()
     return _emfile_results[impl.__name__]
 

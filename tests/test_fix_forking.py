@@ -17,16 +17,31 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
 # Shared by the scenarios: a handler that says "started" and then holds its
 # connection until the client closes it, and helpers to watch children.
+#
+# The clients live in the server's process, so each child inherits their ends of
+# the connections; a child closes those copies first (a real client lives in
+# another process), or no client could ever make its handler see end-of-file.
 FORKING_PRELUDE = """
+CLIENTS = []
+
+def connect(server):
+    client = socket.socket()
+    client.settimeout(TIMEOUT)
+    CLIENTS.append(client)  # before connect(): the server may fork at once
+    client.connect(server.server_address)
+    return client
+
 class Hold(socketserver.BaseRequestHandler):
     def handle(self):
+        for client in CLIENTS:
+            client.close()
         self.request.recv(16)
         self.request.sendall(b"started %d" % os.getpid())
         while self.request.recv(16):
             pass
 
 def busy_client(server):
-    client = socket.create_connection(server.server_address, timeout=TIMEOUT)
+    client = connect(server)
     client.sendall(b"hold")
     reply = client.recv(64)
     assert reply.startswith(b"started"), reply
@@ -58,8 +73,8 @@ def serve_in_thread(server, poll_interval=0.05):
 def test_closed_forking_server_refuses_new_connections_while_a_child_runs(impl, run_scenario):
     result = run_scenario(
         impl,
-        FORKING_PRELUDE
-        + """
+        setup=FORKING_PRELUDE,
+        body="""
         class Server(socketserver.ForkingTCPServer):
             block_on_close = False  # close while the child still runs
 
@@ -69,7 +84,7 @@ def test_closed_forking_server_refuses_new_connections_while_a_child_runs(impl, 
         server.shutdown()
         server.server_close()
         try:
-            late = socket.create_connection(server.server_address, timeout=TIMEOUT)
+            late = connect(server)
         except ConnectionRefusedError:
             outcome = "refused"
         else:
@@ -86,8 +101,8 @@ def test_closed_forking_server_refuses_new_connections_while_a_child_runs(impl, 
 def test_finished_children_are_reaped(impl, run_scenario):
     result = run_scenario(
         impl,
-        FORKING_PRELUDE
-        + """
+        setup=FORKING_PRELUDE,
+        body="""
         server = socketserver.ForkingTCPServer(("127.0.0.1", 0), Hold)
         thread = serve_in_thread(server)
         children = []
@@ -112,8 +127,8 @@ def test_finished_children_are_reaped(impl, run_scenario):
 def test_child_is_reaped_when_it_exits_not_when_the_loop_turns(impl, run_scenario):
     result = run_scenario(
         impl,
-        FORKING_PRELUDE
-        + """
+        setup=FORKING_PRELUDE,
+        body="""
         server = socketserver.ForkingTCPServer(("127.0.0.1", 0), Hold)
         thread = serve_in_thread(server, poll_interval=30)
         client, child = busy_client(server)
@@ -133,8 +148,8 @@ def test_child_is_reaped_when_it_exits_not_when_the_loop_turns(impl, run_scenari
 def test_max_children_keeps_extra_clients_in_backlog_and_shutdown_prompt(impl, run_scenario):
     result = run_scenario(
         impl,
-        FORKING_PRELUDE
-        + """
+        setup=FORKING_PRELUDE,
+        body="""
         class Server(socketserver.ForkingTCPServer):
             max_children = 2
 
@@ -150,9 +165,9 @@ def test_max_children_keeps_extra_clients_in_backlog_and_shutdown_prompt(impl, r
         server = Server(("127.0.0.1", 0), Hold)
         thread = serve_in_thread(server)
         clients = [busy_client(server)[0] for _ in range(2)]
-        third = socket.create_connection(server.server_address, timeout=TIMEOUT)
+        third = connect(server)
         third.sendall(b"hold")
-        queued = wait_for(lambda: accept_queue_length(server.server_address[1]) == 1)
+        queued = wait_for(lambda: accept_queue_length(server.server_address[1]) == 1, 5.0)
         shutdown_took = finishes(server.shutdown)
         for client in clients + [third]:
             client.close()
@@ -170,8 +185,8 @@ def test_max_children_keeps_extra_clients_in_backlog_and_shutdown_prompt(impl, r
 def test_max_children_serves_the_waiting_client_once_a_child_exits(impl, run_scenario):
     result = run_scenario(
         impl,
-        FORKING_PRELUDE
-        + """
+        setup=FORKING_PRELUDE,
+        body="""
         class Server(socketserver.ForkingTCPServer):
             max_children = 2
 
@@ -179,7 +194,7 @@ def test_max_children_serves_the_waiting_client_once_a_child_exits(impl, run_sce
         thread = serve_in_thread(server)
         first, _ = busy_client(server)
         second, _ = busy_client(server)
-        third = socket.create_connection(server.server_address, timeout=TIMEOUT)
+        third = connect(server)
         third.sendall(b"hold")
         first.close()  # a slot frees up
         reply = third.recv(64)
