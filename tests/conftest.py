@@ -18,7 +18,7 @@ What lives here serves the tests of issue 2's fixes (tests/test_fix_*.py):
   group is killed, so no hung thread or child survives in the pytest process;
 * ``running`` serves a server of either implementation in a thread for a ``with``
   block (pyserve's through :func:`pyserve.testing.serving`, with its leak checks);
-* ``pyserve_log`` captures the ``pyserve`` logger's records and can wait for one.
+* ``pyserve_log`` captures the ``pyserve`` logger's records.
 """
 
 from __future__ import annotations
@@ -252,27 +252,14 @@ def running() -> Callable[..., contextlib.AbstractContextManager[Any]]:
 
 
 class LogCatcher(logging.Handler):
-    """Collects records; ``wait_for(predicate)`` waits (with a deadline) for one."""
+    """Collects the records it is given (from any thread)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
-        self._changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
-        with self._changed:
-            self.records.append(record)
-            self._changed.notify_all()
-
-    def wait_for(
-        self, predicate: Callable[[logging.LogRecord], bool], timeout: float = TIMEOUT
-    ) -> list[logging.LogRecord]:
-        """The matching records, once there is at least one (else, after timeout: [])."""
-        with self._changed:
-            self._changed.wait_for(
-                lambda: any(predicate(r) for r in self.records), timeout
-            )
-            return [r for r in self.records if predicate(r)]
+        self.records.append(record)  # list.append is atomic
 
 
 @pytest.fixture

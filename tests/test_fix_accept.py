@@ -19,7 +19,6 @@ import threading
 from typing import Any
 
 import pytest
-
 from conftest import TIMEOUT
 
 HOST = "127.0.0.1"

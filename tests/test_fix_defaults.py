@@ -14,7 +14,6 @@ import socket
 import time
 
 import pytest
-
 from conftest import TIMEOUT
 
 HOST = "127.0.0.1"

@@ -11,7 +11,6 @@ import struct
 import threading
 
 import pytest
-
 from conftest import TIMEOUT
 
 HOST = "127.0.0.1"
@@ -40,7 +39,8 @@ def test_handler_exception_is_logged_once_in_the_stdlib_wording(impl, running, p
     record = errors[0]
     assert record.levelno == logging.ERROR
     assert STDLIB_WORDING in record.getMessage()
-    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)
 
 
 @pytest.mark.parametrize(

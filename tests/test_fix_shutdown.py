@@ -10,8 +10,8 @@ return well inside a generous 5 s on a loaded machine.
 from __future__ import annotations
 
 import threading
-import pytest
 
+import pytest
 from conftest import TIMEOUT
 
 # -------------------------------------------------------------- fix 1: promptness

@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import pytest
-
 from conftest import TIMEOUT
 
 HOST = "127.0.0.1"
@@ -107,7 +106,8 @@ def test_server_close_waits_for_running_non_daemon_handler(impl):
             super().server_close()
 
     server = Server((HOST, 0), Handler)
-    assert server.block_on_close and not server.daemon_threads  # the defaults
+    assert server.block_on_close  # the defaults
+    assert not server.daemon_threads
     with socket.create_connection(server.server_address, timeout=TIMEOUT) as client:
         server.handle_request()  # starts the handler thread
         assert client.recv(16) == b"started"
