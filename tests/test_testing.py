@@ -194,8 +194,13 @@ def test_release_the_leaked_thread():
 """
 
 
-def test_plugin_fixtures_work_in_a_pytest_run(pytester):
+def test_plugin_fixtures_work_in_a_pytest_run(pytester, pytestconfig):
     pytester.makepyfile(test_plugin_use=PLUGIN_TESTS)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    args = ["-p", "no:cacheprovider"]
+    if pytestconfig.pluginmanager.get_plugin("pyserve") is None:
+        # pyserve runs from a source tree here (PYTHONPATH), not installed: no
+        # pytest11 entry point registered the plugin, so name it.
+        args += ["-p", "pyserve.pytest_plugin"]
+    result = pytester.runpytest_inprocess(*args)
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_serve_reports_a_leaked_thread*"])
