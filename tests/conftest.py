@@ -31,6 +31,7 @@ import signal
 import socketserver
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -174,28 +175,31 @@ def _run_scenario(
     )
     env = dict(os.environ, PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
     started = time.monotonic()
-    # A session of its own, so a hung scenario and any child it forked are killed
-    # together by process group (the group id is the pid of the process we started).
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        timed_out = True
-    else:
-        # Children the scenario forked and left behind go with it.
+    # Output goes to a file, not a pipe: a hung child the scenario forked would
+    # hold a pipe open after the scenario itself has exited.
+    with tempfile.TemporaryFile() as output_file:
+        # A session of its own, so the scenario and any child it forked are killed
+        # together by process group (its id is the pid of the process we started).
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=output_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        # The scenario, if hung, and children it left behind (a hung one, in the
+        # stdlib's cases) go with it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        output_file.seek(0)
+        output = output_file.read()
     return ScenarioResult(
         returncode=proc.returncode,
         output=output.decode(errors="replace"),
