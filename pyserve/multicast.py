@@ -100,9 +100,24 @@ class MulticastUDPServer(UDPServer):
     def _index(self) -> int:
         interface = self.multicast_interface
         try:
-            return socket.if_nametoindex(str(interface))
+            return _interface_index(str(interface))
         except OSError as exc:
             raise ValueError(
                 f"multicast_interface {interface!r} is neither an interface name "
                 f"nor an IPv4 address"
             ) from exc
+
+
+def _interface_index(name: str) -> int:
+    """The kernel's index of a network interface, by name.
+
+    ``socket.if_nametoindex`` where the interpreter has it; PyPy 3.9 does not, so
+    on Linux the same number is read from sysfs.
+    """
+    lookup = getattr(socket, "if_nametoindex", None)
+    if lookup is not None:
+        return int(lookup(name))
+    if "/" in name or name in ("", ".", ".."):
+        raise OSError(f"no interface named {name!r}")
+    with open(f"/sys/class/net/{name}/ifindex") as index_file:  # OSError if unknown
+        return int(index_file.read())

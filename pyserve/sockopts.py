@@ -146,7 +146,8 @@ def bind_to_device(interface: str) -> tuple[SocketOption, ...]:
 
         server = Server(("0.0.0.0", 8000), Handler)  # reachable through lo only
     """
-    option = getattr(socket, "SO_BINDTODEVICE", None)
+    # PyPy 3.9's socket module lacks the constant; Linux's value is fixed ABI.
+    option = getattr(socket, "SO_BINDTODEVICE", 25 if sys.platform.startswith("linux") else None)
     if option is None:
         raise ValueError(f"bind_to_device({interface!r}): not supported on {sys.platform}")
     if not isinstance(interface, str) or not interface or "\0" in interface:
