@@ -13,6 +13,13 @@ writing one. The modules, from the bottom up:
   qotd, daytime, time) over TCP and UDP;
 * :mod:`handlers.auth`: an HMAC-SHA256 challenge-response mix-in for any stream
   handler, and its client helper;
+* :mod:`handlers.chat`: a chat room where a client that stops reading cannot
+  hold up the others;
+* :mod:`handlers.resp` (with ``resp_protocol``, ``resp_encoding``, ``resp_store``,
+  ``resp_session``, ``resp_commands``, ``resp_connection``):
+  a Redis-compatible key-value server for redis-cli, redis-py and redis-benchmark;
+* :mod:`handlers.files`: uploads and downloads under a root directory, atomic and
+  confined to it, with client helpers;
 * :mod:`handlers.registry`: short names (``echo``, ``daytime``, ``uppercase``...)
   for all of the above, so a command line can serve them by name.
 

@@ -240,3 +240,18 @@ register(
     tcp="handlers.framing:EchoMessageHandler",
     description="echoes length-prefixed messages (4-byte big-endian length)",
 )
+register(
+    "chat",
+    tcp="handlers.chat:ChatHandler",
+    description="a chat room (/nick, /who, /quit); a client that stops reading is dropped",
+)
+register(
+    "resp",
+    tcp="handlers.resp:RespHandler",
+    description="a Redis-compatible key-value store (RESP2) for redis-cli and redis-py",
+)
+register(
+    "files",
+    tcp="handlers.files:FileHandler",
+    description="uploads and downloads under the current directory (length-prefixed frames)",
+)

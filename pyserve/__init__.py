@@ -19,9 +19,30 @@ import socket
 
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
-from pyserve.errors import ProtocolError, PyserveError, RequestDropped
+from pyserve.errors import LineTooLong, ProtocolError, PyserveError, RequestDropped, RequestTimedOut
+from pyserve.events import (
+    ACCEPTED,
+    DRAINED,
+    ERRORED,
+    EVENT_KINDS,
+    FINISHED,
+    REJECTED,
+    STARTED,
+    TIMED_OUT,
+    LoggingObserver,
+    ServerEvent,
+    Stats,
+)
+from pyserve.lifecycle import DrainReport
+from pyserve.pool import ThreadPoolMixIn
+from pyserve.registry import InFlight
 from pyserve.request import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
-from pyserve.servers import ThreadingTCPServer, ThreadingUDPServer
+from pyserve.servers import (
+    ThreadingTCPServer,
+    ThreadingUDPServer,
+    ThreadPoolTCPServer,
+    ThreadPoolUDPServer,
+)
 from pyserve.sockets import SocketServer, TCPServer, UDPServer
 
 __version__ = "0.1.0"
@@ -45,7 +66,12 @@ if hasattr(os, "fork"):
     __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"]
 
 if hasattr(socket, "AF_UNIX"):
-    from pyserve.servers import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from pyserve.servers import (
+        ThreadingUnixDatagramServer,
+        ThreadingUnixStreamServer,
+        ThreadPoolUnixDatagramServer,
+        ThreadPoolUnixStreamServer,
+    )
     from pyserve.sockets import UnixDatagramServer, UnixStreamServer
 
     __all__ += [
@@ -66,3 +92,13 @@ if hasattr(os, "fork"):
     from pyserve.prefork import Prefork
 
     __all__ += ["Prefork"]
+# Production concurrency and lifecycle (thread pool, registry, drain, limits, events).
+__all__ += [
+    "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer",
+    "InFlight", "DrainReport", "Stats", "ServerEvent", "LoggingObserver",
+    "LineTooLong", "RequestTimedOut",
+    "ACCEPTED", "REJECTED", "STARTED", "FINISHED", "ERRORED", "TIMED_OUT", "DRAINED",
+    "EVENT_KINDS",
+]
+if hasattr(socket, "AF_UNIX"):
+    __all__ += ["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]

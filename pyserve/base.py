@@ -46,7 +46,16 @@ from types import TracebackType
 from typing import Any, Callable, Optional
 
 from pyserve import explain
-from pyserve.errors import ACCEPT_CAPACITY, ACCEPT_FATAL, ACCEPT_TRANSIENT, PeerGone, RequestDropped
+from pyserve.errors import (
+    ACCEPT_CAPACITY,
+    ACCEPT_FATAL,
+    ACCEPT_TRANSIENT,
+    PeerFault,
+    PeerGone,
+    RequestDropped,
+)
+from pyserve.lifecycle import Lifecycle
+from pyserve.limits import ConnectionLimits
 from pyserve.loop import ServeLoop, _Selector
 
 if sys.version_info >= (3, 11):
@@ -59,7 +68,7 @@ __all__ = ["BaseServer"]
 logger = logging.getLogger("pyserve")
 
 
-class BaseServer(ServeLoop):
+class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
     """The base of every server: a request loop and the hooks it calls.
 
     For the caller:
@@ -86,6 +95,14 @@ class BaseServer(ServeLoop):
       the listener (safe from any thread)
     - ``_watch(fd, callback)`` / ``_unwatch(fd)``: extra descriptors for the loop
     - ``_init_dispatch_state()``: cooperative hook to declare strategy state
+    - ``_track()``, ``_started()``, ``_ended()``: the request registry (see
+      :mod:`pyserve.lifecycle`); every strategy reports its requests through them
+
+    Lifecycle (see :mod:`pyserve.lifecycle` and :mod:`pyserve.events`):
+    ``in_flight()``, ``stats``, ``add_observer()``, ``drain(grace)``, ``draining``.
+    Connection limits (see :mod:`pyserve.limits`): ``max_connections``,
+    ``max_connections_per_client``, and the handler protections ``idle_timeout``,
+    ``request_deadline``, ``max_line_length``.
 
     Class attributes that may be overridden:
 
@@ -105,6 +122,7 @@ class BaseServer(ServeLoop):
         self.server_address: Any = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._init_loop_state()
+        self._init_lifecycle_state()
         self._init_dispatch_state()
         if explain.requested(self):  # the attribute, then the environment; free when off
             explain.install(self)
@@ -147,7 +165,12 @@ class BaseServer(ServeLoop):
             return
         if self._backoff_delay:
             self._accept_recovered()
+        self._accepted(client_address)
         if not self.verify_request(request, client_address):
+            self._rejected(client_address, "verify_request")
+            self.shutdown_request(request)
+            return
+        if self._limits_apply() and not self._within_limits(client_address):
             self.shutdown_request(request)
             return
         try:
@@ -178,8 +201,15 @@ class BaseServer(ServeLoop):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Run the request: here synchronously. Concurrency mix-ins override this."""
-        self.finish_request(request, client_address)
+        entry = self._track(request, client_address)
+        self._started(entry)
+        try:
+            self.finish_request(request, client_address)
+        except BaseException as exc:
+            self._ended(entry, exc)
+            raise
         self.shutdown_request(request)
+        self._ended(entry)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Instantiate the handler class, which does the work in its constructor."""
@@ -200,10 +230,14 @@ class BaseServer(ServeLoop):
 
         A peer that hung up (reset, broken pipe, timeout) is logged at DEBUG in one
         line, so no client can flood the log; anything else at ERROR with the
-        traceback, in the stdlib's wording.
+        traceback, in the stdlib's wording. A peer's fault that pyserve detected (an
+        over-long line, a missed deadline, a protocol error) is one WARNING line
+        giving the reason.
         """
         exc = sys.exc_info()[1]
-        if isinstance(exc, PeerGone):
+        if isinstance(exc, PeerFault):
+            logger.warning("Closed the connection from %s: %s", client_address, exc)
+        elif isinstance(exc, PeerGone):
             logger.debug("Connection from %s ended by the peer: %r", client_address, exc)
         else:
             logger.error(

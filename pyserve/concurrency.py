@@ -20,7 +20,16 @@ TCPServer)``) that overrides ``process_request()`` to run the request elsewhere 
   stream listener, so a closed server stops accepting even while children run.
 
 Each strategy declares its state in ``_init_dispatch_state()`` (see
-:mod:`pyserve.base` for why not in ``__init__``).
+:mod:`pyserve.base` for why not in ``__init__``), and enters every request in the
+server's registry of live requests (``_track``/``_started``/``_ended``, see
+:mod:`pyserve.lifecycle`): a request thread reports for itself, a forked child is
+reported by the parent when it forks and when it reaps.
+
+Closing is bounded: ``server_close()`` waits for running requests at most
+``close_timeout`` seconds (30 by default), then shuts their connections for reading
+(or sends SIGTERM to the children) and gives up after ``drain_force_timeout`` more,
+logging what was left. (The stdlib waits as long as a keep-alive client stays.)
+``close_timeout = None`` restores the unbounded wait.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -97,10 +108,15 @@ class ThreadingMixIn(_Base):
 
     - ``daemon_threads``: request threads do not keep the process alive
     - ``block_on_close``: ``server_close()`` waits for non-daemon request threads
+    - ``close_timeout``: ... but at most this many seconds before forcing them to end
+      (None: as long as they run, as the stdlib does)
     """
 
     daemon_threads: bool = False
     block_on_close: bool = True
+    #: Long enough for any reply in progress; short enough that a keep-alive client
+    #: cannot hold a closing server (or a test run) hostage.
+    close_timeout: Optional[float] = 30.0
 
     def _init_dispatch_state(self) -> None:
         super()._init_dispatch_state()
@@ -110,38 +126,62 @@ class ThreadingMixIn(_Base):
         """The body of a request thread: the stdlib's error contract."""
         try:
             self.finish_request(request, client_address)
-        except Exception:
+        except Exception as exc:
+            self._failed(request, exc)
             self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
 
-    def _run_request_thread(self, request: Any, client_address: Any) -> None:
+    def _run_request_thread(self, request: Any, client_address: Any, entry: Any) -> None:
+        self._started(entry)
         try:
             self.process_request_thread(request, client_address)
         finally:
+            self._ended(entry)
             self._threads.discard(threading.current_thread())
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread that runs the request."""
+        entry = self._track(request, client_address)
         thread = threading.Thread(
             target=self._run_request_thread,
-            args=(request, client_address),
+            args=(request, client_address, entry),
             daemon=self.daemon_threads,
         )
         self._threads.add(thread)
         try:
             thread.start()
-        except BaseException:
+        except BaseException as exc:
             self._threads.discard(thread)
+            self._ended(entry, exc)
             raise
 
     def server_close(self) -> None:
         super().server_close()
-        if self.block_on_close:
+        if not self.block_on_close:
+            return
+        if self.close_timeout is None:
             self._threads.join()
+            return
+        if not self.daemon_threads:
+            self._settle(self.close_timeout, None, "server_close")
+        deadline = time.monotonic() + self.drain_force_timeout
+        for thread in self._threads.snapshot():  # their requests are over: they are exiting
+            if not thread.daemon and thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
+
+
+def _exit_failure(pid: int, status: Optional[int]) -> Optional[BaseException]:
+    """None if a child's wait status says it succeeded, else an error describing it."""
+    if status is None or status == 0:
+        return None
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        return ChildProcessError(f"request child {pid} killed by {name}")
+    return ChildProcessError(f"request child {pid} exited with status {os.WEXITSTATUS(status)}")
 
 
 class ForkingMixIn(_Base):
@@ -152,6 +192,8 @@ class ForkingMixIn(_Base):
     - ``max_children``: at most this many children at once; beyond it the server
       stops accepting until one exits
     - ``block_on_close``: ``server_close()`` waits for the children
+    - ``close_timeout``: ... but at most this many seconds, then SIGTERM, then
+      SIGKILL after ``drain_force_timeout`` (None: wait as long as they run)
     - ``timeout``: ``handle_request()``'s wait (300 s, as in the stdlib, so
       a server driven by ``handle_request()`` still reaps its children)
     """
@@ -159,25 +201,35 @@ class ForkingMixIn(_Base):
     timeout: Optional[float] = 300
     max_children: int = 40
     block_on_close: bool = True
+    #: See ThreadingMixIn.close_timeout.
+    close_timeout: Optional[float] = 30.0
 
     def _init_dispatch_state(self) -> None:
         super()._init_dispatch_state()
         self.active_children: set[int] = set()
         self._child_pidfds: dict[int, int] = {}
+        self._child_requests: dict[int, Any] = {}  # pid -> registry entry
+
+    def _reaps_children(self) -> bool:
+        return True
+
+    def _reap_children_now(self) -> None:
+        self.collect_children()
 
     # -- parent side -------------------------------------------------------------------
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap the children that have exited (all of them, if ``blocking``)."""
         for pid in list(self.active_children):
+            status: Optional[int] = None
             try:
-                done, _status = os.waitpid(pid, 0 if blocking else os.WNOHANG)
+                done, status = os.waitpid(pid, 0 if blocking else os.WNOHANG)
             except ChildProcessError:
                 done = pid  # reaped elsewhere: forget it
             except OSError:
                 continue
             if done:
-                self._forget_child(pid)
+                self._forget_child(pid, status)
 
     def handle_timeout(self) -> None:
         self.collect_children()
@@ -191,8 +243,15 @@ class ForkingMixIn(_Base):
         """Fork; the child runs the request and exits, the parent closes its copy."""
         while len(self.active_children) >= self.max_children:
             self._wait_for_a_child()  # only without a loop: the loop holds accepts
-        pid = os.fork()
+        entry = self._track(request, client_address)
+        try:
+            pid = os.fork()
+        except BaseException as exc:
+            self._ended(entry, exc)
+            raise
         if pid:
+            self._child_requests[pid] = entry
+            self._started(entry, pid)
             self._track_child(pid)
             self.close_request(request)
             return
@@ -218,14 +277,18 @@ class ForkingMixIn(_Base):
             self._hold_accept("max-children")
 
     def _child_exited(self, pid: int) -> None:
+        status: Optional[int] = None
         try:
-            os.waitpid(pid, 0)  # the pidfd said it exited: this does not block
+            _pid, status = os.waitpid(pid, 0)  # the pidfd said it exited: no blocking
         except ChildProcessError:
             pass
-        self._forget_child(pid)
+        self._forget_child(pid, status)
 
-    def _forget_child(self, pid: int) -> None:
+    def _forget_child(self, pid: int, status: Optional[int] = None) -> None:
         self.active_children.discard(pid)
+        entry = self._child_requests.pop(pid, None)
+        if entry is not None:
+            self._ended(entry, _exit_failure(pid, status))
         pidfd = self._child_pidfds.pop(pid, None)
         if pidfd is not None:
             self._unwatch(pidfd)
@@ -235,6 +298,8 @@ class ForkingMixIn(_Base):
 
     def server_close(self) -> None:
         super().server_close()
+        if self.block_on_close and self.close_timeout is not None:
+            self._settle(self.close_timeout, None, "server_close")
         self.collect_children(blocking=self.block_on_close)
         for pidfd in self._child_pidfds.values():  # children left running
             self._unwatch(pidfd)
@@ -263,6 +328,7 @@ class ForkingMixIn(_Base):
             os.close(pidfd)
         self._child_pidfds.clear()
         self.active_children = set()
+        self._child_requests = {}
         listener = getattr(self, "socket", None)
         # A datagram server replies through its one socket, so only a stream
         # listener is closed.

@@ -17,10 +17,13 @@ import errno
 import socket
 
 __all__ = [
+    "LineTooLong",
+    "PeerFault",
     "PeerGone",
     "ProtocolError",
     "PyserveError",
     "RequestDropped",
+    "RequestTimedOut",
 ]
 
 
@@ -33,6 +36,14 @@ class ProtocolError(PyserveError, ValueError):
 
     Raised by sans-IO parsers; the handler closes that connection and logs the reason.
     """
+
+
+class LineTooLong(ProtocolError):
+    """A peer sent a line longer than the handler's ``max_line_length``."""
+
+
+class RequestTimedOut(PyserveError, TimeoutError):
+    """A connection missed its idle timeout or its whole-request deadline."""
 
 
 class RequestDropped(PyserveError, OSError):
@@ -55,6 +66,10 @@ PeerGone: tuple[type[BaseException], ...] = (
     socket.timeout,  # an alias of TimeoutError from 3.10 on; distinct on 3.9
     TimeoutError,
 )
+
+#: Misbehaviour pyserve detects in a peer: the connection is closed and the reason
+#: logged in one WARNING line (no traceback: the server is not at fault).
+PeerFault: tuple[type[BaseException], ...] = (ProtocolError, RequestTimedOut)
 
 # -- accept() failures, sorted (pyserve.base uses these sets) ---------------------
 

@@ -7,24 +7,18 @@ sockets and the worker processes, and turns signals into lifecycle changes::
 
     Prefork(ThreadingTCPServer, ("0.0.0.0", 8000), Handler, workers=4).run()
 
-**Sockets belong to the parent, one per worker slot.** The constructor creates
-them, so ``server_address`` (port 0 resolved) is known before any fork. Where the
-platform has ``SO_REUSEPORT`` (Linux, BSDs; TCP and UDP over IP) there is one
-listening socket per slot, all bound to the same address, and the kernel spreads
-new connections across them. Elsewhere (and for Unix-domain sockets) there is one
-socket, inherited by every worker, which all accept from. Because the parent keeps
-its copy open, a socket outlives the worker using it: connections queued on a
-crashed worker's socket wait for its replacement instead of being reset, and
-during a roll the old and the new worker of a slot share the slot's socket, so a
-connection is never refused while the old one drains. (Sockets opened *in* the
-workers would lose their queue each time a worker closes its listener.)
+**Sockets belong to the parent**, one per worker slot where the platform has
+``SO_REUSEPORT``, else one shared by all: the constructor creates them, so
+``server_address`` (port 0 resolved) is known before any fork, and they outlive
+the workers, so a queue survives a crashed or rolled worker. How and why is in
+:mod:`pyserve.prefork_sockets`.
 
 **Workers build their server after the fork, from a factory.** A server built
 before the fork would carry the parent's threads, locks and wake-up pipe into
 every child, and a restarted worker needs a fresh one anyway. By default the
-worker calls ``server_class(address, RequestHandlerClass, bind_and_activate=False)``
-and hands it the slot's socket, which fits every class with the stdlib's
-constructor; ``make_server(listener)`` replaces that for anything else.
+worker builds ``server_class`` around the slot's socket (``adopt_listener``),
+which fits every class with the stdlib's constructor; ``make_server(listener)``
+replaces that for anything else.
 
 **Readiness by construction.** Each worker gets a pipe; it writes one byte once its
 ``serve_forever()`` loop runs. The supervisor waits for that byte (with a
@@ -46,9 +40,8 @@ the supervisor's single ``select()`` sees signals, readiness bytes and child exi
   fork from this same parent: a roll renews processes and whatever the factory
   reads at start, not the Python code already imported.)
 * a worker that exits on its own is restarted after a back-off that doubles on
-  each consecutive failure up to ``restart_backoff_max``; one that had lived longer
-  than that counts as healthy again. A worker crashing in a loop costs at most one
-  fork per ``restart_backoff_max`` seconds.
+  each consecutive failure up to ``restart_backoff_max``
+  (:mod:`pyserve.prefork_backoff`).
 
 The worker side (signals, readiness, drain) lives in :mod:`pyserve.prefork_worker`.
 """
@@ -64,10 +57,11 @@ import socket
 import threading
 import time
 from types import FrameType, TracebackType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
-from pyserve.prefork_worker import READY, serve_in_worker
-from pyserve.sockets import _is_filesystem_path
+from pyserve.prefork_backoff import RestartSchedule
+from pyserve.prefork_sockets import Listeners, adopt_listener
+from pyserve.prefork_worker import READY, become_worker
 
 __all__ = ["Prefork"]
 
@@ -148,21 +142,12 @@ class Prefork:
         self.ready_timeout = ready_timeout
         self.restart_backoff_initial = restart_backoff_initial
         self.restart_backoff_max = restart_backoff_max
-        family = getattr(server_class, "address_family", socket.AF_INET)
-        if reuse_port is None:
-            reuse_port = hasattr(socket, "SO_REUSEPORT") and family in (
-                socket.AF_INET,
-                socket.AF_INET6,
-            )
-        self.reuse_port = reuse_port
-        self.server_address: Any = server_address
-        self._listeners: list[socket.socket] = []
-        self._created_path: Optional[Union[str, bytes]] = None
-        self._open_listeners(family)
+        self._listeners = Listeners(server_class, server_address, workers, reuse_port)
+        self.reuse_port = self._listeners.reuse_port
+        self.server_address: Any = self._listeners.address
         # Supervisor state (used by run()).
         self._live: dict[int, _Worker] = {}
-        self._failures = [0] * workers
-        self._restart_at: list[Optional[float]] = [0.0] * workers  # None: not wanted
+        self._restarts = RestartSchedule(workers, restart_backoff_initial, restart_backoff_max)
         self._roll_queue: list[int] = []
         self._rolling = False
         self._stopping = False
@@ -171,52 +156,12 @@ class Prefork:
 
     # -- sockets -------------------------------------------------------------------
 
-    def _open_listeners(self, family: int) -> None:
-        kind = getattr(self.server_class, "socket_type", socket.SOCK_STREAM)
-        backlog = getattr(self.server_class, "request_queue_size", socket.SOMAXCONN)
-        reuse_address = getattr(self.server_class, "allow_reuse_address", False)
-        try:
-            for _ in range(self.workers if self.reuse_port else 1):
-                listener = socket.socket(family, kind)
-                self._listeners.append(listener)
-                if reuse_address and family != getattr(socket, "AF_UNIX", None):
-                    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if self.reuse_port:
-                    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                listener.bind(self.server_address)
-                if _is_filesystem_path(self.server_address):
-                    self._created_path = self.server_address
-                # The first bind resolves port 0; the others bind that same port.
-                self.server_address = listener.getsockname()
-                if kind == socket.SOCK_STREAM:
-                    listener.listen(backlog)
-        except BaseException:
-            self.close()
-            raise
-
-    def _listener_for(self, slot: int) -> socket.socket:
-        return self._listeners[slot if self.reuse_port else 0]
-
     def _default_make_server(self, listener: socket.socket) -> Any:
-        server = self.server_class(
-            listener.getsockname(), self.RequestHandlerClass, bind_and_activate=False
-        )
-        server.socket.close()
-        server.socket = listener
-        server.server_address = listener.getsockname()
-        return server
+        return adopt_listener(self.server_class, self.RequestHandlerClass, listener)
 
     def close(self) -> None:
         """Close the listening sockets (and remove a Unix socket file we created)."""
-        for listener in self._listeners:
-            listener.close()
-        self._listeners.clear()
-        path, self._created_path = self._created_path, None
-        if path is not None:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass  # already gone
+        self._listeners.close()
 
     def __enter__(self) -> Prefork:
         return self
@@ -245,7 +190,7 @@ class Prefork:
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("Prefork.run() must be called from the main thread")
-        if not self._listeners:
+        if self._listeners.closed:
             raise RuntimeError("Prefork.run() called after close()")
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -294,7 +239,7 @@ class Prefork:
     def _timeout(self, now: float) -> float:
         moments: list[float] = [w.deadline for w in self._live.values() if w.deadline]
         if not self._stopping:
-            moments += [t for t in self._restart_at if t is not None]
+            moments += self._restarts.moments()
         # Signals and child exits wake select() anyway; the cap only bounds the wait
         # if a SIGCHLD was coalesced with another and lost its byte.
         return max(0.0, min([now + 5.0, *moments]) - now)
@@ -336,10 +281,8 @@ class Prefork:
     # -- workers -------------------------------------------------------------------
 
     def _start_wanted_workers(self, now: float) -> None:
-        for slot, when in enumerate(self._restart_at):
-            if when is not None and when <= now:
-                self._restart_at[slot] = None
-                self._spawn(slot, _Role.SERVING)
+        for slot in self._restarts.take_due(now):
+            self._spawn(slot, _Role.SERVING)
 
     def _advance_roll(self) -> None:
         if any(w.role is _Role.INCOMING for w in self._live.values()) or any(
@@ -370,8 +313,10 @@ class Prefork:
         try:
             pid = os.fork()
             if pid == 0:
-                os.close(ready_r)
-                self._become_worker(slot, ready_w, blocked)  # never returns
+                inherited = [self._wake_r, ready_r]
+                inherited += [w.ready_fd for w in self._live.values() if w.ready_fd is not None]
+                become_worker(self.make_server, self._listeners, slot, ready_w=ready_w,
+                              grace=self.drain_timeout, mask=blocked, inherited=inherited)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(ready_w)
@@ -447,42 +392,14 @@ class Prefork:
             self._roll_queue.clear()
             self._rolling = False
             if self._serving(worker.slot) is None:  # the old one died meanwhile
-                self._restart_at[worker.slot] = time.monotonic()
+                self._restarts.due_at(worker.slot, time.monotonic())
             return
-        if lived > self.restart_backoff_max:
-            self._failures[worker.slot] = 0  # it had been healthy
-        self._failures[worker.slot] += 1
-        delay = min(
-            self.restart_backoff_initial * 2 ** (self._failures[worker.slot] - 1),
-            self.restart_backoff_max,
-        )
+        delay = self._restarts.record_exit(worker.slot, lived)
         logger.warning("worker %d %s; restarting slot %d in %.2fs", worker.pid, how,
                        worker.slot, delay)
         # If a roll's new worker is already starting on this slot, it takes over.
         if not any(w.slot == worker.slot for w in self._live.values()):
-            self._restart_at[worker.slot] = time.monotonic() + delay
-
-    # -- the worker side ---------------------------------------------------------
-
-    def _become_worker(self, slot: int, ready_w: int, mask: Any) -> None:
-        """Run in the forked child: serve until SIGTERM, drain, ``os._exit``."""
-        status = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            os.close(self._wake_r)
-            for worker in self._live.values():
-                if worker.ready_fd is not None:
-                    os.close(worker.ready_fd)
-            listener = self._listener_for(slot)
-            for other in self._listeners:
-                if other is not listener:
-                    other.close()
-            status = serve_in_worker(self.make_server, listener, ready_w, self.drain_timeout,
-                                      mask)
-        except BaseException:
-            logger.exception("worker %d failed", os.getpid())
-        finally:
-            os._exit(status)
+            self._restarts.due_at(worker.slot, time.monotonic() + delay)
 
 
 def _describe_status(status: int) -> str:

@@ -2,9 +2,11 @@
 
 Theory of operation
 -------------------
-The supervisor forks with its signals blocked and calls :func:`serve_in_worker` in
-the child, which never returns to the caller's code (the supervisor ends the
-process with ``os._exit``). A ``WorkerProcess`` then:
+The supervisor forks with its signals blocked and calls :func:`become_worker` in
+the child, which never returns: it closes the supervisor's descriptors the child
+inherited (its wake-up pipe, other workers' readiness pipes, other slots' sockets),
+runs :func:`serve_in_worker` and ends the process with ``os._exit`` (a failure is
+logged and is exit status 1). A ``WorkerProcess`` then:
 
 1. installs its own signal handling: ``SIGTERM`` means *drain and exit*;
    ``SIGINT`` and ``SIGHUP`` are ignored (the supervisor decides); only then are
@@ -36,9 +38,11 @@ import socket
 import threading
 from collections.abc import Iterable
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
-__all__ = ["READY", "serve_in_worker"]
+from pyserve.prefork_sockets import Listeners
+
+__all__ = ["READY", "become_worker", "serve_in_worker"]
 
 logger = logging.getLogger("pyserve.prefork")
 
@@ -136,3 +140,27 @@ def serve_in_worker(
     worker = WorkerProcess(make_server, grace)
     worker.install_signals(mask)
     return worker.run(listener, ready_w)
+
+
+def become_worker(
+    make_server: Callable[[socket.socket], Any],
+    listeners: Listeners,
+    slot: int,
+    *,
+    ready_w: int,
+    grace: float,
+    mask: Iterable[int],
+    inherited: Iterable[int],
+) -> NoReturn:
+    """In a freshly forked child: close ``inherited`` fds, serve ``slot``, ``os._exit``."""
+    status = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for fd in inherited:
+            os.close(fd)
+        listener = listeners.keep_only(slot)
+        status = serve_in_worker(make_server, listener, ready_w, grace, mask)
+    except BaseException:
+        logger.exception("worker %d failed", os.getpid())
+    finally:
+        os._exit(status)

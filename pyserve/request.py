@@ -40,6 +40,8 @@ import io
 import socket
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
+from pyserve.limits import make_rfile
+
 __all__ = [
     "BaseRequestHandler",
     "DatagramRequestHandler",
@@ -137,6 +139,9 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
     - ``wbufsize``: ``wfile``'s buffer (0: every write is sent at once)
     - ``timeout``: seconds each socket operation may block (None: forever)
     - ``disable_nagle_algorithm``: set TCP_NODELAY on the connection
+    - ``idle_timeout``, ``request_deadline``, ``max_line_length``: protections
+      against slow or abusive peers (None: the server's value, if any; see
+      :mod:`pyserve.limits`)
     """
 
     request: socket.socket
@@ -144,6 +149,9 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
     wbufsize: int = 0
     timeout: Optional[float] = None
     disable_nagle_algorithm: bool = False
+    idle_timeout: Optional[float] = None
+    request_deadline: Optional[float] = None
+    max_line_length: Optional[int] = None
 
     def setup(self) -> None:
         self.connection = self.request
@@ -159,7 +167,9 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
             # TLS sockets and unbuffered reads: the socket's own file object.
             return self.connection.makefile("rb", self.rbufsize)  # type: ignore[return-value]
         size = self.rbufsize if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE
-        return io.BufferedReader(_SocketReader(self.connection), size)
+        raw = _SocketReader(self.connection)
+        protected = make_rfile(self, raw, size)
+        return protected if protected is not None else io.BufferedReader(raw, size)
 
     def _make_wfile(self) -> io.BufferedIOBase:
         if self.wbufsize == 0:

@@ -12,9 +12,10 @@ import os
 import socket
 
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
+from pyserve.pool import ThreadPoolMixIn
 from pyserve.sockets import TCPServer, UDPServer
 
-__all__ = ["ThreadingTCPServer", "ThreadingUDPServer"]
+__all__ = ["ThreadPoolTCPServer", "ThreadPoolUDPServer", "ThreadingTCPServer", "ThreadingUDPServer"]
 
 
 class ThreadingTCPServer(ThreadingMixIn, TCPServer):
@@ -23,6 +24,14 @@ class ThreadingTCPServer(ThreadingMixIn, TCPServer):
 
 class ThreadingUDPServer(ThreadingMixIn, UDPServer):
     """A UDP server that runs each datagram in its own thread."""
+
+
+class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
+    """A TCP server that runs connections on a bounded pool of reused threads."""
+
+
+class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
+    """A UDP server that runs datagrams on a bounded pool of reused threads."""
 
 
 if hasattr(os, "fork"):
@@ -38,7 +47,18 @@ if hasattr(os, "fork"):
 if hasattr(socket, "AF_UNIX"):
     from pyserve.sockets import UnixDatagramServer, UnixStreamServer
 
-    __all__ += ["ThreadingUnixDatagramServer", "ThreadingUnixStreamServer"]
+    __all__ += [
+        "ThreadPoolUnixDatagramServer",
+        "ThreadPoolUnixStreamServer",
+        "ThreadingUnixDatagramServer",
+        "ThreadingUnixStreamServer",
+    ]
+
+    class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
+        """A Unix stream server on a bounded pool of reused threads."""
+
+    class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
+        """A Unix datagram server on a bounded pool of reused threads."""
 
     class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
         """A Unix stream server that runs each connection in its own thread."""

@@ -1,7 +1,8 @@
 """Prefork: real supervisor processes, real workers, real signals.
 
 Each test runs tests/prefork_scripts/supervise.py in a subprocess (so signals
-never reach pytest), learns the port from its ``PORT`` line and follows the
+never reach pytest), learns the port (or Unix path) from its ``PORT`` (``PATH``)
+line and follows the
 supervisor's log lines on its stdout: every wait is on a line, with a deadline.
 """
 
@@ -12,6 +13,7 @@ import queue
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ import pytest
 
 from pyserve import TCPServer, ThreadingTCPServer
 from pyserve.prefork import Prefork
+from pyserve.prefork_backoff import RestartSchedule
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
 
@@ -47,7 +50,9 @@ class Supervisor:
         self.seen: list[str] = []
         self.worker_pids: set[int] = set()
         threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(self.expect(r"^PORT (\d+)").group(1))
+        where = self.expect(r"^(PORT|PATH) (.+)$")
+        self.port = int(where.group(2)) if where.group(1) == "PORT" else 0
+        self.path = where.group(2) if where.group(1) == "PATH" else ""
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -108,6 +113,40 @@ def ask_pid(port: int) -> int:
         client.sendall(b"pid\n")
         with client.makefile("rb") as reader:
             return int(reader.readline())
+
+
+def ask_pids_over_udp(port: int, clients: int) -> list[int]:
+    """Send ``pid`` from ``clients`` sockets (distinct source ports); return the answers.
+
+    Distinct source ports matter: with SO_REUSEPORT the kernel picks a worker's socket
+    by hashing the datagram's addresses, so one client socket always meets one worker.
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(clients)]
+    try:
+        for client in sockets:
+            client.settimeout(DEADLINE)
+            client.sendto(b"pid", ("127.0.0.1", port))
+        return [int(client.recv(100)) for client in sockets]
+    finally:
+        for client in sockets:
+            client.close()
+
+
+def unix_client(path: str) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(DEADLINE)
+    try:
+        client.connect(path)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def reuse_port_mode(supervisor: Supervisor, workers: int) -> bool:
+    """Read the supervisor's first log line: one socket per worker, or one shared."""
+    mode = supervisor.expect(rf"supervising {workers} workers on .* \((.+)\)$").group(1)
+    return mode == "SO_REUSEPORT"
 
 
 @pytest.fixture
@@ -269,3 +308,87 @@ def test_bad_arguments_raise_naming_the_value(option: str, value: float) -> None
         Prefork(TCPServer, ("127.0.0.1", 0), None, **{option: value})  # type: ignore[arg-type]
 
 
+def test_udp_workers_each_answer_datagrams(start: list[Supervisor]) -> None:
+    supervisor = launch(start, "--kind", "udp", "--workers", "3")
+    per_worker_sockets = reuse_port_mode(supervisor, 3)
+    workers = set(supervisor.ready_workers(3))
+    answers = ask_pids_over_udp(supervisor.port, 30)
+    assert len(answers) == 30
+    assert set(answers) <= workers
+    if per_worker_sockets:  # the kernel spreads 30 source ports over the 3 sockets
+        assert len(set(answers)) >= 2
+
+
+def test_udp_killed_worker_is_replaced_and_its_socket_keeps_its_datagrams(
+    start: list[Supervisor],
+) -> None:
+    supervisor = launch(start, "--kind", "udp", "--workers", "2")
+    per_worker_sockets = reuse_port_mode(supervisor, 2)
+    victim, survivor = supervisor.ready_workers(2)
+    os.kill(victim, signal.SIGKILL)
+    supervisor.expect(rf"worker {victim} killed by SIGKILL; restarting slot")
+    # Sent while the slot has no worker: datagrams for the victim's socket wait in
+    # its queue (the supervisor holds it open) and the replacement answers them.
+    answers = ask_pids_over_udp(supervisor.port, 30)
+    replacement = int(supervisor.expect(r"worker (\d+) ready").group(1))
+    assert replacement not in (victim, survivor)
+    assert set(answers) <= {survivor, replacement}
+    if per_worker_sockets:
+        assert replacement in answers
+    assert set(ask_pids_over_udp(supervisor.port, 10)) <= {survivor, replacement}
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+
+
+def test_unix_stream_workers_share_one_inherited_socket(
+    start: list[Supervisor], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "prefork.sock")
+    supervisor = launch(start, "--kind", "unix", "--path", path, "--workers", "2")
+    assert supervisor.path == path
+    assert not reuse_port_mode(supervisor, 2)
+    workers = set(supervisor.ready_workers(2))
+    # Each worker serves one connection at a time: while one holds a connection,
+    # the next connection on the same path can only be accepted by the other.
+    with unix_client(path) as first, first.makefile("rb") as first_reader:
+        first.sendall(b"pid\nhold\n")
+        busy = int(first_reader.readline())
+        assert first_reader.readline() == b"holding\n"
+        with unix_client(path) as second, second.makefile("rb") as second_reader:
+            second.sendall(b"pid\n")
+            other = int(second_reader.readline())
+        first.sendall(b"go on\n")
+        assert first_reader.readline() == b"released\n"
+    assert {busy, other} == workers
+
+
+def test_unix_socket_file_outlives_a_roll_and_is_removed_at_stop(
+    start: list[Supervisor], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "prefork.sock")
+    supervisor = launch(start, "--kind", "unix", "--path", path, "--workers", "1")
+    supervisor.ready_workers(1)
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    supervisor.signal(signal.SIGHUP)  # the old worker drains and closes its server
+    new_worker = int(supervisor.expect(r"roll complete: workers \[(\d+)\]").group(1))
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    with unix_client(path) as client, client.makefile("rb") as reader:
+        client.sendall(b"pid\n")
+        assert int(reader.readline()) == new_worker
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+    assert not os.path.exists(path)
+
+
+
+def test_restart_backoff_starts_afresh_after_a_healthy_life() -> None:
+    schedule = RestartSchedule(1, initial=0.1, maximum=1.0)
+    assert schedule.take_due(0.0) == [0]  # every slot starts at once
+    crash_loop = [schedule.record_exit(0, lived=0.01) for _ in range(6)]
+    assert crash_loop == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert schedule.record_exit(0, lived=1.5) == 0.1  # it had outlived the maximum
+    schedule.due_at(0, 5.0)
+    assert schedule.moments() == [5.0]
+    assert schedule.take_due(4.9) == []
+    assert schedule.take_due(5.0) == [0]
+    assert schedule.moments() == []

@@ -1,12 +1,15 @@
 """Run a Prefork supervisor for tests/test_prefork.py, in its own process.
 
-Prints ``PORT <n>`` once the listening sockets exist (connections queue from then
-on), relays the supervisor's log lines to stdout (the test waits on them), and
-exits with ``run()``'s status. Signal handlers in force after ``run()`` are
+Prints ``PORT <n>`` (``--kind tcp|udp``) or ``PATH <path>`` (``--kind unix``) once
+the listening sockets exist (connections queue from then on), relays the
+supervisor's log lines to stdout (the test waits on them), and exits with
+``run()``'s status. Signal handlers in force after ``run()`` are
 compared with those before and reported as ``HANDLERS restored|changed``.
 
-Handler protocol, one line per request: ``pid`` -> this worker's pid; ``hold`` ->
-``holding``, then waits for any line and answers ``released``.
+Stream protocol (TCP: a threading server; Unix: a one-request-at-a-time server),
+one line per command: ``pid`` -> this worker's pid; ``hold`` -> ``holding``, then
+waits for any line and answers ``released``. UDP (one-at-a-time server): the
+datagram ``pid`` is answered with this worker's pid.
 """
 
 from __future__ import annotations
@@ -18,11 +21,17 @@ import signal
 import sys
 from typing import Any
 
-from pyserve import StreamRequestHandler, ThreadingTCPServer
+from pyserve import (
+    DatagramRequestHandler,
+    StreamRequestHandler,
+    ThreadingTCPServer,
+    UDPServer,
+    UnixStreamServer,
+)
 from pyserve.prefork import Prefork
 
 
-class Handler(StreamRequestHandler):
+class Handler(StreamRequestHandler[Any]):
     def handle(self) -> None:
         for line in self.rfile:
             command = line.strip()
@@ -32,6 +41,12 @@ class Handler(StreamRequestHandler):
                 self.wfile.write(b"holding\n")
                 self.rfile.readline()
                 self.wfile.write(b"released\n")
+
+
+class PidDatagramHandler(DatagramRequestHandler[Any]):
+    def handle(self) -> None:
+        if self.rfile.read().strip() == b"pid":
+            self.wfile.write(b"%d" % os.getpid())
 
 
 def broken_factory(listener: Any) -> Any:
@@ -44,21 +59,34 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--broken", action="store_true")
     parser.add_argument("--backoff-max", type=float, default=10.0)
+    parser.add_argument("--kind", choices=("tcp", "udp", "unix"), default="tcp")
+    parser.add_argument("--path", help="the Unix socket path (--kind unix)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="LOG %(message)s")
     watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
     before = [signal.getsignal(s) for s in watched]
+    server_class: Any
+    handler: Any
+    if args.kind == "udp":
+        server_class, address, handler = UDPServer, ("127.0.0.1", 0), PidDatagramHandler
+    elif args.kind == "unix":
+        server_class, address, handler = UnixStreamServer, args.path, Handler
+    else:
+        server_class, address, handler = ThreadingTCPServer, ("127.0.0.1", 0), Handler
     supervisor = Prefork(
-        ThreadingTCPServer,
-        ("127.0.0.1", 0),
-        Handler,
+        server_class,
+        address,
+        handler,
         workers=args.workers,
         drain_timeout=args.drain_timeout,
         make_server=broken_factory if args.broken else None,
         restart_backoff_initial=0.05,
         restart_backoff_max=args.backoff_max,
     )
-    print(f"PORT {supervisor.server_address[1]}", flush=True)
+    if args.kind == "unix":
+        print(f"PATH {supervisor.server_address}", flush=True)
+    else:
+        print(f"PORT {supervisor.server_address[1]}", flush=True)
     status = supervisor.run()
     after = [signal.getsignal(s) for s in watched]
     print("HANDLERS", "restored" if before == after else "changed", flush=True)

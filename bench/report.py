@@ -1,0 +1,244 @@
+"""Turning raw results into the markdown report, the pass/fail table and plots.
+
+Input: the per-run result dicts of scenarios.run_one (raw.jsonl), the in-process
+results of inproc.py (inproc.jsonl) and meta.json (machine facts, options, what
+was n/a and why). Every figure is a median over rounds; every ratio divides two
+medians from the same invocation, so slow and fast moments of a shared machine
+hit both sides. ``render(outdir)`` writes ``results.md`` and the PNGs and can be
+rerun on an old output directory (``run.py --report DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from typing import Any, Optional
+
+from scenarios import BASELINE, PRIMARY, SCENARIOS, kind
+
+Rows = list[dict[str, Any]]
+X = "\N{MULTIPLICATION SIGN}"  # the ratio sign
+DASH = "\N{EN DASH}"  # the range sign
+
+
+def load(outdir: str) -> tuple[Rows, Rows, dict[str, Any]]:
+    def jsonl(name: str) -> Rows:
+        path = os.path.join(outdir, name)
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    with open(os.path.join(outdir, "meta.json")) as f:
+        meta = json.load(f)
+    return jsonl("raw.jsonl"), jsonl("inproc.jsonl"), meta
+
+
+def median(rows: Rows, key: str) -> Optional[float]:
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return statistics.median(values) if values else None
+
+
+def fmt(value: Optional[float], digits: Optional[int] = None) -> str:
+    if value is None:
+        return "n/a"
+    if digits is None and float(value).is_integer() and abs(value) < 1e6:
+        return f"{int(value):,}"
+    if digits is None:
+        digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{value:,.{digits}f}"
+
+
+class Table:
+    """Medians of every (scenario, target) and their ratios to the baseline."""
+
+    def __init__(self, raw: Rows) -> None:
+        self.ok: dict[tuple[str, str], Rows] = {}
+        self.errors: dict[tuple[str, str], list[str]] = {}
+        for r in raw:
+            key = (r["scenario"], r["target"])
+            if r.get("error"):
+                self.errors.setdefault(key, []).append(r["error"])
+            else:
+                self.ok.setdefault(key, []).append(r)
+
+    def value(self, scenario: str, target: str, key: Optional[str] = None) -> Optional[float]:
+        key = key or PRIMARY[kind(scenario)][0]
+        return median(self.ok.get((scenario, target), []), key)
+
+    def ratio(self, scenario: str, target: str, baseline: Optional[str] = None) -> Optional[float]:
+        family = SCENARIOS[scenario][0]
+        value = self.value(scenario, target)
+        base = self.value(scenario, baseline or BASELINE[family])
+        if value is None or not base:
+            return None
+        return value / base
+
+
+def targets_table(table: Table, inproc: Rows) -> list[list[str]]:
+    """The issue's targets: [target, measured, goal, result]."""
+    out: list[list[str]] = []
+
+    def row(name: str, measured: Optional[float], text: str, goal: str, ok: bool) -> None:
+        verdict = "n/a" if measured is None else ("PASS" if ok else "FAIL")
+        out.append([name, text if measured is not None else "n/a", goal, verdict])
+
+    for scen in ("echo-1", "echo-10", "echo-100"):
+        r = table.ratio(scen, "pyserve-thread")
+        row(f"raw echo, {scen}: pyserve / stdlib ThreadingTCPServer", r, f"{fmt(r)}{X}",
+            f"≥ 1.0{X}", r is not None and r >= 1.0)
+    for scen in ("echo-1", "echo-10", "echo-100"):
+        r = table.ratio(scen, "pyserve-thread-stream")
+        row(f"StreamRequestHandler echo, {scen}: pyserve stream / stdlib raw", r, f"{fmt(r)}{X}",
+            f"≥ 1.0{X}", r is not None and r >= 1.0)
+    r = table.ratio("connrate-10", "pyserve-pool")
+    row("pool connrate-10: ThreadPoolTCPServer / stdlib", r, f"{fmt(r)}{X}", f"≥ 4{X}",
+        r is not None and r >= 4.0)
+    for target in ("pyserve-thread", "pyserve-pool"):
+        opened = table.value("idle-5000", target, "connect_s")
+        served = table.value("idle-5000", target, "served")
+        row(f"5,000 connections opened and served: {target}", opened,
+            f"{fmt(opened)} s ({fmt(served, 0)} served)", "< 1 s, all 5,000",
+            opened is not None and opened < 1.0 and served == 5000)
+    shut = [r["shutdown"]["median_ms"] for r in inproc
+            if r["module"] == "pyserve" and r["server_class"] == "ThreadingTCPServer"]
+    value = statistics.median(shut) if shut else None
+    row("shutdown() latency, pyserve (median)", value, f"{fmt(value, 3)} ms", "< 5 ms",
+        value is not None and value < 5.0)
+    for scen in ("resp-P1", "resp-P16"):
+        r = table.ratio(scen, "pyserve-resp")
+        row(f"RESP {scen}: pyserve store / redis-server", r, f"{fmt(r)}{X}", f"≥ 0.5{X}",
+            r is not None and r >= 0.5)
+    return out
+
+
+def harness_check(table: Table) -> list[str]:
+    lines = ["| scenario | c-epoll (native) | best Python server | headroom | "
+             "loadgen CPU with c-epoll | verdict |", "|---|---|---|---|---|---|"]
+    for scen in ("echo-1", "echo-10", "echo-100", "connrate-10"):
+        native = table.value(scen, "c-epoll")
+        pythons = [(table.value(scen, t), t) for (s, t) in table.ok
+                   if s == scen and t != "c-epoll" and table.value(scen, t) is not None]
+        if native is None or not pythons:
+            continue
+        best, who = max(pythons)
+        cpu = table.value(scen, "c-epoll", "client_cpu_util")
+        headroom = native / best if best else None
+        if headroom is not None and headroom >= 1.2:
+            verdict = "the load generator has headroom"
+        elif cpu is not None and cpu >= 0.9:
+            verdict = (f"harness limit: the load generator used {fmt(cpu)} of its CPU; "
+                       "Python figures near it are capped")
+        else:
+            verdict = ("native no faster, load generator not CPU-bound: loopback "
+                       "latency and CPU scheduling set this limit, not the harness's CPU")
+        lines.append(f"| {scen} | {fmt(native)} | {fmt(best)} ({who}) | {fmt(headroom)}{X} | "
+                     f"{fmt(cpu)} | {verdict} |")
+    return lines
+
+
+COLUMNS = {
+    "echo": [("p50 µs", "p50_us"), ("p99 µs", "p99_us"), ("server CPU", "server_cpu_util"),
+             ("loadgen CPU", "client_cpu_util"), ("errors", "errors")],
+    "connrate": [("p99 µs", "p99_us"), ("server CPU", "server_cpu_util"),
+                 ("loadgen CPU", "client_cpu_util"), ("errors", "errors")],
+    "burst": [("served", "served"), ("alive after", "alive"), ("threads", "threads"),
+              ("errors", "errors")],
+    "idle": [("served", "served"), ("open s", "connect_s"), ("RSS MiB", "rss_mib"),
+             ("threads", "threads"), ("errors", "errors")],
+    "http": [("errors", "errors")],
+    "resp": [("errors", "errors")],
+}
+
+
+def scenario_tables(table: Table, targets: list[str], scenarios: list[str]) -> list[str]:
+    lines: list[str] = []
+    for scen in scenarios:
+        k = kind(scen)
+        key, unit, higher = PRIMARY[k]
+        family = SCENARIOS[scen][0]
+        extra = COLUMNS[k]
+        lines += [f"### {scen}: {unit} ({'higher' if higher else 'lower'} is better)", "",
+                  f"| target | median | min{DASH}max | {X} " + BASELINE[family] + " | "
+                  + " | ".join(c for c, _ in extra) + " |",
+                  "|---" * (4 + len(extra)) + "|"]
+        for t in targets:
+            rows = table.ok.get((scen, t), [])
+            errs = table.errors.get((scen, t), [])
+            if not rows and not errs:
+                continue
+            if not rows:
+                lines.append(f"| {t} | failed: {errs[0]} |" + " |" * (2 + len(extra)))
+                continue
+            values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+            cells = [t, fmt(table.value(scen, t)),
+                     f"{fmt(min(values))}{DASH}{fmt(max(values))}" if values else "n/a",
+                     f"{fmt(table.ratio(scen, t))}{X}"]
+            cells += [fmt(median(rows, col)) for _, col in extra]
+            if errs:
+                cells[0] += f" ({len(errs)} failed runs)"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def lifecycle_lines(inproc: Rows) -> list[str]:
+    lines = ["| module | server | samples | shutdown() median ms | p99 ms | max ms | "
+             "drain(grace) s under load |", "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], Rows] = {}
+    for r in inproc:
+        groups.setdefault((r["module"], r["server_class"]), []).append(r)
+    for (module, cls), rows in groups.items():
+        shut = [r["shutdown"] for r in rows]
+        drains = [r["drain"] for r in rows if r.get("drain")]
+        drain = (f"{fmt(median(drains, 'drain_s'), 3)} (grace {drains[0]['grace_s']} s, "
+                 f"{drains[0]['clients']} clients)" if drains else "n/a (no drain())")
+        lines.append(f"| {module} | {cls} | {sum(s['samples'] for s in shut)} | "
+                     f"{fmt(median(shut, 'median_ms'), 3)} | {fmt(median(shut, 'p99_ms'), 3)} | "
+                     f"{fmt(max(s['max_ms'] for s in shut), 3)} | {drain} |")
+    return lines
+
+
+def markdown(raw: Rows, inproc: Rows, meta: dict[str, Any]) -> str:
+    table = Table(raw)
+    facts = meta["facts"]
+    lines = ["# pyserve benchmark results", "",
+             f"Run {meta['started']}, {meta['rounds']} rounds of {meta['duration']} s per "
+             f"scenario, contenders interleaved; backlog: {meta['backlog']}. Medians over "
+             "rounds; ratios divide medians of this run.", "",
+             "| machine | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in facts.items()]
+    load = str(facts.get("loadavg_before", "")).split()
+    cores = facts.get("cores") or 1
+    if load and float(load[0]) > 2 * cores:
+        lines += ["", f"**The machine was busy** (load average {load[0]} on {cores} cores "
+                  "when the run began): single figures are noisy; read the ratios."]
+    lines += ["", "## Targets", "", "| target | measured | goal | result |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in targets_table(table, inproc)]
+    lines += ["", "## Is the load generator the bottleneck?", "",
+              "The same load generator against a native epoll echo server (c-epoll): "
+              "if it drives that much faster than any Python server, the Python figures "
+              "are the servers' own.", ""]
+    check = harness_check(table)
+    lines += check if len(check) > 2 else ["(no echo or connrate scenario with c-epoll ran)"]
+    lines += ["", "## Scenarios", ""]
+    lines += scenario_tables(table, meta["targets"], meta["scenarios"])
+    lines += ["## Lifecycle (in-process)", "", *lifecycle_lines(inproc)]
+    if meta.get("unavailable"):
+        lines += ["", "## Not measured (n/a)", ""]
+        lines += [f"- {name}: {why}" for name, why in meta["unavailable"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def render(outdir: str) -> str:
+    raw, inproc, meta = load(outdir)
+    text = markdown(raw, inproc, meta)
+    with open(os.path.join(outdir, "results.md"), "w") as f:
+        f.write(text)
+    try:
+        import plots  # noqa: PLC0415 - optional: matplotlib may be absent
+    except ImportError as exc:  # matplotlib is the "bench" extra
+        return text + f"\n(no plots: {exc}; pip install 'pyserve[bench]')\n"
+    plots.draw(Table(raw), inproc, meta, outdir)
+    return text

@@ -1,0 +1,66 @@
+"""pyserve's RESP key-value store (handlers.resp) on a pyserve server.
+
+The handler class is found by its contract rather than its name: the one public
+class of ``handlers.resp`` that is a ``pyserve.BaseRequestHandler`` subclass
+(or ``--handler NAME``).  A server class exported by the module is used when
+there is one, else ``pyserve.ThreadingTCPServer``.  Exits with status 3 and a
+message when handlers.resp is absent, which run.py reports as "n/a".
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+
+from _common import parse_args
+
+
+def find_classes(module, base_server, base_handler):
+    handlers, servers = [], []
+    for name, obj in vars(module).items():
+        if name.startswith("_") or not inspect.isclass(obj):
+            continue
+        if getattr(obj, "__module__", "") != module.__name__:
+            continue
+        if issubclass(obj, base_handler):
+            handlers.append(obj)
+        elif issubclass(obj, base_server):
+            servers.append(obj)
+    return handlers, servers
+
+
+def main() -> None:
+    def extra(parser):
+        parser.add_argument("--handler", default=None, help="handler class name in handlers.resp")
+        parser.add_argument("--server-class", default=None)
+
+    args = parse_args(__doc__, extra)
+    import pyserve  # noqa: PLC0415 - after argument parsing, so --help always works
+
+    try:
+        module = importlib.import_module("handlers.resp")
+    except ImportError as exc:
+        print(f"n/a: handlers.resp is not available ({exc})", file=sys.stderr)
+        sys.exit(3)
+    handlers, servers = find_classes(module, pyserve.BaseServer, pyserve.BaseRequestHandler)
+    if args.handler:
+        handler = getattr(module, args.handler)
+    elif len(handlers) == 1:
+        handler = handlers[0]
+    else:
+        names = [h.__name__ for h in handlers]
+        print(f"n/a: cannot tell the RESP handler among {names}; use --handler", file=sys.stderr)
+        sys.exit(3)
+    if args.server_class:
+        base = getattr(pyserve, args.server_class)
+    else:
+        base = servers[0] if len(servers) == 1 else pyserve.ThreadingTCPServer
+    attrs = {} if args.backlog is None else {"request_queue_size": args.backlog}
+    server_class = type("BenchRespServer", (base,), attrs)
+    with server_class(("127.0.0.1", args.port), handler) as server:
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

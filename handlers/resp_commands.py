@@ -1,0 +1,248 @@
+"""The RESP data commands, and the complete command table.
+
+Strings and keys: GET, SET (EX, PX, NX, XX, KEEPTTL, GET), MGET, MSET, DEL,
+UNLINK, EXISTS, TYPE, INCR, DECR, INCRBY, DECRBY, EXPIRE, PEXPIRE, TTL, PTTL,
+PERSIST, KEYS, SCAN (MATCH, COUNT, TYPE), DBSIZE, FLUSHDB and FLUSHALL. Each
+function follows the contract of :mod:`handlers.resp_session` and works on the
+session's :class:`~handlers.resp_store.KeyValueStore`.
+
+:data:`COMMANDS` joins these with :mod:`handlers.resp_connection`'s; it holds
+every name in lower and upper case, so the usual spelling costs one dict lookup.
+:func:`open_session` makes a session that uses it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from handlers.resp_connection import CONNECTION_COMMANDS
+from handlers.resp_encoding import (
+    EMPTY_ARRAY,
+    NULL_BULK,
+    OK,
+    encode_array,
+    encode_bulk,
+    encode_integer,
+)
+from handlers.resp_session import (
+    NOT_AN_INTEGER,
+    SYNTAX_ERROR,
+    CommandTable,
+    ServerState,
+    Session,
+    integer_argument,
+    wrong_arity,
+)
+from handlers.resp_store import OutOfMemory
+
+__all__ = ["COMMANDS", "open_session"]
+
+
+def get(session: Session, args: list[bytes]) -> bytes:
+    value = session.store.get(args[1])
+    if value is None:
+        return NULL_BULK
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def set_(session: Session, args: list[bytes]) -> bytes:
+    store = session.store
+    if len(args) == 3:  # the common case, kept short
+        store.put(args[1], args[2])
+        return OK
+    options: dict[str, Any] = {}
+    return_old = False
+    i = 3
+    while i < len(args):
+        option = args[i].lower()
+        if option in (b"ex", b"px") and i + 1 < len(args) and "expire_at" not in options:
+            amount = integer_argument(args[i + 1])
+            if amount <= 0:
+                return b"-ERR invalid expire time in 'set' command\r\n"
+            seconds = amount if option == b"ex" else amount / 1000
+            options["expire_at"] = time.monotonic() + seconds
+            i += 2
+            continue
+        if option == b"nx" and "only_if_present" not in options:
+            options["only_if_missing"] = True
+        elif option == b"xx" and "only_if_missing" not in options:
+            options["only_if_present"] = True
+        elif option == b"keepttl" and "expire_at" not in options:
+            options["keep_ttl"] = True
+        elif option == b"get":
+            return_old = True
+        else:
+            return SYNTAX_ERROR
+        i += 1
+    if "keep_ttl" in options and "expire_at" in options:
+        return SYNTAX_ERROR
+    old = store.get(args[1]) if return_old else None
+    done = store.set(args[1], args[2], **options)
+    if return_old:
+        return encode_bulk(old)
+    return OK if done else NULL_BULK
+
+
+def mget(session: Session, args: list[bytes]) -> bytes:
+    get_value = session.store.get
+    return encode_array([encode_bulk(get_value(key)) for key in args[1:]])
+
+
+def mset(session: Session, args: list[bytes]) -> bytes:
+    if len(args) % 2 == 0:
+        return wrong_arity(args[0])
+    store = session.store
+    pairs = dict(zip(args[1::2], args[2::2]))
+    if store.max_memory:
+        # All or nothing, as MSET is atomic: refuse before writing any pair.
+        growth = 0
+        for key, value in pairs.items():
+            old = store.data.get(key)
+            growth += len(value) - (len(old) if old is not None else -len(key))
+        if growth > 0 and store.used_memory + growth > store.max_memory:
+            raise OutOfMemory(args[1])
+    for key, value in pairs.items():
+        store.set(key, value)
+    return OK
+
+
+def delete(session: Session, args: list[bytes]) -> bytes:
+    remove = session.store.delete
+    return encode_integer(sum(remove(key) for key in args[1:]))
+
+
+def exists(session: Session, args: list[bytes]) -> bytes:
+    present = session.store.exists
+    return encode_integer(sum(present(key) for key in args[1:]))
+
+
+def type_(session: Session, args: list[bytes]) -> bytes:
+    return b"+string\r\n" if session.store.exists(args[1]) else b"+none\r\n"
+
+
+def _increment(session: Session, key: bytes, delta: int) -> bytes:
+    try:
+        return encode_integer(session.store.increment(key, delta))
+    except ValueError:
+        return NOT_AN_INTEGER
+    except OverflowError:
+        return b"-ERR increment or decrement would overflow\r\n"
+
+
+def incr(session: Session, args: list[bytes]) -> bytes:
+    return _increment(session, args[1], 1)
+
+
+def decr(session: Session, args: list[bytes]) -> bytes:
+    return _increment(session, args[1], -1)
+
+
+def incrby(session: Session, args: list[bytes]) -> bytes:
+    return _increment(session, args[1], integer_argument(args[2]))
+
+
+def decrby(session: Session, args: list[bytes]) -> bytes:
+    return _increment(session, args[1], -integer_argument(args[2]))
+
+
+def _expire(session: Session, args: list[bytes], scale: float) -> bytes:
+    if len(args) != 3:
+        return SYNTAX_ERROR  # NX/XX/GT/LT options are not supported
+    amount = integer_argument(args[2])
+    return encode_integer(session.store.set_deadline(args[1], time.monotonic() + amount * scale))
+
+
+def expire(session: Session, args: list[bytes]) -> bytes:
+    return _expire(session, args, 1.0)
+
+
+def pexpire(session: Session, args: list[bytes]) -> bytes:
+    return _expire(session, args, 0.001)
+
+
+def _ttl(session: Session, key: bytes, scale: int) -> bytes:
+    try:
+        left = session.store.ttl(key)
+    except KeyError:
+        return b":-2\r\n"
+    if left is None:
+        return b":-1\r\n"
+    return encode_integer(int(left * scale + 0.5))
+
+
+def ttl(session: Session, args: list[bytes]) -> bytes:
+    return _ttl(session, args[1], 1)
+
+
+def pttl(session: Session, args: list[bytes]) -> bytes:
+    return _ttl(session, args[1], 1000)
+
+
+def persist(session: Session, args: list[bytes]) -> bytes:
+    return encode_integer(session.store.set_deadline(args[1], None))
+
+
+def keys(session: Session, args: list[bytes]) -> bytes:
+    return encode_array([encode_bulk(key) for key in session.store.keys(args[1])])
+
+
+def scan(session: Session, args: list[bytes]) -> bytes:
+    cursor_arg = args[1]
+    if not cursor_arg.isdigit():
+        return b"-ERR invalid cursor\r\n"
+    pattern: Optional[bytes] = None
+    count = 10
+    i = 2
+    while i < len(args):
+        option = args[i].lower()
+        if i + 1 >= len(args):
+            return SYNTAX_ERROR
+        if option == b"match":
+            pattern = args[i + 1]
+        elif option == b"count":
+            count = integer_argument(args[i + 1])
+            if count < 1:
+                return SYNTAX_ERROR
+        elif option == b"type":
+            if args[i + 1].lower() != b"string":
+                return encode_array([encode_bulk(b"0"), EMPTY_ARRAY])
+        else:
+            return SYNTAX_ERROR
+        i += 2
+    cursor, found = session.store.scan(int(cursor_arg), pattern, count)
+    return encode_array([
+        encode_bulk(b"%d" % cursor), encode_array([encode_bulk(key) for key in found])
+    ])
+
+
+def dbsize(session: Session, args: list[bytes]) -> bytes:
+    return encode_integer(session.store.size())
+
+
+def flushdb(session: Session, args: list[bytes]) -> bytes:
+    if len(args) > 2 or (len(args) == 2 and args[1].lower() not in (b"sync", b"async")):
+        return SYNTAX_ERROR
+    session.store.flush()
+    return OK
+
+
+_DATA_COMMANDS: CommandTable = {
+    b"get": (get, 2), b"set": (set_, -3), b"mget": (mget, -2), b"mset": (mset, -3),
+    b"del": (delete, -2), b"unlink": (delete, -2), b"exists": (exists, -2),
+    b"type": (type_, 2), b"incr": (incr, 2), b"decr": (decr, 2), b"incrby": (incrby, 3),
+    b"decrby": (decrby, 3), b"expire": (expire, -3), b"pexpire": (pexpire, -3),
+    b"ttl": (ttl, 2), b"pttl": (pttl, 2), b"persist": (persist, 2), b"keys": (keys, 2),
+    b"scan": (scan, -2), b"dbsize": (dbsize, 1), b"flushdb": (flushdb, -1),
+    b"flushall": (flushdb, -1),
+}
+
+#: Every command: name (lower and upper case) -> (function, arity).
+COMMANDS: CommandTable = {**CONNECTION_COMMANDS, **_DATA_COMMANDS}
+# Clients send upper case (redis-benchmark, redis-py): one dict hit, no lower().
+COMMANDS.update({name.upper(): entry for name, entry in list(COMMANDS.items())})
+
+
+def open_session(state: ServerState, address: Any = None) -> Session:
+    """A session on ``state`` that understands every command in :data:`COMMANDS`."""
+    return Session(state, COMMANDS, address)

@@ -1,0 +1,290 @@
+"""A server's life around its requests: tracking, counters, observers, drain.
+
+Theory of operation
+-------------------
+:class:`~pyserve.base.BaseServer` inherits :class:`Lifecycle`. Each concurrency
+strategy calls three small methods on the request path:
+
+* ``_track(request, client_address)`` when it takes a request on (the entry is
+  ``queued``), ``_started(entry)`` when a handler begins, and
+  ``_ended(entry, exc)`` when the request is over, classifying the ending as
+  finished, errored or timed out. They keep the registry
+  (:mod:`pyserve.registry`) and the counters, and tell observers
+  (:mod:`pyserve.events`).
+
+On top of the registry sits **graceful drain**, :meth:`Lifecycle.drain`:
+
+1. set ``server.draining`` (a :class:`threading.Event` handlers may check or wait
+   on, e.g. to stop a keep-alive loop after the current reply) and stop accepting
+   (the loop stops watching the listener; connections still in the kernel backlog
+   are left for a successor sharing the port, or are reset on close);
+2. wait up to ``grace`` seconds for the requests in flight to finish;
+3. *force* what is left: ``shutdown(SHUT_RD)`` on each open connection, so a
+   handler blocked in a read gets EOF and ends on its own; ``SIGTERM`` to each
+   forked child;
+4. wait up to ``force_timeout`` more; ``SIGKILL`` the children still running and
+   log every straggler by client address;
+5. stop the ``serve_forever()`` loop and return a :class:`DrainReport`.
+
+``server_close()`` of the threading, pool and forking strategies runs steps 2-4
+with ``close_timeout`` as the grace, so closing never waits without bound on a
+keep-alive client (the stdlib waits until the client hangs up).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pyserve.events import (
+    ACCEPTED,
+    DRAINED,
+    ERRORED,
+    FINISHED,
+    REJECTED,
+    STARTED,
+    TIMED_OUT,
+    Observer,
+    ServerEvent,
+    Stats,
+)
+from pyserve.registry import InFlight, LiveRequest, RequestRegistry
+
+__all__ = ["DrainReport", "Lifecycle"]
+
+logger = logging.getLogger("pyserve")
+
+# Timeouts of every flavour end a request as "timed out" rather than "errored".
+_TIMEOUTS = (socket.timeout, TimeoutError)
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What a drain (or a bounded close) achieved.
+
+    ``completed``: requests that finished on their own; ``forced``: requests cut
+    short (connection shut for reading, or child signalled); ``stragglers``: the
+    requests still in flight at the deadline (already logged); ``elapsed``: seconds
+    the drain took.
+    """
+
+    completed: int
+    forced: int
+    stragglers: tuple[InFlight, ...]
+    elapsed: float
+
+
+class Lifecycle:
+    """Request tracking, counters, observers and graceful drain (a server base).
+
+    For the caller: ``in_flight()``, ``stats``, ``add_observer()``,
+    ``remove_observer()``, ``drain(grace)``, ``draining``.
+
+    Class attributes that may be overridden:
+
+    - ``drain_force_timeout``: seconds a drain waits after forcing (SHUT_RD or
+      SIGTERM) before it gives up on (and SIGKILLs) what is left
+    """
+
+    #: After forcing, handlers usually end within milliseconds (a read returns EOF);
+    #: five seconds covers a slow write to a slow client, then SIGKILL / give up.
+    drain_force_timeout: float = 5.0
+
+    # Provided by ServeLoop.
+    _loop_running: threading.Event
+
+    def _hold_accept(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def _init_lifecycle_state(self) -> None:
+        self._registry = RequestRegistry()
+        self._observers: list[Observer] = []
+        # reason -> (monotonic time of the last log line, rejections not logged since)
+        self._rejection_log: dict[str, tuple[float, int]] = {}
+        #: Set when a drain begins: handlers may check it or wait on it.
+        self.draining = threading.Event()
+
+    # -- for the caller -----------------------------------------------------------------
+
+    def in_flight(self) -> tuple[InFlight, ...]:
+        """Read-only records of the requests in flight now, oldest first."""
+        return self._registry.snapshot()
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the counters: active, queued, peak and lifetime totals."""
+        return self._registry.stats()
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(event)`` on every lifecycle event (see :mod:`pyserve.events`)."""
+        if not callable(observer):
+            raise TypeError(f"observer must be callable, got {observer!r}")
+        self._observers = [*self._observers, observer]  # copy: emitters iterate freely
+
+    def remove_observer(self, observer: Observer) -> None:
+        self._observers = [o for o in self._observers if o is not observer]
+
+    # -- for strategies: the request path ----------------------------------------------
+
+    def _emit(
+        self, kind: str, client_address: Any, request_id: Optional[int], reason: str = ""
+    ) -> None:
+        event = ServerEvent(kind, self, client_address, request_id, reason)
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                logger.exception("observer %r failed; removed", observer)
+                self.remove_observer(observer)
+
+    def _accepted(self, client_address: Any) -> None:
+        self._registry.count("accepted")
+        if self._observers:
+            self._emit(ACCEPTED, client_address, None)
+
+    def _rejected(self, client_address: Any, reason: str) -> None:
+        self._registry.count("rejected")
+        if self._observers:
+            self._emit(REJECTED, client_address, None, reason)
+
+    def _track(self, request: Any, client_address: Any) -> LiveRequest:
+        return self._registry.add(request, client_address)
+
+    def _started(self, entry: LiveRequest, pid: Optional[int] = None) -> None:
+        self._registry.start(entry, pid)
+        if self._observers:
+            self._emit(STARTED, entry.client_address, entry.id)
+
+    def _failed(self, request: Any, exc: BaseException) -> None:
+        """Note what a request's handler raised (before ``handle_error()`` runs)."""
+        entry = self._registry.get(request)
+        if entry is not None:
+            entry.error = exc
+
+    def _ended(self, entry: LiveRequest, exc: Optional[BaseException] = None) -> None:
+        if exc is None:
+            exc = entry.error
+        if exc is None:
+            outcome = FINISHED
+        elif isinstance(exc, _TIMEOUTS):
+            outcome = TIMED_OUT
+        else:
+            outcome = ERRORED
+        if self._registry.remove(entry, outcome) and self._observers:
+            self._emit(outcome, entry.client_address, entry.id, "" if exc is None else repr(exc))
+
+    # -- drain ------------------------------------------------------------------------
+
+    def drain(self, grace: float, force_timeout: Optional[float] = None) -> DrainReport:
+        """Stop accepting, let requests in flight finish, force the rest, stop serving.
+
+        Waits up to ``grace`` seconds, then shuts open connections for reading
+        (their handlers read EOF) and sends SIGTERM to forked children, then waits
+        up to ``force_timeout`` (default :attr:`drain_force_timeout`) more, SIGKILLs
+        children still running and logs the stragglers. Finally stops
+        ``serve_forever()``. Call it from any thread except a handler's.
+        """
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        at_start = len(self._registry)  # before handlers see `draining` and hurry
+        self.draining.set()
+        self._hold_accept("draining")
+        report = self._settle(grace, force_timeout, "drain", at_start)
+        self._registry.count_many("drained", report.forced)
+        if self._loop_running.is_set():
+            self.shutdown()
+        if self._observers:
+            self._emit(
+                DRAINED, None, None,
+                f"completed={report.completed} forced={report.forced} "
+                f"stragglers={len(report.stragglers)} elapsed={report.elapsed:.3f}s",
+            )
+        return report
+
+    def _settle(
+        self,
+        grace: float,
+        force_timeout: Optional[float],
+        what: str,
+        at_start: Optional[int] = None,
+    ) -> DrainReport:
+        """Steps 2-4 of a drain: wait, force, wait, kill; log and report."""
+        if force_timeout is None:
+            force_timeout = self.drain_force_timeout
+        started = time.monotonic()
+        registry = self._registry
+        if at_start is None:
+            at_start = len(registry)
+        forced = 0
+        if not self._wait_settled(grace):
+            for entry in registry.entries():
+                self._force(entry)
+                forced += 1
+            self._wait_settled(force_timeout)
+        left = registry.entries()
+        for entry in left:
+            if entry.pid != os.getpid():
+                _signal(entry.pid, signal.SIGKILL)
+        now = time.monotonic()
+        records = tuple(entry.record(now) for entry in left)
+        for record in records:
+            logger.warning(
+                "%s: request from %s still in flight after %.1fs (thread %s, pid %d)",
+                what, record.client_address, record.age, record.thread_name, record.pid,
+            )
+        return DrainReport(
+            completed=max(0, at_start - forced),
+            forced=forced,
+            stragglers=records,
+            elapsed=now - started,
+        )
+
+    def _wait_settled(self, timeout: float) -> bool:
+        """Wait for the registry to empty, reaping children if no loop does it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._loop_running.is_set() or not self._reaps_children():
+                return self._registry.wait_empty(max(0.0, remaining))
+            self._reap_children_now()
+            if not len(self._registry):
+                return True
+            if remaining <= 0:
+                return False
+            self._registry.wait_empty(min(remaining, 0.05))  # children need reaping
+
+    def _force(self, entry: LiveRequest) -> None:
+        """Cut one request short: SHUT_RD its connection, or SIGTERM its child."""
+        entry.forced = True
+        if entry.pid != os.getpid():
+            _signal(entry.pid, signal.SIGTERM)
+            return
+        request = entry.request
+        if isinstance(request, socket.socket):
+            try:
+                request.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # already closed by its handler: it is ending anyway
+
+    # Hooks for ForkingMixIn: a server without a running loop reaps during drain.
+    def _reaps_children(self) -> bool:
+        return False
+
+    def _reap_children_now(self) -> None:
+        """Reap exited children (ForkingMixIn)."""
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # it exited in the meantime

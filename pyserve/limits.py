@@ -1,0 +1,198 @@
+"""Protection per connection: connection limits, idle timeout, deadline, line length.
+
+Theory of operation
+-------------------
+A threaded server spends a thread (or a pool worker) per connection, so a peer
+that connects and then dawdles costs real capacity. Two kinds of guard exist,
+all off by default (the stdlib's behaviour) and on, with safe values, in pyserve's
+own thread-pool servers (:mod:`pyserve.pool`):
+
+**On the server** (:class:`ConnectionLimits`, inherited by every server), checked
+in the loop right after ``verify_request()``:
+
+- ``max_connections``: requests in flight at once, server-wide;
+- ``max_connections_per_client``: in flight at once from one client host.
+
+A connection over a limit is closed at once, counted as ``rejected`` and logged;
+the log is rate-limited (one line per reason per ``rejection_log_interval``
+seconds, carrying the number suppressed) so a flood cannot flood the log.
+
+**In the stream handler** (:class:`~pyserve.request.StreamRequestHandler`), each
+read from ``rfile`` obeys:
+
+- ``idle_timeout``: no byte for this many seconds ends the connection;
+- ``request_deadline``: the whole connection may last this many seconds (the
+  stdlib's ``timeout`` is per ``recv()``, so a client sending one byte a second
+  holds a thread forever);
+- ``max_line_length``: ``rfile.readline()`` (and iteration) raise
+  :class:`~pyserve.errors.LineTooLong` instead of buffering an endless line, so a
+  200 MB line costs at most this many bytes of memory.
+
+Each may be set on the handler class or, for every handler of a server, on the
+server (the handler's value wins when not None). An expired timer raises
+:class:`~pyserve.errors.RequestTimedOut`; like ``LineTooLong`` it closes the
+connection with one WARNING line naming the reason and the client, and counts as
+``timed_out`` or ``errored`` in ``server.stats``.
+
+With all three unset, ``rfile`` is the fast reader of :mod:`pyserve.request`
+(C all the way from ``readline()`` to ``recv_into``). A deadline needs a Python
+frame per buffer refill to recompute the remaining time; the line limit needs one
+per ``readline()``. Only handlers that ask for them pay.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from typing import Any, Optional
+
+from pyserve.errors import LineTooLong, RequestTimedOut
+
+__all__ = ["ConnectionLimits", "LineLimitedReader", "client_host"]
+
+logger = logging.getLogger("pyserve")
+
+_NEVER = float("inf")
+
+
+def client_host(client_address: Any) -> Any:
+    """The part of an address that identifies a client: the host of (host, port)."""
+    if type(client_address) is tuple and client_address:
+        return client_address[0]
+    return client_address
+
+
+class ConnectionLimits:
+    """Server-side connection limits (a base of every server).
+
+    Class attributes that may be overridden (None: no limit):
+
+    - ``max_connections``: requests in flight at once
+    - ``max_connections_per_client``: requests in flight at once per client host
+    - ``idle_timeout``, ``request_deadline``, ``max_line_length``: defaults for
+      every stream handler of this server (see the module docstring)
+    - ``rejection_log_interval``: at most one log line per reason this often
+    """
+
+    max_connections: Optional[int] = None
+    max_connections_per_client: Optional[int] = None
+    idle_timeout: Optional[float] = None
+    request_deadline: Optional[float] = None
+    max_line_length: Optional[int] = None
+    #: A flood of rejections is summarised: one line per reason per minute at most.
+    rejection_log_interval: float = 60.0
+
+    # Provided by Lifecycle.
+    def _rejected(self, client_address: Any, reason: str) -> None:
+        raise NotImplementedError
+
+    def _limits_apply(self) -> bool:
+        return self.max_connections is not None or self.max_connections_per_client is not None
+
+    def _within_limits(self, client_address: Any) -> bool:
+        """True if one more request from ``client_address`` fits; else reject it."""
+        registry = self._registry  # type: ignore[attr-defined]
+        limit = self.max_connections
+        if limit is not None and len(registry) >= limit:
+            self._over_limit(client_address, f"max_connections={limit} reached")
+            return False
+        limit = self.max_connections_per_client
+        if limit is not None and registry.from_host(client_host(client_address)) >= limit:
+            self._over_limit(client_address, f"max_connections_per_client={limit} reached")
+            return False
+        return True
+
+    def _over_limit(self, client_address: Any, reason: str) -> None:
+        self._rejected(client_address, reason)
+        log_state: dict[str, tuple[float, int]] = self._rejection_log  # type: ignore[attr-defined]
+        now = time.monotonic()
+        last, suppressed = log_state.get(reason, (-_NEVER, 0))
+        if now - last >= self.rejection_log_interval:
+            log_state[reason] = (now, 0)
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            logger.warning("Rejected a connection from %s: %s%s", client_address, reason, more)
+        else:
+            log_state[reason] = (last, suppressed + 1)
+
+
+def handler_setting(handler: Any, name: str) -> Any:
+    """The handler's own value of a protection, else its server's, else None."""
+    value = getattr(handler, name, None)
+    if value is None:
+        value = getattr(handler.server, name, None)
+    return value
+
+
+class DeadlineReader(io.RawIOBase):
+    """A raw reader that enforces an idle timeout and a whole-connection deadline."""
+
+    def __init__(
+        self, sock: socket.socket, idle: Optional[float], deadline: Optional[float]
+    ) -> None:
+        super().__init__()
+        self._sock = sock
+        self._idle = _NEVER if idle is None else idle
+        self._deadline_at = _NEVER if deadline is None else time.monotonic() + deadline
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimedOut(f"request deadline of {self._deadline}s passed")
+        wait = min(self._idle, remaining)
+        self._sock.settimeout(wait)
+        try:
+            return self._sock.recv_into(buffer)
+        except socket.timeout:
+            if wait < self._idle:
+                raise RequestTimedOut(f"request deadline of {self._deadline}s passed") from None
+            raise RequestTimedOut(f"no data for idle_timeout={self._idle}s") from None
+
+
+class LineLimitedReader(io.BufferedReader):
+    """A buffered reader whose ``readline()`` refuses lines over a limit.
+
+    Reads at most ``max_line_length + 1`` bytes per call, so memory stays bounded
+    however long the peer's line is; a line that has no newline within the limit
+    raises :class:`~pyserve.errors.LineTooLong`.
+    """
+
+    def __init__(self, raw: io.RawIOBase, buffer_size: int, max_line_length: int) -> None:
+        super().__init__(raw, buffer_size)
+        self.max_line_length = max_line_length
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        limit = self.max_line_length
+        if size is not None and 0 <= size <= limit:
+            return super().readline(size)
+        line = super().readline(limit + 1)
+        if len(line) > limit and not line.endswith(b"\n"):
+            raise LineTooLong(f"line longer than max_line_length={limit} bytes")
+        return line
+
+
+def make_rfile(handler: Any, fast_raw: io.RawIOBase, size: int) -> Optional[io.BufferedIOBase]:
+    """The protected ``rfile`` for a stream handler, or None if none is asked for."""
+    idle = handler_setting(handler, "idle_timeout")
+    deadline = handler_setting(handler, "request_deadline")
+    max_line = handler_setting(handler, "max_line_length")
+    if idle is None and deadline is None and max_line is None:
+        return None
+    sock = handler.connection
+    raw = fast_raw
+    if deadline is not None or idle is not None:
+        stdlib_timeout = handler.timeout
+        if stdlib_timeout is not None and (idle is None or stdlib_timeout < idle):
+            idle = stdlib_timeout
+        raw = DeadlineReader(sock, idle, deadline)
+    if max_line is None:
+        return io.BufferedReader(raw, size)
+    return LineLimitedReader(raw, size, max_line)

@@ -1,0 +1,209 @@
+"""The registry of live requests: what is in flight, since when, from whom, where.
+
+Theory of operation
+-------------------
+Every concurrency strategy (synchronous, a thread per request, the thread pool,
+a child process per request) enters each request it takes into one
+:class:`RequestRegistry` (``server._registry``) and removes it when the request is
+over. An entry is a :class:`LiveRequest`: the request object, the client address,
+when it was accepted (``time.monotonic()`` for arithmetic, ``time.time()`` for
+people), its state (``queued`` until a handler starts, then ``running``) and where
+it runs (thread ident and name, process id).
+
+Adding, starting and removing are O(1) dict operations under one lock, and the
+lifetime counters (:class:`~pyserve.events.Stats`) are updated under that same
+lock, so counting costs no extra synchronisation. Entries are keyed by the
+request object's ``id()``; the entry holds the request, so the id cannot be
+reused while the entry lives.
+
+Readers never see the live entries: :meth:`RequestRegistry.snapshot` returns
+immutable :class:`InFlight` records (``server.in_flight()``). Graceful drain
+(:mod:`pyserve.lifecycle`) waits on ``RequestRegistry.wait_empty()`` and cuts
+short what ``RequestRegistry.entries()`` still lists.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any, NamedTuple, Optional
+
+from pyserve.events import ERRORED, FINISHED, TIMED_OUT, Stats
+
+__all__ = ["InFlight", "LiveRequest", "RequestRegistry"]
+
+QUEUED = "queued"
+RUNNING = "running"
+
+
+class InFlight(NamedTuple):
+    """A read-only record of one request in flight (``server.in_flight()``)."""
+
+    id: int
+    client_address: Any
+    state: str  #: ``"queued"`` or ``"running"``
+    since: float  #: ``time.monotonic()`` when it was accepted
+    since_wall: float  #: ``time.time()`` when it was accepted
+    age: float  #: seconds since it was accepted, when the snapshot was taken
+    thread_ident: Optional[int]  #: the thread running it (None while queued)
+    thread_name: Optional[str]
+    pid: int  #: the process running it (a forked child's pid, else the server's)
+    forced: bool  #: a drain or close has cut it short
+
+
+class LiveRequest:
+    """The registry's mutable entry for one request (internal to pyserve)."""
+
+    __slots__ = (
+        "client_address",
+        "error",
+        "forced",
+        "host",
+        "id",
+        "pid",
+        "request",
+        "since",
+        "since_wall",
+        "state",
+        "thread_ident",
+        "thread_name",
+    )
+
+    def __init__(self, ident: int, request: Any, client_address: Any) -> None:
+        self.id = ident
+        self.request = request
+        self.client_address = client_address
+        # What max_connections_per_client counts by: the host of (host, port).
+        is_pair = type(client_address) is tuple and client_address
+        self.host = client_address[0] if is_pair else client_address
+        self.state = QUEUED
+        self.since = time.monotonic()
+        self.since_wall = time.time()
+        self.thread_ident: Optional[int] = None
+        self.thread_name: Optional[str] = None
+        self.pid = os.getpid()
+        self.forced = False
+        self.error: Optional[BaseException] = None  # what the handler raised, if anything
+
+    def record(self, now: float) -> InFlight:
+        return InFlight(
+            self.id, self.client_address, self.state, self.since, self.since_wall,
+            now - self.since, self.thread_ident, self.thread_name, self.pid, self.forced,
+        )
+
+
+class RequestRegistry:
+    """Live requests of one server, with the server's lifetime counters."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._emptied = threading.Condition(self._lock)
+        self._live: dict[int, LiveRequest] = {}
+        self._per_host: dict[Any, int] = {}  # for max_connections_per_client
+        self._ids = itertools.count(1)
+        self._waiting = 0  # threads in wait_empty(): notify only when someone waits
+        self._queued = 0
+        self._peak = 0
+        self._counts = dict.fromkeys(
+            ("accepted", "rejected", "started", FINISHED, ERRORED, TIMED_OUT, "drained"), 0
+        )
+
+    # -- the request path ---------------------------------------------------------------
+
+    def count(self, what: str) -> None:
+        """Add one to a lifetime counter (``accepted``, ``rejected``, ``drained``)."""
+        with self._lock:
+            self._counts[what] += 1
+
+    def count_many(self, what: str, number: int) -> None:
+        with self._lock:
+            self._counts[what] += number
+
+    def add(self, request: Any, client_address: Any) -> LiveRequest:
+        """Enter a request that a strategy has taken on, as ``queued``."""
+        entry = LiveRequest(next(self._ids), request, client_address)
+        with self._lock:
+            live = self._live
+            live[id(request)] = entry
+            per_host = self._per_host
+            per_host[entry.host] = per_host.get(entry.host, 0) + 1
+            self._queued += 1
+            self._peak = max(self._peak, len(live))
+        return entry
+
+    def start(self, entry: LiveRequest, pid: Optional[int] = None) -> None:
+        """Mark a request as running in this thread (or in child ``pid``)."""
+        if pid is None:
+            thread = threading.current_thread()
+            entry.thread_ident = thread.ident
+            entry.thread_name = thread.name
+        else:
+            entry.pid = pid
+        with self._lock:
+            if entry.state is QUEUED:
+                entry.state = RUNNING
+                self._queued -= 1
+                self._counts["started"] += 1
+
+    def remove(self, entry: LiveRequest, outcome: str = FINISHED) -> bool:
+        """Take a request out; count ``outcome``. False if it was already out."""
+        with self._lock:
+            if self._live.pop(id(entry.request), None) is None:
+                return False
+            if entry.state is QUEUED:
+                self._queued -= 1
+            left = self._per_host.pop(entry.host) - 1
+            if left:
+                self._per_host[entry.host] = left
+            self._counts[outcome] += 1
+            if self._waiting and not self._live:
+                self._emptied.notify_all()
+        return True
+
+    def from_host(self, host: Any) -> int:
+        """How many requests from one client host are in flight."""
+        return self._per_host.get(host, 0)
+
+    def get(self, request: Any) -> Optional[LiveRequest]:
+        return self._live.get(id(request))
+
+    # -- for readers and for drain ------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def entries(self) -> list[LiveRequest]:
+        with self._lock:
+            return list(self._live.values())
+
+    def snapshot(self) -> tuple[InFlight, ...]:
+        """Immutable records of every request in flight, oldest first."""
+        now = time.monotonic()
+        return tuple(entry.record(now) for entry in self.entries())
+
+    def wait_empty(self, timeout: Optional[float]) -> bool:
+        """Wait up to ``timeout`` seconds (None: forever) for no request in flight."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._waiting += 1
+            try:
+                while self._live:
+                    if deadline is None:
+                        self._emptied.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._emptied.wait(remaining)
+                return True
+            finally:
+                self._waiting -= 1
+
+    def stats(self) -> Stats:
+        with self._lock:
+            queued = self._queued
+            return Stats(
+                active=len(self._live) - queued, queued=queued, peak=self._peak, **self._counts
+            )

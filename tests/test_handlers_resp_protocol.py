@@ -1,0 +1,229 @@
+"""The RESP2 command parser and reply encoders, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from handlers.resp_encoding import (
+    encode_array,
+    encode_bulk,
+    encode_command,
+    encode_error,
+    encode_integer,
+    encode_simple,
+)
+from handlers.resp_protocol import NEED_DATA, CommandParser, split_inline
+from pyserve import ProtocolError
+
+
+def parse_all(data: bytes, **limits: int) -> list[list[bytes]]:
+    parser = CommandParser(**limits)
+    parser.feed(data)
+    return parser.drain()
+
+
+def test_array_of_bulk_strings_is_one_command() -> None:
+    assert parse_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n") == [
+        [b"SET", b"k", b"value"]
+    ]
+
+
+def test_next_command_returns_need_data_until_the_command_is_complete() -> None:
+    parser = CommandParser()
+    parser.feed(b"*2\r\n$3\r\nGET\r\n$1\r")
+    assert parser.next_command() is NEED_DATA
+    parser.feed(b"\nk\r\n")
+    assert parser.next_command() == [b"GET", b"k"]
+    assert parser.next_command() is NEED_DATA
+
+
+def test_bulk_string_may_contain_crlf_and_any_byte() -> None:
+    value = b"a\r\nb\x00\xff\r\n"
+    assert parse_all(encode_command(b"SET", b"k", value)) == [[b"SET", b"k", value]]
+
+
+def test_pipelined_commands_are_all_returned_in_order() -> None:
+    data = b"".join(encode_command(b"INCR", b"n%d" % i) for i in range(100))
+    assert parse_all(data) == [[b"INCR", b"n%d" % i] for i in range(100)]
+
+
+def test_inline_command_is_split_on_whitespace() -> None:
+    assert parse_all(b"SET  key\tvalue\r\nPING\n") == [[b"SET", b"key", b"value"], [b"PING"]]
+
+
+def test_inline_command_honours_quotes_and_escapes() -> None:
+    assert parse_all(b'SET "a key" \'it\\\'s\' "\\x41\\n"\r\n') == [
+        [b"SET", b"a key", b"it's", b"A\n"]
+    ]
+
+
+def test_blank_lines_and_empty_arrays_are_not_commands() -> None:
+    assert parse_all(b"\r\n\r\n*0\r\n*-1\r\nPING\r\n") == [[b"PING"]]
+
+
+def test_many_blank_lines_do_not_exhaust_the_stack() -> None:
+    assert parse_all(b"\r\n" * 50_000 + b"*0\r\n" * 50_000 + b"PING\r\n") == [[b"PING"]]
+
+
+def test_unbalanced_quote_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="unbalanced"):
+        parse_all(b'SET "key value\r\n')
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"*x\r\n", "multibulk length"),
+        (b"*1\r\n$-1\r\n", "bulk length"),
+        (b"*1\r\n$+1\r\na\r\n", "bulk length"),
+        (b"*1\r\n:1\r\n", "expected '\\$'"),
+        (b"*1\r\n$1\r\nabc\r\n", "CRLF"),
+    ],
+)
+def test_malformed_frame_is_a_protocol_error(data: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        parse_all(data)
+
+
+def test_parser_stays_failed_after_an_error() -> None:
+    parser = CommandParser()
+    parser.feed(b"*1\r\n$x\r\n")
+    with pytest.raises(ProtocolError):
+        parser.drain()
+    parser.feed(b"PING\r\n")
+    with pytest.raises(ProtocolError):
+        parser.next_command()
+
+
+def test_commands_before_an_error_are_returned_first() -> None:
+    parser = CommandParser()
+    parser.feed(b"PING\r\n*1\r\n$x\r\n")
+    assert parser.drain() == [[b"PING"]]
+    with pytest.raises(ProtocolError):
+        parser.drain()
+
+
+def test_bulk_over_the_limit_is_refused_before_it_arrives() -> None:
+    parser = CommandParser(max_bulk_length=10)
+    parser.feed(b"*2\r\n$3\r\nGET\r\n$11\r\n")
+    with pytest.raises(ProtocolError, match="limit 10"):
+        parser.drain()
+
+
+def test_array_over_the_limit_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="limit 4"):
+        parse_all(b"*5\r\n", max_array_length=4)
+
+
+def test_command_over_the_total_size_limit_is_refused() -> None:
+    parser = CommandParser(max_bulk_length=100, max_command_size=250)
+    parser.feed(b"*4\r\n" + encode_bulk(b"a" * 100) + encode_bulk(b"b" * 100))
+    assert parser.drain() == []
+    parser.feed(b"$100\r\n")
+    with pytest.raises(ProtocolError, match="larger than 250"):
+        parser.drain()
+
+
+def test_endless_header_line_is_refused() -> None:
+    parser = CommandParser(max_inline_length=100)
+    parser.feed(b"*" + b"1" * 101)
+    with pytest.raises(ProtocolError, match="too big"):
+        parser.drain()
+
+
+def test_endless_inline_line_is_refused() -> None:
+    parser = CommandParser(max_inline_length=100)
+    parser.feed(b"A" * 101)
+    with pytest.raises(ProtocolError, match="too big inline"):
+        parser.drain()
+
+
+def test_large_bulk_fed_in_pieces_is_reassembled() -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB
+    data = encode_command(b"SET", b"k", value)
+    parser = CommandParser()
+    for start in range(0, len(data), 65536):
+        parser.feed(data[start : start + 65536])
+        if start + 65536 < len(data):
+            assert parser.drain() == []
+    assert parser.drain() == [[b"SET", b"k", value]]
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, "10"])
+def test_bad_limit_argument_names_the_value(limit: object) -> None:
+    with pytest.raises(ValueError, match="max_bulk_length"):
+        CommandParser(max_bulk_length=limit)  # type: ignore[arg-type]
+
+
+def test_encoders_produce_resp2() -> None:
+    assert encode_simple("OK") == b"+OK\r\n"
+    assert encode_error("ERR bad\r\nthing") == b"-ERR bad  thing\r\n"
+    assert encode_integer(5) == b":5\r\n"
+    assert encode_integer(-70000) == b":-70000\r\n"
+    assert encode_bulk(b"hi") == b"$2\r\nhi\r\n"
+    assert encode_bulk(None) == b"$-1\r\n"
+    assert encode_array([encode_integer(1), encode_bulk(None)]) == b"*2\r\n:1\r\n$-1\r\n"
+    assert encode_array(None) == b"*-1\r\n"
+
+
+def test_simple_string_with_newline_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="CR or LF"):
+        encode_simple("a\nb")
+
+
+def test_split_inline_rejects_text_glued_to_a_closing_quote() -> None:
+    assert split_inline(b'"a"b') is None
+    assert split_inline(b"'a'b") is None
+
+
+# -- properties --------------------------------------------------------------------
+
+commands = st.lists(
+    st.lists(st.binary(max_size=40), min_size=1, max_size=6), min_size=1, max_size=8
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(commands=commands, cuts=st.lists(st.integers(min_value=0, max_value=2000)))
+def test_any_commands_cut_anywhere_parse_back(commands: list[list[bytes]], cuts: list[int]) -> None:
+    data = b"".join(encode_command(*command) for command in commands)
+    parser = CommandParser()
+    found: list[list[bytes]] = []
+    start = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        parser.feed(data[start:cut])
+        start = cut
+        found += parser.drain()
+    assert found == commands
+
+
+@settings(max_examples=50, deadline=None)
+@given(commands=commands)
+def test_commands_fed_one_byte_at_a_time_parse_back(commands: list[list[bytes]]) -> None:
+    data = b"".join(encode_command(*command) for command in commands)
+    parser = CommandParser()
+    found: list[list[bytes]] = []
+    for index in range(len(data)):
+        parser.feed(data[index : index + 1])
+        result = parser.next_command()
+        while result is not NEED_DATA:
+            assert isinstance(result, list)
+            found.append(result)
+            result = parser.next_command()
+    assert found == commands
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_yield_commands_or_a_protocol_error(data: bytes) -> None:
+    parser = CommandParser(max_bulk_length=64, max_array_length=16, max_inline_length=128)
+    parser.feed(data)
+    try:
+        found = parser.drain()
+    except ProtocolError:
+        return
+    for command in found:
+        assert command
+        assert all(isinstance(arg, bytes) for arg in command)
