@@ -4,8 +4,9 @@
 127.0.0.1:9999 and prints where, so a newcomer sees a server answer within a
 minute (then ``nc 127.0.0.1 9999``). The general form::
 
-    pyserve [TARGET] [--bind ADDRESS]... [--concurrency sync|thread|fork]
-            [--processes N] [--trace] [--access-log] [--log-level LEVEL]
+    pyserve [TARGET] [--bind ADDRESS]... [--concurrency sync|thread|pool|fork]
+            [--max-workers N] [--processes N] [--idle-timeout S] [--max-connections N]
+            [--trace] [--access-log] [--log-level LEVEL]
 
 TARGET is a name from the handlers registry (``echo``, ``daytime``, ...; see
 ``handlers.registry``) or ``module:attr``: a handler class, or a function that
@@ -76,6 +77,7 @@ from pyserve.cli_build import (
     parse_bind,
     resolve_target,
 )
+from pyserve.prefork import Prefork
 
 __all__ = ["main"]
 
@@ -89,8 +91,10 @@ assert (EXIT_USAGE, EXIT_TARGET) == (2, 3)  # defined with the parsers that rais
 
 DEFAULT_TARGET = "echo"
 DEFAULT_BIND = "127.0.0.1:9999"
-#: Seconds allowed after ``--drain-timeout`` for a drained server to close: a
-#: server's own drain may use the whole grace period, then closes its sockets.
+#: Seconds a drain waits after forcing (shutting connections for reading): a
+#: handler blocked on a read sees EOF at once, so two seconds is plenty.
+FORCE_TIMEOUT = 2.0
+#: Seconds allowed beyond the drain for the servers to close their sockets.
 CLOSE_MARGIN = 2.0
 
 logger = logging.getLogger("pyserve.cli")
@@ -124,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--max-workers",
+        type=_positive(int),
+        metavar="N",
+        help="threads in the pool (--concurrency pool; default 32)",
+    )
+    parser.add_argument(
         "--processes",
         type=_positive(int),
         metavar="N",
@@ -135,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how long a graceful stop may wait for requests in flight (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="drop a connection silent this long (stream servers)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        metavar="N",
+        help="refuse connections beyond N in flight at once",
     )
     parser.add_argument(
         "--trace", action="store_true", help="explain mode: print every hook call on stderr"
@@ -173,6 +195,8 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def features_from(args: argparse.Namespace) -> list[Features]:
     return [
+        cli_build.pool_feature(args.concurrency, args.max_workers),
+        cli_build.limits_feature(args.idle_timeout, args.max_connections),
         cli_build.trace_feature(sys.stderr if args.trace else None),
         cli_build.access_log_feature(args.access_log),
     ]
@@ -231,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         for server in servers:
             server.server_close()
         raise
-    return serve_until_signalled(servers, [b for b in binds], target, args.drain_timeout)
+    return serve_until_signalled(servers, binds, target, args.drain_timeout)
 
 
 def _open(target: Target, bind: Bind, concurrency: str, features: list[Features]) -> Any:
@@ -256,8 +280,6 @@ def run_prefork(
         raise CliError("--processes needs exactly one --bind and a handler target", EXIT_USAGE)
     if not hasattr(os, "fork"):
         raise CliError("--processes: this platform cannot fork", EXIT_USAGE)
-    from pyserve.prefork import Prefork
-
     bind = binds[0]
     server_class = cli_build.server_class(bind, args.concurrency, features)
     try:
@@ -298,7 +320,9 @@ def serve_until_signalled(
         threads = [_start_serving(server, notes_out) for server in servers]
         for server, bind in zip(servers, binds):
             announce(target, server, bind)
-        return _wait_and_stop(servers, threads, signals_in, notes_in, notes_out, drain_timeout)
+        return _wait_and_stop(
+            servers, threads, signals_in, notes_in, notes_out=notes_out, grace=drain_timeout
+        )
     finally:
         _restore_signals(previous)
         for end in (notes_in, notes_out, signals_in, signals_out):
@@ -333,8 +357,9 @@ def _wait_and_stop(
     threads: list[threading.Thread],
     signals: socket.socket,
     notes: socket.socket,
+    *,
     notes_out: socket.socket,
-    drain_timeout: float,
+    grace: float,
 ) -> int:
     exit_code = EXIT_OK
     stopping_since: Optional[float] = None
@@ -345,10 +370,11 @@ def _wait_and_stop(
         while closed < len(servers):
             timeout = None
             if stopping_since is not None:
-                timeout = max(0.0, stopping_since + drain_timeout + CLOSE_MARGIN - time.monotonic())
+                deadline = stopping_since + grace + FORCE_TIMEOUT + CLOSE_MARGIN
+                timeout = max(0.0, deadline - time.monotonic())
             ready = selector.select(timeout)
             if not ready:
-                logger.error("requests still running after %ss: forcing the stop", drain_timeout)
+                logger.error("requests still running after %ss: forcing the stop", grace)
                 return _force()
             for key, _ in ready:
                 data = key.fileobj.recv(64)  # type: ignore[union-attr]
@@ -357,13 +383,13 @@ def _wait_and_stop(
                         logger.warning("second signal: forcing the stop")
                         return _force()
                     name = signal.Signals(data[0]).name
-                    logger.info("%s: draining (up to %ss)", name, drain_timeout)
+                    logger.info("%s: draining (up to %ss)", name, grace)
                 elif _CRASHED in data:
                     exit_code = EXIT_CRASHED
                 closed += data.count(_CLOSED)
                 if stopping_since is None and (key.data == "signal" or _CRASHED in data):
                     stopping_since = time.monotonic()
-                    _stop_all(servers, threads, notes_out, drain_timeout)
+                    _stop_all(servers, threads, notes_out, grace)
     if exit_code == EXIT_OK:
         logger.info("stopped")
     return exit_code
@@ -379,7 +405,8 @@ def _stop_all(
             try:
                 drain = getattr(server, "drain", None)
                 if callable(drain):
-                    drain(grace)
+                    report = drain(grace, force_timeout=FORCE_TIMEOUT)
+                    logger.info("%s drained: %s", server.server_address, report)
                 else:
                     server.shutdown()
                 serving.join()

@@ -32,9 +32,14 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
 
+from handlers import registry
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
+from pyserve.pool import ThreadPoolMixIn
 from pyserve.sockets import TCPServer, UDPServer
+
+if hasattr(socket, "AF_UNIX"):
+    from pyserve.sockets import UnixDatagramServer, UnixStreamServer
 
 __all__ = [
     "Bind",
@@ -52,7 +57,7 @@ EXIT_USAGE = 2
 #: Exit code for a TARGET that names nothing servable.
 EXIT_TARGET = 3
 
-CONCURRENCY = ("sync", "thread", "fork")
+CONCURRENCY = ("sync", "thread", "pool", "fork")
 
 
 class CliError(Exception):
@@ -141,8 +146,6 @@ class Target:
         """The handler class for ``bind``'s kind of request."""
         kind = "udp" if bind.datagram else "tcp"
         if self.service is not None:
-            from handlers import registry
-
             try:
                 return registry.get(self.service, kind)
             except KeyError as exc:
@@ -154,8 +157,6 @@ def resolve_target(text: str) -> Target:
     """A registry short name (``echo``) or ``module:attr`` (a handler class or a
     factory called with the address that returns a server)."""
     if ":" not in text:
-        from handlers import registry
-
         if text not in registry.names():
             known = ", ".join(registry.names())
             raise CliError(
@@ -174,7 +175,8 @@ def resolve_target(text: str) -> Target:
     except ImportError as exc:
         raise CliError(f"cannot import target {text!r}: {exc}", EXIT_TARGET) from exc
     except AttributeError:
-        raise CliError(f"target {text!r}: {module_name} has no {attribute!r}", EXIT_TARGET) from None
+        message = f"target {text!r}: {module_name} has no {attribute!r}"
+        raise CliError(message, EXIT_TARGET) from None
     if isinstance(found, type):
         if hasattr(found, "serve_forever"):
             raise CliError(
@@ -198,8 +200,6 @@ def transport_class(bind: Bind) -> type:
     if bind.transport in ("unix", "unixgram"):
         if not hasattr(socket, "AF_UNIX"):
             raise CliError(f"--bind {bind.text}: no Unix sockets here", EXIT_USAGE)
-        from pyserve.sockets import UnixDatagramServer, UnixStreamServer
-
         return UnixStreamServer if bind.transport == "unix" else UnixDatagramServer
     return UDPServer if bind.transport == "udp" else TCPServer
 
@@ -208,11 +208,33 @@ def strategy_mixins(concurrency: str) -> tuple[type, ...]:
     """``--concurrency``: the mix-in that decides where a request runs."""
     if concurrency == "thread":
         return (ThreadingMixIn,)
+    if concurrency == "pool":
+        return (ThreadPoolMixIn,)
     if concurrency == "fork":
         if not hasattr(os, "fork"):
             raise CliError("--concurrency fork: this platform cannot fork", EXIT_USAGE)
         return (ForkingMixIn,)
     return ()
+
+
+def pool_feature(concurrency: str, max_workers: Optional[int]) -> Features:
+    """``--max-workers``: the thread pool's size (``--concurrency pool`` only)."""
+    if max_workers is None:
+        return ((), {})
+    if concurrency != "pool":
+        raise CliError("--max-workers needs --concurrency pool", EXIT_USAGE)
+    return ((), {"max_workers": max_workers})
+
+
+def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]) -> Features:
+    """``--idle-timeout`` and ``--max-connections``: the per-connection protections
+    of :mod:`pyserve.limits`, as server attributes (every stream handler obeys them)."""
+    attributes: dict[str, Any] = {}
+    if idle_timeout is not None:
+        attributes["idle_timeout"] = idle_timeout
+    if max_connections is not None:
+        attributes["max_connections"] = max_connections
+    return ((), attributes)
 
 
 def trace_feature(stream: Optional[IO[str]]) -> Features:
