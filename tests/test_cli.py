@@ -80,7 +80,8 @@ def _readline(stream: Any, deadline: float) -> str:
         selector.register(stream, selectors.EVENT_READ)
         while not line.endswith(b"\n"):
             remaining = deadline - time.monotonic()
-            assert remaining > 0 and selector.select(remaining), "no line from pyserve in time"
+            assert remaining > 0, "no line from pyserve in time"
+            assert selector.select(remaining), "no line from pyserve in time"
             chunk = os.read(stream.fileno(), 1)
             if not chunk:
                 break
@@ -138,7 +139,8 @@ def _read_all(sock: socket.socket) -> bytes:
 def test_serves_echo_and_exits_0_on_sigterm(run: Any) -> None:
     command = run("echo", "--bind", "127.0.0.1:0")
     [address] = command.addresses()
-    assert address.startswith("tcp://127.0.0.1:") and not address.endswith(":0")
+    assert address.startswith("tcp://127.0.0.1:")
+    assert not address.endswith(":0")
     assert tcp_echo(address) == b"hello\n"
     assert command.stop(signal.SIGTERM) == cli.EXIT_OK
     assert "SIGTERM: draining" in command.stderr
@@ -155,7 +157,8 @@ def test_sigint_also_stops_cleanly(run: Any) -> None:
 def test_no_target_means_echo_on_127_0_0_1_9999() -> None:
     args = cli.build_parser().parse_args([])
     assert args.target == "echo"
-    assert args.bind is None and cli.DEFAULT_BIND == "127.0.0.1:9999"
+    assert args.bind is None
+    assert cli.DEFAULT_BIND == "127.0.0.1:9999"
 
 
 def test_drain_lets_a_request_in_flight_finish(run: Any, tmp_path: Path) -> None:
@@ -347,7 +350,8 @@ def test_version() -> None:
 
 def _one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pyserve: error: "), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pyserve: error: "), err
     return lines[0]
 
 
@@ -403,7 +407,8 @@ def test_permission_denied_exits_5() -> None:
 def test_debug_log_level_shows_the_traceback() -> None:
     code, _, err = run_to_end("no_such_module_here:Handler", "--log-level", "debug")
     assert code == cli_build.EXIT_TARGET
-    assert "Traceback" in err and "pyserve: error: cannot import target" in err
+    assert "Traceback" in err
+    assert "pyserve: error: cannot import target" in err
 
 
 # -- bind strings, in-process ------------------------------------------------------------
