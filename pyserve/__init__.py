@@ -102,3 +102,23 @@ __all__ += [
 ]
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
+# Network edges (issue 4): multicast, systemd activation, socket options.
+from pyserve import sockopts  # noqa: E402
+from pyserve.activation import ActivationError  # noqa: E402
+from pyserve.multicast import MulticastUDPServer  # noqa: E402
+
+__all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]
+
+# Network edges (issue 4): TLS and the PROXY protocol.
+from pyserve.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn  # noqa: E402
+from pyserve.proxy_parser import ProxyHeader, ProxyParser  # noqa: E402
+from pyserve.tls import TLSMixIn  # noqa: E402
+
+__all__ += [
+    "TLSMixIn",
+    "ProxyProtocolMixIn",
+    "ProxiedAddress",
+    "ProxiedPath",
+    "ProxyHeader",
+    "ProxyParser",
+]

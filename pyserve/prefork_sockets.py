@@ -31,7 +31,7 @@ import os
 import socket
 from typing import Any, Callable, Optional, Union
 
-from pyserve.sockets import _is_filesystem_path
+from pyserve.addresses import is_filesystem_path
 
 __all__ = ["Listeners", "adopt_listener"]
 
@@ -79,7 +79,7 @@ class Listeners:
             if self.reuse_port:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             listener.bind(self.address)
-            if _is_filesystem_path(self.address):
+            if is_filesystem_path(self.address):
                 self._created_path = self.address
             # The first bind resolves port 0; the others bind that same port.
             self.address = listener.getsockname()

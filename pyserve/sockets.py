@@ -31,7 +31,24 @@ Defaults that differ from the stdlib, each for a reason:
   logged, counted in ``datagrams_truncated`` and dropped;
 * Unix servers remove the socket file they created when they close, and replace a
   *stale* socket file (nobody listening) on bind, but never a live socket or a
-  file of another kind.
+  file of another kind;
+* the address family follows the address: ``TCPServer(("::1", 0), H)`` serves
+  IPv6 (the stdlib fails), unless the class sets ``address_family`` itself (the
+  rules are in :mod:`pyserve.addresses`).
+
+Where the socket comes from
+---------------------------
+``__init__`` creates the socket, unless the server is *adopting* one that was
+bound elsewhere (``from_socket()``, ``from_fd()``, ``from_systemd()``, from
+:mod:`pyserve.activation`). An adopted socket goes through the same
+``server_bind()``/``server_activate()`` hooks, so subclasses extending them
+(``http.server.HTTPServer`` reads its name there) keep working; but
+``server_bind()`` only reads the address back, and a Unix server never deletes a
+socket file it did not create.
+
+Socket options are data (:mod:`pyserve.sockopts`): ``listen_socket_options`` are
+set in ``server_bind()`` before ``bind()``; ``accepted_socket_options`` on each
+accepted connection, at the cost of one truth test when there are none.
 """
 
 from __future__ import annotations
@@ -40,12 +57,21 @@ import errno
 import logging
 import os
 import socket
-import stat
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
+from pyserve.activation import SocketAdoption
+from pyserve.addresses import family_for_address
 from pyserve.base import BaseServer
 from pyserve.errors import RequestDropped
+from pyserve.sockopts import (
+    SocketOption,
+    apply_socket_options,
+    check_socket_options,
+    probe_socket_options,
+)
+from pyserve.unix import UnixDatagramReplies, UnixSocketFile
 
 __all__ = [
     "SocketServer",
@@ -57,16 +83,26 @@ __all__ = [
 
 logger = logging.getLogger("pyserve")
 
-#: What a server may be bound to: (host, port), (host, port, flowinfo, scope_id), or
-#: a Unix path (str or bytes; a leading NUL byte means Linux's abstract namespace).
-Address = Union[tuple[str, int], tuple[str, int, int, int], str, bytes]
 
-
-class SocketServer(BaseServer):
+class SocketServer(SocketAdoption, BaseServer):
     """A server that owns one socket: the shared base of TCP, UDP and Unix servers.
 
     Class attributes that may be overridden: ``address_family``, ``socket_type``,
-    ``request_queue_size``, ``allow_reuse_address``, ``allow_reuse_port``.
+    ``request_queue_size``, ``allow_reuse_address``, ``allow_reuse_port``,
+    ``dualstack_ipv6``, ``listen_socket_options``.
+
+    For the caller, besides the constructor: ``from_socket()``, ``from_fd()`` and
+    ``from_systemd()`` (see :class:`~pyserve.activation.SocketAdoption`).
+
+    IPv6 needs nothing but the address; set ``address_family`` in a subclass only
+    to insist on one family::
+
+        server = TCPServer(("::1", 8000), Handler)          # IPv6: family follows
+
+        class Both(ThreadingTCPServer):
+            dualstack_ipv6 = True                           # IPv4 + IPv6, one socket
+
+        server = Both(("::", 8000), Handler)  # reached at 127.0.0.1 and at ::1
     """
 
     #: The socket's address family (``AF_INET``, ``AF_INET6``, ``AF_UNIX``).
@@ -79,6 +115,13 @@ class SocketServer(BaseServer):
     allow_reuse_address: bool = False
     #: Set SO_REUSEPORT before binding (several sockets then share the port).
     allow_reuse_port: bool = False
+    #: Serve IPv4 and IPv6 on one AF_INET6 socket (IPV6_V6ONLY off); bind ``"::"``.
+    dualstack_ipv6: bool = False
+    #: ``(level, option, value)`` triples set on the server's socket before bind().
+    listen_socket_options: Sequence[SocketOption] = ()
+
+    #: A socket handed over by ``from_socket()``; ``__init__`` takes it.
+    _adopting: Optional[socket.socket] = None
 
     def __init__(
         self,
@@ -87,7 +130,18 @@ class SocketServer(BaseServer):
         bind_and_activate: bool = True,
     ) -> None:
         super().__init__(server_address, RequestHandlerClass)
-        self.socket = socket.socket(self.address_family, self.socket_type)
+        adopted, self._adopting = self._adopting, None
+        #: True when the socket was bound elsewhere and handed to ``from_socket()``.
+        self.socket_adopted = adopted is not None
+        if adopted is not None:
+            self.socket = adopted
+        else:
+            family = family_for_address(
+                server_address, self.address_family, self._family_is_chosen(), self.dualstack_ipv6
+            )
+            self.socket = socket.socket(family, self.socket_type)
+        # The instance says which family it serves; the class is never touched.
+        self.address_family = self.socket.family
         if bind_and_activate:
             try:
                 self.server_bind()
@@ -96,12 +150,26 @@ class SocketServer(BaseServer):
                 self.server_close()
                 raise
 
+    @classmethod
+    def _family_is_chosen(cls) -> bool:
+        """Whether ``address_family`` was set below pyserve's transport classes."""
+        owner = next(klass for klass in cls.__mro__ if "address_family" in vars(klass))
+        return owner not in _FAMILY_FOLLOWS_ADDRESS
+
     def server_bind(self) -> None:
-        """Set the reuse options and bind. May be extended."""
+        """Set the options and bind (an adopted socket: read its address). May be extended."""
+        if self.listen_socket_options:
+            options = check_socket_options(self.listen_socket_options, "listen_socket_options")
+            apply_socket_options(self.socket, options, "listen_socket_options")
+        if self.socket_adopted:
+            self.server_address = self.socket.getsockname()
+            return
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.dualstack_ipv6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
 
@@ -120,21 +188,45 @@ class SocketServer(BaseServer):
 class TCPServer(SocketServer):
     """A stream server: one connected socket per request.
 
-    Class attributes beyond :class:`SocketServer`'s: none. ``allow_reuse_address``
-    is true on POSIX (see the module docstring).
+    Class attributes beyond :class:`SocketServer`'s: ``accepted_socket_options``.
+    ``allow_reuse_address`` is true on POSIX (see the module docstring).
     """
 
     address_family = socket.AF_INET
     socket_type = socket.SOCK_STREAM
     allow_reuse_address = os.name != "nt"
+    #: ``(level, option, value)`` triples set on every accepted connection.
+    accepted_socket_options: Sequence[SocketOption] = ()
 
     def server_activate(self) -> None:
-        """Listen with a backlog of :attr:`~SocketServer.request_queue_size`."""
+        """Listen with a backlog of :attr:`~SocketServer.request_queue_size`.
+
+        ``accepted_socket_options`` are tried on a scratch socket first, so one the
+        kernel refuses fails here, once, naming the option.
+        """
+        if self.accepted_socket_options:
+            options = check_socket_options(self.accepted_socket_options, "accepted_socket_options")
+            probe_socket_options(
+                self.socket.family, self.socket.type, options, "accepted_socket_options"
+            )
         self.socket.listen(self.request_queue_size)
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept one connection."""
-        return self.socket.accept()
+        """Accept one connection (and set ``accepted_socket_options`` on it)."""
+        request = self.socket.accept()
+        if self.accepted_socket_options:
+            self._set_accepted_options(request)
+        return request
+
+    def _set_accepted_options(self, request: tuple[socket.socket, Any]) -> None:
+        try:
+            apply_socket_options(request[0], self.accepted_socket_options)
+        except OSError as exc:
+            # Checked at startup, so only a connection the peer already reset gets
+            # here: drop it like any other connection that died before accept().
+            logger.debug("Dropped a connection from %s: %s", request[1], exc)
+            request[0].close()
+            raise RequestDropped(exc.errno, str(exc)) from exc
 
     def shutdown_request(self, request: socket.socket) -> None:
         """Send FIN so the peer reads everything written, then close."""
@@ -152,7 +244,8 @@ class UDPServer(SocketServer):
     """A datagram server: one datagram per request, as ``(data, socket)``.
 
     Class attributes: ``max_packet_size`` (longer datagrams are dropped and counted
-    in ``datagrams_truncated``, never delivered cut short).
+    in ``datagrams_truncated``, never delivered cut short) and ``allow_broadcast``
+    (``SO_BROADCAST``, so handlers may send to broadcast addresses).
     """
 
     address_family = socket.AF_INET
@@ -160,6 +253,12 @@ class UDPServer(SocketServer):
     allow_reuse_address = False
     #: The longest datagram delivered to a handler; longer ones are dropped.
     max_packet_size: int = 8192
+    #: Set SO_BROADCAST, so handlers may send to broadcast addresses (the kernel
+    #: refuses with EACCES otherwise). Cookbook: a discovery responder::
+    #:
+    #:     class Announcer(UDPServer):
+    #:         allow_broadcast = True   # handler: sendto(reply, ("255.255.255.255", port))
+    allow_broadcast: bool = False
 
     #: Minimum seconds between two log lines about over-long datagrams: a peer can
     #: send thousands a second, and each would otherwise be a line.
@@ -169,6 +268,12 @@ class UDPServer(SocketServer):
         super()._init_dispatch_state()
         self.datagrams_truncated = 0
         self._truncation_logged_at: Optional[float] = None
+
+    def server_bind(self) -> None:
+        """Set SO_BROADCAST if ``allow_broadcast``, then bind. May be extended."""
+        if self.allow_broadcast:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[tuple[bytes, socket.socket], Any]:
         """Receive one datagram of at most :attr:`max_packet_size` bytes.
@@ -190,8 +295,7 @@ class UDPServer(SocketServer):
         if last is None or now - last >= self.truncation_log_interval:
             self._truncation_logged_at = now
             logger.warning(
-                "Dropped a datagram from %s longer than max_packet_size=%d "
-                "(%d dropped so far)",
+                "Dropped a datagram from %s longer than max_packet_size=%d (%d dropped so far)",
                 client_address,
                 self.max_packet_size,
                 self.datagrams_truncated,
@@ -205,87 +309,39 @@ class UDPServer(SocketServer):
         """Nothing to close."""
 
 
-if TYPE_CHECKING:
-    _UnixBase = SocketServer
-else:
-    _UnixBase = object
-
-
-def _is_filesystem_path(address: Any) -> bool:
-    """True for a Unix path on the filesystem (not abstract, not a tuple)."""
-    if isinstance(address, str):
-        return bool(address) and not address.startswith("\0")
-    if isinstance(address, bytes):
-        return bool(address) and not address.startswith(b"\0")
-    return False
-
-
-def _clear_stale_socket(path: Union[str, bytes], socket_type: int) -> None:
-    """Remove ``path`` if it is a socket nobody listens on; refuse a live one.
-
-    A regular file (or anything that is not a socket) is left alone, so ``bind()``
-    fails with EADDRINUSE rather than destroying someone's data.
-    """
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket_type)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # stale: a server died without cleaning up
-    except OSError:
-        return  # cannot tell (permissions, full backlog): let bind() report it
-    else:
-        raise OSError(errno.EADDRINUSE, f"a live server is listening on {path!r}")
-    finally:
-        probe.close()
-
-
-class _UnixSocketFile(_UnixBase):
-    """Owns a Unix server's socket file: replace it when stale, remove it on close."""
-
-    def _init_dispatch_state(self) -> None:
-        super()._init_dispatch_state()
-        # (st_dev, st_ino, pid) of the file we created; None if we created none.
-        self._socket_file: Optional[tuple[int, int, int]] = None
-
-    def server_bind(self) -> None:
-        path = self.server_address
-        if _is_filesystem_path(path):
-            _clear_stale_socket(path, self.socket_type)
-        super().server_bind()
-        if _is_filesystem_path(path):
-            info = os.stat(path)
-            self._socket_file = (info.st_dev, info.st_ino, os.getpid())
-
-    def server_close(self) -> None:
-        super().server_close()
-        owned, self._socket_file = self._socket_file, None
-        # Only the process that bound it removes it (not a forked child), and only
-        # if the path still names our socket (not one a successor bound since).
-        if owned is None or owned[2] != os.getpid():
-            return
-        try:
-            info = os.stat(self.server_address)
-            if (info.st_dev, info.st_ino) == owned[:2]:
-                os.unlink(self.server_address)
-        except OSError:
-            pass  # already gone
-
+# Whose address_family is only a default, to be replaced by the address's family.
+_FAMILY_FOLLOWS_ADDRESS = frozenset({SocketServer, TCPServer, UDPServer})
 
 if hasattr(socket, "AF_UNIX"):
 
-    class UnixStreamServer(_UnixSocketFile, TCPServer):
-        """A stream server on a Unix-domain socket path."""
+    class UnixStreamServer(UnixSocketFile, TCPServer):
+        """A stream server on a Unix-domain socket path.
+
+        Class attributes beyond :class:`TCPServer`'s: ``socket_mode``,
+        ``socket_owner``, ``socket_group``. A str or bytes address starting with a
+        NUL byte is in Linux's abstract namespace: no file, gone with the socket::
+
+            class Control(ThreadingUnixStreamServer):
+                socket_mode = 0o660          # only owner and group may connect
+                socket_group = "adm"
+
+            server = Control("/run/myapp/control.sock", Handler)
+            private = UnixStreamServer("\\0myapp-control", Handler)  # abstract
+        """
 
         address_family = socket.AF_UNIX
 
-    class UnixDatagramServer(_UnixSocketFile, UDPServer):
-        """A datagram server on a Unix-domain socket path."""
+    class UnixDatagramServer(UnixDatagramReplies, UnixSocketFile, UDPServer):
+        """A datagram server on a Unix-domain socket path.
+
+        Class attributes beyond :class:`UDPServer`'s: ``socket_mode``,
+        ``socket_owner``, ``socket_group``. Replies go to the client's own socket
+        path, so a client that wants one binds its socket first; a reply to one
+        that did not fails with one log line (see :mod:`pyserve.unix`)::
+
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            client.bind(os.path.join(tmpdir, "client.sock"))  # where replies go
+            client.sendto(b"ping", server.server_address)
+        """
 
         address_family = socket.AF_UNIX

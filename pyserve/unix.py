@@ -1,0 +1,213 @@
+"""Unix-domain socket care: the socket file's life, its permissions, and replies.
+
+Theory of operation
+-------------------
+A Unix server's address is a path, and binding creates a file there. The two
+mix-ins here, combined with the transports in :mod:`pyserve.sockets` as
+``UnixStreamServer`` and ``UnixDatagramServer``, take care of what that means:
+
+* :class:`UnixSocketFile` owns the file. Before ``bind()`` it replaces a *stale*
+  socket file (one nobody listens on: a server that died without cleaning up) but
+  never a live socket or a file of another kind. After ``bind()`` and before
+  ``listen()`` (so nobody can connect in between) it sets the file's mode and
+  owner from ``socket_mode``, ``socket_owner`` and ``socket_group``. On close it
+  removes the file, but only from the process that created it and only if the
+  path still names that very file. An *abstract* address (Linux: a str or bytes
+  starting with a NUL byte, such as ``"\\0myapp"``) has no file at all: nothing
+  to replace, chmod or remove. An *adopted* socket's file (``from_socket()``)
+  belongs to whoever bound it and is left alone.
+* :class:`UnixDatagramReplies` handles the one way a datagram reply cannot be
+  sent: the client never bound its socket, so it has no address (``recvfrom()``
+  reports ``None``), or it removed its socket before the reply arrived. That is
+  the client's doing, so it costs one rate-limited log line and a count in
+  ``unreplyable_datagrams``, not a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from pyserve.addresses import is_filesystem_path
+
+try:  # POSIX only: user and group names
+    import grp
+    import pwd
+except ImportError:  # pragma: no cover - Windows has neither, nor socket files
+    grp = pwd = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from pyserve.sockets import SocketServer, UDPServer
+
+    _FileBase = SocketServer
+    _ReplyBase = UDPServer
+else:
+    _FileBase = _ReplyBase = object
+
+__all__ = ["UnixDatagramReplies", "UnixSocketFile", "set_socket_file_access"]
+
+logger = logging.getLogger("pyserve")
+
+
+def _id_of(kind: str, value: Union[int, str], lookup: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"socket_{kind} must be a name or a numeric id, not {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"socket_{kind} must not be negative, not {value!r}")
+        return value
+    try:
+        return int(lookup(value)[2])  # pw_uid / gr_gid
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"socket_{kind} {value!r}: no such {kind} on this system") from exc
+
+
+def set_socket_file_access(
+    path: Union[str, bytes],
+    mode: Optional[int],
+    owner: Union[int, str, None],
+    group: Union[int, str, None],
+) -> None:
+    """Set a socket file's mode and owner (``None``: leave it as created).
+
+    ``mode`` is an integer such as ``0o660`` (connecting needs write permission);
+    ``owner`` and ``group`` are names or numeric ids. Changing the owner needs
+    root; for the group, any group the process belongs to will do. Bad values
+    raise ``ValueError`` naming them.
+    """
+    if mode is not None and (
+        isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
+    ):
+        raise ValueError(f"socket_mode must be a file mode such as 0o660, not {mode!r}")
+    uid = -1 if owner is None else _id_of("owner", owner, pwd and pwd.getpwnam)
+    gid = -1 if group is None else _id_of("group", group, grp and grp.getgrnam)
+    if mode is not None:
+        os.chmod(path, mode)
+    if (uid, gid) != (-1, -1):
+        os.chown(path, uid, gid)
+
+
+def _clear_stale_socket(path: Union[str, bytes], socket_type: int) -> None:
+    """Remove ``path`` if it is a socket nobody listens on; refuse a live one.
+
+    A regular file (or anything that is not a socket) is left alone, so ``bind()``
+    fails with EADDRINUSE rather than destroying someone's data.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket_type)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # stale: a server died without cleaning up
+    except OSError:
+        return  # cannot tell (permissions, full backlog): let bind() report it
+    else:
+        raise OSError(errno.EADDRINUSE, f"a live server is listening on {path!r}")
+    finally:
+        probe.close()
+
+
+class UnixSocketFile(_FileBase):
+    """Owns a Unix server's socket file (see the module docstring).
+
+    Class attributes that may be overridden: ``socket_mode``, ``socket_owner``,
+    ``socket_group`` (each ``None``: as created). Setting one for an abstract
+    address raises ``ValueError``: there is no file to apply it to::
+
+        class Control(ThreadingUnixStreamServer):
+            socket_mode = 0o660          # only owner and group may connect
+            socket_group = "adm"
+
+        server = Control("/run/myapp/control.sock", Handler)
+    """
+
+    #: The socket file's mode, e.g. ``0o660`` (None: as the umask leaves it).
+    socket_mode: Optional[int] = None
+    #: The socket file's owner, a user name or uid (None: this process; needs root).
+    socket_owner: Union[int, str, None] = None
+    #: The socket file's group, a group name or gid (None: this process's).
+    socket_group: Union[int, str, None] = None
+
+    def _init_dispatch_state(self) -> None:
+        super()._init_dispatch_state()
+        # (st_dev, st_ino, pid) of the file we created; None if we created none.
+        self._socket_file: Optional[tuple[int, int, int]] = None
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        on_disk = is_filesystem_path(path) and not self.socket_adopted
+        access = (self.socket_mode, self.socket_owner, self.socket_group)
+        if not on_disk and access != (None, None, None) and not self.socket_adopted:
+            raise ValueError(f"socket_mode/owner/group need a socket file, not {path!r}")
+        if on_disk:
+            _clear_stale_socket(path, self.socket_type)
+        super().server_bind()
+        if on_disk:
+            info = os.stat(path)
+            self._socket_file = (info.st_dev, info.st_ino, os.getpid())
+            set_socket_file_access(path, *access)
+
+    def server_close(self) -> None:
+        super().server_close()
+        owned, self._socket_file = self._socket_file, None
+        # Only the process that bound it removes it (not a forked child), and only
+        # if the path still names our socket (not one a successor bound since).
+        if owned is None or owned[2] != os.getpid():
+            return
+        try:
+            info = os.stat(self.server_address)
+            if (info.st_dev, info.st_ino) == owned[:2]:
+                os.unlink(self.server_address)
+        except OSError:
+            pass  # already gone
+
+
+class UnixDatagramReplies(_ReplyBase):
+    """Turns a failed reply to an address-less or vanished client into one log line.
+
+    Counted in ``unreplyable_datagrams``; logged at most once per
+    ``truncation_log_interval`` seconds, so a flood of such clients cannot flood
+    the log. Any other error goes to the usual ``handle_error()``.
+    """
+
+    def _init_dispatch_state(self) -> None:
+        super()._init_dispatch_state()
+        self.unreplyable_datagrams = 0
+        self._unreplyable_logged_at: Optional[float] = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a reply that could not be sent in one line; anything else as usual."""
+        if not _is_unreplyable(sys.exc_info()[1], client_address):
+            super().handle_error(request, client_address)
+            return
+        self.unreplyable_datagrams += 1
+        now = time.monotonic()
+        last = self._unreplyable_logged_at
+        if last is None or now - last >= self.truncation_log_interval:
+            self._unreplyable_logged_at = now
+            logger.warning(
+                "Could not reply to the Unix datagram client at %r: %s (%d so far; "
+                "a client must bind its socket to receive replies)",
+                client_address,
+                sys.exc_info()[1],
+                self.unreplyable_datagrams,
+            )
+
+
+def _is_unreplyable(exc: Optional[BaseException], client_address: Any) -> bool:
+    if client_address in (None, "", b""):  # sendto(reply, None) raises TypeError
+        return isinstance(exc, (TypeError, OSError))
+    # The client closed and removed its socket before the reply was sent.
+    return isinstance(exc, (FileNotFoundError, ConnectionRefusedError))
