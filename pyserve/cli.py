@@ -5,7 +5,10 @@
 minute (then ``nc 127.0.0.1 9999``). The general form::
 
     pyserve [TARGET] [--bind ADDRESS]... [--concurrency sync|thread|pool|fork]
-            [--max-workers N] [--processes N] [--idle-timeout S] [--max-connections N]
+            [--max-workers N] [--processes N] [--drain-timeout S]
+            [--tls-cert PEM [--tls-key PEM]]
+            [--proxy-protocol v1|v2|auto --trusted-proxy NETWORK...]
+            [--idle-timeout S] [--max-connections N]
             [--trace] [--access-log] [--log-level LEVEL]
 
 TARGET is a name from the handlers registry (``echo``, ``daytime``, ...; see
@@ -40,8 +43,10 @@ code  meaning
 3     TARGET names nothing servable (unknown name, import error, wrong kind)
 4     address already in use
 5     permission denied (a privileged port, an unwritable socket path)
-6     any other error opening a socket (address not available, ...)
-7     a server's loop failed unexpectedly
+6     the TLS certificate or key cannot be loaded
+7     any other socket error (address not available, no such descriptor,
+      no socket passed by systemd, ...)
+8     a server's loop failed unexpectedly
 ====  =====================================================================
 
 Errors are one line on stderr (``pyserve: error: ...``); with ``--log-level
@@ -55,19 +60,15 @@ import errno
 import logging
 import os
 import platform
-import selectors
-import signal
-import socket
 import sys
-import threading
-import time
-from types import FrameType
 from typing import Any, Callable, Optional
 
 import pyserve
 from pyserve import cli_build
 from pyserve.cli_build import (
+    EXIT_SOCKET,
     EXIT_TARGET,
+    EXIT_TLS,
     EXIT_USAGE,
     Bind,
     CliError,
@@ -77,25 +78,19 @@ from pyserve.cli_build import (
     parse_bind,
     resolve_target,
 )
+from pyserve.cli_run import EXIT_CRASHED, EXIT_FORCED, EXIT_OK, serve_until_signalled
 from pyserve.prefork import Prefork
 
 __all__ = ["main"]
 
-EXIT_OK = 0
-EXIT_FORCED = 1
 EXIT_ADDRESS_IN_USE = 4
 EXIT_PERMISSION = 5
-EXIT_BIND_FAILED = 6
-EXIT_CRASHED = 7
-assert (EXIT_USAGE, EXIT_TARGET) == (2, 3)  # defined with the parsers that raise them
+# Defined with the code that raises them:
+assert (EXIT_OK, EXIT_FORCED, EXIT_USAGE, EXIT_TARGET) == (0, 1, 2, 3)
+assert (EXIT_TLS, EXIT_SOCKET, EXIT_CRASHED) == (6, 7, 8)
 
 DEFAULT_TARGET = "echo"
 DEFAULT_BIND = "127.0.0.1:9999"
-#: Seconds a drain waits after forcing (shutting connections for reading): a
-#: handler blocked on a read sees EOF at once, so two seconds is plenty.
-FORCE_TIMEOUT = 2.0
-#: Seconds allowed beyond the drain for the servers to close their sockets.
-CLOSE_MARGIN = 2.0
 
 logger = logging.getLogger("pyserve.cli")
 
@@ -105,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyserve",
         description="Serve a handler: a name from the handlers registry or module:attr.",
         epilog="Exit codes: 0 ok, 1 forced stop, 2 usage, 3 bad target, "
-        "4 address in use, 5 permission denied, 6 socket error, 7 server failed.",
+        "4 address in use, 5 permission denied, 6 TLS certificate, 7 socket error, "
+        "8 server failed.",
     )
     parser.add_argument(
         "target",
@@ -117,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--bind",
         action="append",
         metavar="ADDRESS",
-        help="HOST:PORT, [::]:PORT, udp://HOST:PORT, unix:/path or unixgram:/path; "
+        help="HOST:PORT, [::]:PORT, udp://HOST:PORT, unix:/path, unixgram:/path, fd://N, "
+        "systemd or systemd:NAME; "
         f"repeat for several servers (default: {DEFAULT_BIND})",
     )
     parser.add_argument(
@@ -145,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how long a graceful stop may wait for requests in flight (default: %(default)s)",
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
+    parser.add_argument(
+        "--proxy-protocol",
+        choices=("v1", "v2", "auto"),
+        help="expect a PROXY protocol header (from --trusted-proxy peers only)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="NETWORK",
+        help="an address or network allowed to send PROXY headers; repeatable "
+        "('unix' trusts Unix-socket peers)",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -197,6 +209,8 @@ def features_from(args: argparse.Namespace) -> list[Features]:
     return [
         cli_build.pool_feature(args.concurrency, args.max_workers),
         cli_build.limits_feature(args.idle_timeout, args.max_connections),
+        cli_build.proxy_feature(args.proxy_protocol, args.trusted_proxy),
+        cli_build.tls_feature(args.tls_cert, args.tls_key),
         cli_build.trace_feature(sys.stderr if args.trace else None),
         cli_build.access_log_feature(args.access_log),
     ]
@@ -223,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             errno.EADDRINUSE: EXIT_ADDRESS_IN_USE,
             errno.EACCES: EXIT_PERMISSION,
             errno.EPERM: EXIT_PERMISSION,
-        }.get(exc.errno or 0, EXIT_BIND_FAILED)
+        }.get(exc.errno or 0, EXIT_SOCKET)
         return _fail(_describe_os_error(exc), code, debug)
 
 
@@ -248,17 +262,26 @@ def run(args: argparse.Namespace) -> int:
     if args.processes is not None:
         return run_prefork(args, target, binds, features)
     servers: list[Any] = []
+    actual: list[Bind] = []
     try:
         for bind in binds:
-            servers.append(_open(target, bind, args.concurrency, features))
+            server, bound = _open(target, bind, args.concurrency, features)
+            servers.append(server)
+            actual.append(bound)
     except BaseException:
         for server in servers:
             server.server_close()
         raise
-    return serve_until_signalled(servers, binds, target, args.drain_timeout)
+    def announce_all() -> None:
+        for server, bind in zip(servers, actual):
+            announce(target, server, bind)
+
+    return serve_until_signalled(servers, announce_all, args.drain_timeout)
 
 
-def _open(target: Target, bind: Bind, concurrency: str, features: list[Features]) -> Any:
+def _open(
+    target: Target, bind: Bind, concurrency: str, features: list[Features]
+) -> tuple[Any, Bind]:
     try:
         return cli_build.build_server(target, bind, concurrency, features)
     except OSError as exc:
@@ -276,8 +299,10 @@ def run_prefork(
     args: argparse.Namespace, target: Target, binds: list[Bind], features: list[Features]
 ) -> int:
     """``--processes N``: the prefork supervisor serves the one bind."""
-    if len(binds) != 1 or target.factory is not None:
-        raise CliError("--processes needs exactly one --bind and a handler target", EXIT_USAGE)
+    if len(binds) != 1 or target.factory is not None or binds[0].transport in ("fd", "systemd"):
+        raise CliError(
+            "--processes needs a handler target and exactly one address to bind", EXIT_USAGE
+        )
     if not hasattr(os, "fork"):
         raise CliError("--processes: this platform cannot fork", EXIT_USAGE)
     bind = binds[0]
@@ -296,148 +321,3 @@ def run_prefork(
     with supervisor:
         announce(target, supervisor, bind)
         return supervisor.run()
-
-
-# -- serving several servers until a signal --------------------------------------
-
-_STOPPED = b"s"  # a serving thread's note: its loop returned
-_CRASHED = b"c"  # ... its loop raised
-_CLOSED = b"d"  # a stopper thread's note: its server is drained and closed
-
-
-def serve_until_signalled(
-    servers: list[Any], binds: list[Bind], target: Target, drain_timeout: float
-) -> int:
-    """Serve every server in its own thread; stop them all on SIGTERM/SIGINT."""
-    notes_in, notes_out = socket.socketpair()
-    for end in (notes_in, notes_out):
-        end.setblocking(False)
-    signals_in, signals_out = socket.socketpair()
-    for end in (signals_in, signals_out):
-        end.setblocking(False)
-    previous = _catch_signals(signals_out.fileno())
-    try:
-        threads = [_start_serving(server, notes_out) for server in servers]
-        for server, bind in zip(servers, binds):
-            announce(target, server, bind)
-        return _wait_and_stop(
-            servers, threads, signals_in, notes_in, notes_out=notes_out, grace=drain_timeout
-        )
-    finally:
-        _restore_signals(previous)
-        for end in (notes_in, notes_out, signals_in, signals_out):
-            end.close()
-
-
-def _start_serving(server: Any, notes: socket.socket) -> threading.Thread:
-    def serve() -> None:
-        note = _CRASHED
-        try:
-            server.serve_forever()
-            note = _STOPPED
-        except Exception:
-            logger.exception("the server for %s failed", server.server_address)
-        finally:
-            _send(notes, note)
-
-    thread = threading.Thread(target=serve, name=f"serve {server.server_address}", daemon=True)
-    thread.start()
-    return thread
-
-
-def _send(sock: socket.socket, note: bytes) -> None:
-    try:
-        sock.send(note)
-    except OSError:
-        pass  # the main thread has gone: nobody is waiting for the note
-
-
-def _wait_and_stop(
-    servers: list[Any],
-    threads: list[threading.Thread],
-    signals: socket.socket,
-    notes: socket.socket,
-    *,
-    notes_out: socket.socket,
-    grace: float,
-) -> int:
-    exit_code = EXIT_OK
-    stopping_since: Optional[float] = None
-    closed = 0
-    with selectors.DefaultSelector() as selector:
-        selector.register(signals, selectors.EVENT_READ, "signal")
-        selector.register(notes, selectors.EVENT_READ, "note")
-        while closed < len(servers):
-            timeout = None
-            if stopping_since is not None:
-                deadline = stopping_since + grace + FORCE_TIMEOUT + CLOSE_MARGIN
-                timeout = max(0.0, deadline - time.monotonic())
-            ready = selector.select(timeout)
-            if not ready:
-                logger.error("requests still running after %ss: forcing the stop", grace)
-                return _force()
-            for key, _ in ready:
-                data = key.fileobj.recv(64)  # type: ignore[union-attr]
-                if key.data == "signal":
-                    if stopping_since is not None:
-                        logger.warning("second signal: forcing the stop")
-                        return _force()
-                    name = signal.Signals(data[0]).name
-                    logger.info("%s: draining (up to %ss)", name, grace)
-                elif _CRASHED in data:
-                    exit_code = EXIT_CRASHED
-                closed += data.count(_CLOSED)
-                if stopping_since is None and (key.data == "signal" or _CRASHED in data):
-                    stopping_since = time.monotonic()
-                    _stop_all(servers, threads, notes_out, grace)
-    if exit_code == EXIT_OK:
-        logger.info("stopped")
-    return exit_code
-
-
-def _stop_all(
-    servers: list[Any], threads: list[threading.Thread], notes: socket.socket, grace: float
-) -> None:
-    """Drain and close every server at once, each in a thread of its own."""
-    for server, serving in zip(servers, threads):
-
-        def stop(server: Any = server, serving: threading.Thread = serving) -> None:
-            try:
-                drain = getattr(server, "drain", None)
-                if callable(drain):
-                    report = drain(grace, force_timeout=FORCE_TIMEOUT)
-                    logger.info("%s drained: %s", server.server_address, report)
-                else:
-                    server.shutdown()
-                serving.join()
-                server.server_close()
-            finally:
-                _send(notes, _CLOSED)
-
-        threading.Thread(target=stop, name="stop", daemon=True).start()
-
-
-def _force() -> int:
-    """End the process now: request threads may be stuck, and would hold exit."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_FORCED)
-
-
-def _catch_signals(wakeup_fd: int) -> Any:
-    """Route SIGTERM/SIGINT to ``wakeup_fd`` (the signal number as one byte)."""
-
-    def note(signum: int, frame: Optional[FrameType]) -> None:
-        """The byte on the wake-up descriptor is the message; nothing else to do."""
-
-    previous_fd = signal.set_wakeup_fd(wakeup_fd)
-    handlers = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
-    return previous_fd, handlers
-
-
-def _restore_signals(previous: Any) -> None:
-    previous_fd, handlers = previous
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    signal.set_wakeup_fd(previous_fd)

@@ -27,16 +27,22 @@ import importlib
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
 
 from handlers import registry
+from pyserve import activation
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
+from pyserve.errors import ProtocolError
 from pyserve.pool import ThreadPoolMixIn
+from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
+from pyserve.proxy_parser import ProxyHeader
 from pyserve.sockets import TCPServer, UDPServer
+from pyserve.tls import TLSMixIn
 
 if hasattr(socket, "AF_UNIX"):
     from pyserve.sockets import UnixDatagramServer, UnixStreamServer
@@ -56,6 +62,10 @@ __all__ = [
 EXIT_USAGE = 2
 #: Exit code for a TARGET that names nothing servable.
 EXIT_TARGET = 3
+#: Exit code for a TLS certificate or key that cannot be loaded.
+EXIT_TLS = 6
+#: Exit code for a socket that cannot be opened or adopted for another reason.
+EXIT_SOCKET = 7
 
 CONCURRENCY = ("sync", "thread", "pool", "fork")
 
@@ -75,8 +85,10 @@ class CliError(Exception):
 class Bind:
     """One ``--bind`` value, parsed.
 
-    ``transport`` is ``"tcp"``, ``"udp"``, ``"unix"`` (stream) or ``"unixgram"``;
-    ``address`` is ``(host, port)`` or a path.
+    ``transport`` is ``"tcp"``, ``"udp"``, ``"unix"`` (stream) or ``"unixgram"``,
+    and ``address`` is ``(host, port)`` or a path; or, for a socket opened by
+    someone else, ``"fd"`` (``address`` is the descriptor) or ``"systemd"``
+    (``address`` is the socket's name, or None for the only one).
     """
 
     text: str
@@ -91,7 +103,15 @@ class Bind:
 
 def parse_bind(text: str) -> Bind:
     """Parse ``HOST:PORT``, ``[::1]:PORT``, ``tcp://``/``udp://HOST:PORT``,
-    ``unix:/path`` or ``unixgram:/path``; :class:`CliError` says what is wrong."""
+    ``unix:/path``, ``unixgram:/path``, ``fd://N``, ``systemd`` or
+    ``systemd:NAME``; :class:`CliError` says what is wrong."""
+    if text == "systemd" or text.startswith("systemd:"):
+        return Bind(text, "systemd", text.partition(":")[2] or None)
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not number.isdigit():
+            raise CliError(f"bad --bind {text!r}: fd:// needs a descriptor number", EXIT_USAGE)
+        return Bind(text, "fd", int(number))
     for prefix, transport in (("unix:", "unix"), ("unixgram:", "unixgram")):
         if text.startswith(prefix):
             path = text[len(prefix) :]
@@ -104,7 +124,7 @@ def parse_bind(text: str) -> Bind:
         if transport not in ("tcp", "udp"):
             raise CliError(
                 f"bad --bind {text!r}: unknown scheme {transport!r} "
-                "(use HOST:PORT, udp://HOST:PORT, unix:/path or unixgram:/path)",
+                "(use HOST:PORT, udp://HOST:PORT, unix:/path, unixgram:/path, fd://N or systemd)",
                 EXIT_USAGE,
             )
     host, colon, port_text = rest.rpartition(":")
@@ -237,6 +257,52 @@ def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]
     return ((), attributes)
 
 
+def tls_feature(cert: Optional[str], key: Optional[str]) -> Features:
+    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.tls`) with that pair."""
+    if cert is None:
+        if key is not None:
+            raise CliError("--tls-key needs --tls-cert", EXIT_USAGE)
+        return ((), {})
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one: a bad PEM, a key that does not match
+        reason = exc.strerror or getattr(exc, "reason", None) or exc
+        raise CliError(f"cannot load the TLS certificate {cert!r}: {reason}", EXIT_TLS) from exc
+    return ((TLSMixIn,), {"ssl_context": context})
+
+
+class ProxyVersionMixIn(ProxyProtocolMixIn):
+    """The PROXY protocol mix-in, refusing headers of the other version if asked."""
+
+    proxy_version: Optional[int] = None  # 1, 2, or None for either
+
+    def read_proxy_header(self, request: socket.socket) -> ProxyHeader:
+        header = super().read_proxy_header(request)
+        if self.proxy_version is not None and header.version != self.proxy_version:
+            wanted = self.proxy_version
+            raise ProtocolError(f"a v{header.version} header, but only v{wanted} is accepted")
+        return header
+
+
+def proxy_feature(mode: Optional[str], trusted: list[str]) -> Features:
+    """``--proxy-protocol v1|v2|auto`` with ``--trusted-proxy``: real client addresses
+    from a load balancer's PROXY header (:mod:`pyserve.proxy`)."""
+    if mode is None:
+        if trusted:
+            raise CliError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)
+        return ((), {})
+    if not trusted:
+        message = "--proxy-protocol needs --trusted-proxy (the balancer's address)"
+        raise CliError(message, EXIT_USAGE)
+    try:
+        _parse_trusted(trusted)
+    except ValueError as exc:
+        raise CliError(f"bad --trusted-proxy: {exc}", EXIT_USAGE) from None
+    version = {"v1": 1, "v2": 2}.get(mode)
+    return ((ProxyVersionMixIn,), {"trusted_proxies": list(trusted), "proxy_version": version})
+
+
 def trace_feature(stream: Optional[IO[str]]) -> Features:
     """``--trace``: explain mode, one line per hook call, to ``stream``."""
     return ((), {"explain": stream}) if stream is not None else ((), {})
@@ -281,12 +347,13 @@ def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type
     """Compose ``class Server(*features, strategy, transport)`` for ``bind``."""
     transport = transport_class(bind)
     mixins: list[type] = []
+    stream_only = (ProxyProtocolMixIn, TLSMixIn)
     attributes: dict[str, Any] = {"__module__": __name__}
     for feature_mixins, feature_attributes in features:
         mixins.extend(feature_mixins)
         attributes.update(feature_attributes)
-    if transport is TCPServer and ":" in bind.address[0]:
-        attributes["address_family"] = socket.AF_INET6
+    if bind.datagram and any(issubclass(mixin, stream_only) for mixin in mixins):
+        raise CliError(f"--bind {bind.text}: TLS and PROXY need a stream socket", EXIT_USAGE)
     if concurrency == "thread":
         # Request threads are joined by server_close() (block_on_close); a forced
         # stop ends the process instead of waiting for them.
@@ -298,14 +365,47 @@ def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type
 
 def build_server(
     target: Target, bind: Bind, concurrency: str, features: list[Features]
-) -> Union[BaseServer, Any]:
-    """A bound, listening server for ``bind`` (``OSError`` if the socket fails)."""
+) -> tuple[Union[BaseServer, Any], Bind]:
+    """A listening server for ``bind``, and the bind as it turned out (an adopted
+    socket's own transport). ``OSError`` if the socket fails."""
+    if bind.transport in ("fd", "systemd"):
+        if target.factory is not None:
+            raise CliError(f"--bind {bind.text} needs a handler target", EXIT_USAGE)
+        return adopt(target, bind, concurrency, features)
     if target.factory is not None:
         server = target.factory(bind.address)
         if not hasattr(server, "serve_forever"):
             raise CliError(
                 f"target {target.name!r} returned {server!r}, not a server", EXIT_TARGET
             )
-        return server
+        return server, bind
     handler = target.handler_for(bind)
-    return server_class(bind, concurrency, features)(bind.address, handler)
+    return server_class(bind, concurrency, features)(bind.address, handler), bind
+
+
+def adopt(
+    target: Target, bind: Bind, concurrency: str, features: list[Features]
+) -> tuple[BaseServer, Bind]:
+    """``fd://N`` and ``systemd``: serve a socket someone else opened
+    (:mod:`pyserve.activation`)."""
+    try:
+        if bind.transport == "fd":
+            sock = socket.socket(fileno=bind.address)
+        else:
+            sock = activation.systemd_socket(bind.address)
+    except activation.ActivationError as exc:
+        raise CliError(f"--bind {bind.text}: {exc}", EXIT_SOCKET) from None
+    try:
+        unix = sock.family == getattr(socket, "AF_UNIX", None)
+        datagram = sock.type == socket.SOCK_DGRAM
+        transport = ("unixgram" if datagram else "unix") if unix else ("udp" if datagram else "tcp")
+        actual = Bind(bind.text, transport, sock.getsockname())
+        cls: Any = server_class(actual, concurrency, features)
+        server: BaseServer = cls.from_socket(sock, target.handler_for(actual))
+    except ValueError as exc:
+        sock.close()
+        raise CliError(f"--bind {bind.text}: {exc}", EXIT_SOCKET) from None
+    except BaseException:
+        sock.close()
+        raise
+    return server, actual

@@ -9,8 +9,10 @@ import errno
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -22,6 +24,7 @@ from typing import Any, Optional
 import pytest
 
 from pyserve import cli, cli_build
+from tests.peers import make_certificates
 
 DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,11 +34,13 @@ ANNOUNCE = re.compile(r"^pyserve: serving (\S+) on (\S+)$")
 class Command:
     """A running ``python -m pyserve``, with its output read under deadlines."""
 
-    def __init__(self, *args: str, cwd: Optional[Path] = None, **popen: Any) -> None:
+    def __init__(
+        self, *args: str, cwd: Optional[Path] = None, launcher: tuple[str, ...] = (), **popen: Any
+    ) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(cwd or ROOT)]))
         env.pop("PYSERVE_EXPLAIN", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyserve", *args],
+            [*launcher, sys.executable, "-m", "pyserve", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd or ROOT,
@@ -345,6 +350,125 @@ def test_version() -> None:
     assert re.match(r"pyserve \d+\.\d+\.\d+ \(\w+ 3\.\d+", out)
 
 
+# -- sockets opened by someone else ------------------------------------------------------
+
+
+def test_fd_bind_serves_an_inherited_listener(run: Any) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        fd, port = listener.fileno(), listener.getsockname()[1]
+        command = run("--bind", f"fd://{fd}", pass_fds=[fd])
+        [address] = command.addresses()
+    assert address == f"tcp://127.0.0.1:{port}"
+    assert tcp_echo(address) == b"hello\n"  # the child's copy serves; ours is closed
+    assert command.stop() == cli.EXIT_OK
+
+
+def test_fd_bind_of_a_datagram_socket_serves_udp(run: Any) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as inherited:
+        inherited.bind(("127.0.0.1", 0))
+        command = run("--bind", f"fd://{inherited.fileno()}", pass_fds=[inherited.fileno()])
+        [address] = command.addresses()
+    assert address.startswith("udp://127.0.0.1:")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(DEADLINE)
+        client.sendto(b"dgram", host_port(address))
+        assert client.recv(100) == b"dgram"
+    assert command.stop() == cli.EXIT_OK
+
+
+def test_fd_bind_of_a_closed_descriptor_exits_7() -> None:
+    with socket.socket() as unused:
+        free_fd = unused.fileno()
+    code, _, err = run_to_end("--bind", f"fd://{free_fd}")
+    assert code == cli_build.EXIT_SOCKET
+    assert "Bad file descriptor" in _one_error_line(err)
+
+
+def test_systemd_bind_without_activation_exits_7() -> None:
+    code, _, err = run_to_end("--bind", "systemd")
+    assert code == cli_build.EXIT_SOCKET
+    assert "not socket-activated" in _one_error_line(err)
+
+
+def test_systemd_socket_activate_starts_pyserve_on_first_connection(
+    run: Any, tmp_path: Path
+) -> None:
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate is missing (Debian package systemd)")
+    path = tmp_path / "activated.sock"
+    # -E passes our PYTHONPATH through; systemd-socket-activate binds the path,
+    # says so on stderr, and starts pyserve when the first client connects.
+    command = run("--bind", "systemd", launcher=(activate, "-l", str(path), "-E", "PYTHONPATH"))
+    _wait_for_stderr(command, "Listening on")
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(DEADLINE)
+        client.connect(str(path))  # queued by the kernel; this starts pyserve
+        [address] = command.addresses()
+        assert address == f"unix:{path}"
+        client.sendall(b"activated\n")
+        client.shutdown(socket.SHUT_WR)
+        assert _read_all(client) == b"activated\n"
+    assert command.stop() == cli.EXIT_OK
+
+
+# -- TLS and the PROXY protocol ------------------------------------------------------------
+
+
+def test_tls_cert_and_key_serve_tls(run: Any, tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    tls = ("--tls-cert", str(certs.cert), "--tls-key", str(certs.key))
+    command = run("--bind", "127.0.0.1:0", *tls)
+    [address] = command.addresses()
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    raw = socket.create_connection(host_port(address), timeout=DEADLINE)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as client:
+        client.sendall(b"secret\n")
+        assert client.recv(100) == b"secret\n"
+    assert command.stop() == cli.EXIT_OK
+
+
+def test_bad_certificate_exits_6(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.pem"
+    bogus.write_text("not a certificate\n")
+    code, _, err = run_to_end("--bind", "127.0.0.1:0", "--tls-cert", str(bogus))
+    assert code == cli_build.EXIT_TLS
+    assert f"cannot load the TLS certificate '{bogus}'" in _one_error_line(err)
+
+
+def test_proxy_protocol_gives_the_handler_the_real_client(run: Any, tmp_path: Path) -> None:
+    (tmp_path / "who.py").write_text(
+        "import pyserve\n"
+        "class Who(pyserve.BaseRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.request.sendall(repr(tuple(self.client_address)).encode())\n"
+    )
+    command = run(
+        "who:Who", "--bind", "127.0.0.1:0",
+        "--proxy-protocol", "v1", "--trusted-proxy", "127.0.0.1", cwd=tmp_path,
+    )
+    [address] = command.addresses()
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\n"
+    assert tcp_echo(address, header) == b"('192.0.2.7', 5555)"
+    assert command.stop() == cli.EXIT_OK
+
+
+def test_proxy_protocol_v2_only_refuses_a_v1_header(run: Any) -> None:
+    command = run(
+        "--bind", "127.0.0.1:0", "--proxy-protocol", "v2", "--trusted-proxy", "127.0.0.0/8"
+    )
+    [address] = command.addresses()
+    assert tcp_echo(address, b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nhi\n") == b""
+    assert command.stop() == cli.EXIT_OK
+    assert "only v2 is accepted" in command.stderr
+
+
+def test_proxy_protocol_needs_trusted_proxies() -> None:
+    code, _, err = run_to_end("--bind", "127.0.0.1:0", "--proxy-protocol", "auto")
+    assert code == cli_build.EXIT_USAGE
+    assert "--proxy-protocol needs --trusted-proxy" in _one_error_line(err)
+
+
 # -- errors: one line, a documented exit code, no traceback ---------------------------
 
 
@@ -373,7 +497,9 @@ def test_service_without_a_datagram_handler_exits_3() -> None:
     assert "no 'udp' handler" in _one_error_line(err)
 
 
-@pytest.mark.parametrize("bind", ["localhost", "127.0.0.1:99999", "ftp://x:1", "::1:80", "unix:"])
+@pytest.mark.parametrize(
+    "bind", ["localhost", "127.0.0.1:99999", "ftp://x:1", "::1:80", "unix:", "fd://x"]
+)
 def test_bad_bind_string_exits_2(bind: str) -> None:
     code, _, err = run_to_end("--bind", bind)
     assert code == cli_build.EXIT_USAGE
@@ -426,9 +552,18 @@ def test_debug_log_level_shows_the_traceback() -> None:
         ("unixgram:rel.sock", "unixgram", "rel.sock"),
     ],
 )
-def test_parse_bind(text: str, transport: str, address: Any) -> None:
+def test_parse_bind_round_trips(text: str, transport: str, address: Any) -> None:
     bind = cli_build.parse_bind(text)
     assert (bind.transport, bind.address) == (transport, address)
     assert cli_build.parse_bind(
         cli_build.format_address(transport, address)
     ).address == address
+
+
+@pytest.mark.parametrize(
+    ("text", "transport", "address"),
+    [("fd://3", "fd", 3), ("systemd", "systemd", None), ("systemd:web", "systemd", "web")],
+)
+def test_parse_bind_of_adopted_sockets(text: str, transport: str, address: Any) -> None:
+    bind = cli_build.parse_bind(text)
+    assert (bind.transport, bind.address) == (transport, address)
