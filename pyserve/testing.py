@@ -210,7 +210,12 @@ def read_until_eof(sock: socket.socket) -> bytes:
     """Everything the peer sends until it closes (every recv bounded by the timeout)."""
     chunks: list[bytes] = []
     while True:
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            # The peer closed with our input unread: after its last byte, a socket
+            # pair reports a reset instead of end-of-file. Same end for a reader.
+            chunk = b""
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from peers import make_certificates
 
 import pyserve
 from pyserve import StreamRequestHandler, TCPServer, ThreadingMixIn, ThreadPoolMixIn
@@ -20,7 +21,6 @@ from pyserve.proxy import ProxiedAddress, ProxyProtocolMixIn
 from pyserve.proxy_parser import PP2_TYPE_AUTHORITY, V2_SIGNATURE
 from pyserve.testing import serving
 from pyserve.tls import TLSMixIn
-from tests.peers import make_certificates
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from peers import ProxyProcess, start_haproxy, start_nginx
 
 from pyserve import StreamRequestHandler, TCPServer, ThreadingMixIn
 from pyserve.proxy import ProxiedAddress, ProxyProtocolMixIn
 from pyserve.proxy_parser import PP2_TYPE_UNIQUE_ID
 from pyserve.testing import serving
-from tests.peers import ProxyProcess, start_haproxy, start_nginx
 
 pytestmark = pytest.mark.timeout(90)
 

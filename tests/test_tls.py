@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from peers import Certificates, make_certificates
 
 from pyserve import StreamRequestHandler, TCPServer, ThreadingMixIn, ThreadPoolMixIn
 from pyserve.testing import serving
 from pyserve.tls import TLSMixIn
-from tests.peers import Certificates, make_certificates
 
 pytestmark = pytest.mark.timeout(60)
 
