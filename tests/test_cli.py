@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from peers import make_certificates
 
+import pyserve
 from pyserve import cli, cli_build
-from tests.peers import make_certificates
 
 DEADLINE = 10.0
-ROOT = Path(__file__).resolve().parent.parent
+# Where the pyserve under test lives (the source tree, or site-packages under tox):
+# the subprocesses import that same copy, and run from there.
+ROOT = Path(pyserve.__file__).resolve().parent.parent
 ANNOUNCE = re.compile(r"^pyserve: serving (\S+) on (\S+)$")
 
 
