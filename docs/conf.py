@@ -9,6 +9,7 @@ documented is what users get.
 from __future__ import annotations
 
 import builtins
+import os
 import re
 import sys
 from importlib.metadata import version as _installed_version
@@ -22,30 +23,50 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.doctest",
+    "sphinx.ext.graphviz",
+    "sphinx.ext.inheritance_diagram",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
-    # intersphinx is left out on purpose for now: it fetches Python's objects.inv
-    # over the network, and our build machines only reach package registries.
-    # When a local or cached inventory is available, add "sphinx.ext.intersphinx"
-    # with intersphinx_mapping = {"python": ("https://docs.python.org/3", None)}
-    # and delete the stdlib part of nitpick_ignore_regex below.
 ]
 
 exclude_patterns = ["_build"]
 
-# Without intersphinx, references to the standard library (socket.socket,
-# typing.Optional, int, ...) cannot resolve.  Nitpicky mode stays on for
-# everything else, so a broken reference to pyserve's own names still fails.
-_stdlib_modules: set[str] = set(getattr(sys, "stdlib_module_names", ()))
-_external_roots = sorted(
-    _stdlib_modules | {"typing_extensions", "pytest", "_pytest"} | set(dir(builtins)),
+# intersphinx without network: the build machines reach only package registries,
+# so Python's inventory comes from Debian's python3-doc package (installed by
+# .ci/run), which links to docs.python.org.  Without it, references to the
+# standard library cannot resolve and are ignored below instead.
+_PYTHON_INVENTORY = "/usr/share/doc/python3/html/objects.inv"
+_have_python_inventory = os.path.exists(_PYTHON_INVENTORY)
+intersphinx_mapping = (
+    {"python": ("https://docs.python.org/3", _PYTHON_INVENTORY)}
+    if _have_python_inventory
+    else {}
 )
-_external_pattern = "|".join(map(re.escape, _external_roots))
+intersphinx_disabled_reftypes = []
+
+# Third-party names have no inventory here (typing_extensions, pytest); with no
+# Python inventory either, every stdlib name joins them.  Nitpicky mode stays on
+# for everything else, so a broken reference to pyserve's own names still fails.
+_external_roots = {"typing_extensions", "pytest", "_pytest"}
+if not _have_python_inventory:
+    _external_roots |= set(getattr(sys, "stdlib_module_names", ())) | set(dir(builtins))
+_external_pattern = "|".join(map(re.escape, sorted(_external_roots)))
 nitpick_ignore_regex = [
     (r"py:.*", rf"(?:{_external_pattern})(?:\..+)?"),
     # Private helper classes show up as bases ("Bases: _UnixSocketFile"); they are
     # documented in their module's source, not in the reference.
     (r"py:class", r"pyserve\.\w+\._\w+"),
+    # Standard-library names that Python's own inventory does not list.
+    (r"py:class", r"re\.Pattern"),
 ]
+
+# Signatures show the annotations; "description" moves them into the parameter
+# list, which keeps long signatures readable.
+autodoc_typehints = "description"
+
+# Diagrams are rendered by Graphviz's `dot` (Debian package graphviz), offline.
+graphviz_output_format = "svg"
+inheritance_graph_attrs = {"rankdir": "TB", "size": '"8.0, 12.0"'}
 
 autodoc_member_order = "bysource"
 autodoc_default_options = {"show-inheritance": True}

@@ -1,54 +1,323 @@
 """The ``pyserve`` command: serve a handler from the command line.
 
-With no arguments it serves a line echo on 127.0.0.1:9999 and prints where, so a
-newcomer sees a server answer within a minute (``python -m pyserve``, then
-``nc 127.0.0.1 9999``). The library never prints or exits; this module is where
-errors become messages and exit codes.
+``python -m pyserve`` (or ``pyserve``) with no arguments serves a line echo on
+127.0.0.1:9999 and prints where, so a newcomer sees a server answer within a
+minute (then ``nc 127.0.0.1 9999``). The general form::
+
+    pyserve [TARGET] [--bind ADDRESS]... [--concurrency sync|thread|pool|fork]
+            [--max-workers N] [--processes N] [--drain-timeout S]
+            [--tls-cert PEM [--tls-key PEM]]
+            [--proxy-protocol v1|v2|auto --trusted-proxy NETWORK...]
+            [--idle-timeout S] [--max-connections N]
+            [--trace] [--access-log] [--log-level LEVEL]
+
+TARGET is a name from the handlers registry (``echo``, ``daytime``, ...; see
+``handlers.registry``) or ``module:attr``: a handler class, or a function that
+takes the address and returns a server.
+
+Once every socket is listening (port 0 resolved), the command prints one line
+per bind on stdout, flushed, in a stable format that scripts may parse::
+
+    pyserve: serving echo on tcp://127.0.0.1:9999
+
+How it runs
+-----------
+One server per ``--bind``, each ``serve_forever()`` in its own thread. The main
+thread only waits, on a socket pair that receives both signals
+(``signal.set_wakeup_fd``) and "a server stopped" notes from the serving
+threads: no polling. SIGTERM or SIGINT starts a graceful stop of every server
+at once (``server.drain(grace)`` where the server has it, else ``shutdown()``
+then ``server_close()``, which waits for requests in flight), bounded by
+``--drain-timeout``; a second signal, or the deadline passing, ends the process
+at once. With ``--processes N`` the prefork supervisor (:mod:`pyserve.prefork`)
+runs instead and handles the signals itself (SIGHUP rolls the workers).
+
+Exit codes
+----------
+====  =====================================================================
+code  meaning
+====  =====================================================================
+0     stopped cleanly after SIGTERM/SIGINT
+1     stop forced: a second signal, or requests still running at the deadline
+2     bad command line, including a malformed ``--bind``
+3     TARGET names nothing servable (unknown name, import error, wrong kind)
+4     address already in use
+5     permission denied (a privileged port, an unwritable socket path)
+6     the TLS certificate or key cannot be loaded
+7     any other socket error (address not available, no such descriptor,
+      no socket passed by systemd, ...)
+8     a server's loop failed unexpectedly
+====  =====================================================================
+
+Errors are one line on stderr (``pyserve: error: ...``); with ``--log-level
+debug`` the traceback follows.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import platform
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
 
-from pyserve.request import StreamRequestHandler
-from pyserve.servers import ThreadingTCPServer
+import pyserve
+from pyserve import cli_build
+from pyserve.cli_build import (
+    EXIT_SOCKET,
+    EXIT_TARGET,
+    EXIT_TLS,
+    EXIT_USAGE,
+    Bind,
+    CliError,
+    Features,
+    Target,
+    format_address,
+    parse_bind,
+    resolve_target,
+)
+from pyserve.cli_run import EXIT_CRASHED, EXIT_FORCED, EXIT_OK, serve_until_signalled
+from pyserve.prefork import Prefork
 
-__all__ = ["LineEcho", "main"]
+__all__ = ["main"]
 
-#: Exit codes: 0 served and stopped cleanly; 2 bad usage (argparse's own); 3 the
-#: address could not be bound.
-EXIT_OK = 0
-EXIT_BIND_FAILED = 3
+EXIT_ADDRESS_IN_USE = 4
+EXIT_PERMISSION = 5
+# Defined with the code that raises them:
+assert (EXIT_OK, EXIT_FORCED, EXIT_USAGE, EXIT_TARGET) == (0, 1, 2, 3)
+assert (EXIT_TLS, EXIT_SOCKET, EXIT_CRASHED) == (6, 7, 8)
+
+DEFAULT_TARGET = "echo"
+DEFAULT_BIND = "127.0.0.1:9999"
+
+logger = logging.getLogger("pyserve.cli")
 
 
-class LineEcho(StreamRequestHandler[ThreadingTCPServer]):
-    """Echo every line back until the client closes."""
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyserve",
+        description="Serve a handler: a name from the handlers registry or module:attr.",
+        epilog="Exit codes: 0 ok, 1 forced stop, 2 usage, 3 bad target, "
+        "4 address in use, 5 permission denied, 6 TLS certificate, 7 socket error, "
+        "8 server failed.",
+    )
+    parser.add_argument(
+        "target",
+        nargs="?",
+        default=DEFAULT_TARGET,
+        help="handler short name (e.g. echo, daytime) or module:attr (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bind",
+        action="append",
+        metavar="ADDRESS",
+        help="HOST:PORT, [::]:PORT, udp://HOST:PORT, unix:/path, unixgram:/path, fd://N, "
+        "systemd or systemd:NAME; "
+        f"repeat for several servers (default: {DEFAULT_BIND})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        choices=cli_build.CONCURRENCY,
+        default="thread",
+        help="where a request runs: the loop's thread, a new thread, a child process "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-workers",
+        type=_positive(int),
+        metavar="N",
+        help="threads in the pool (--concurrency pool; default 32)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive(int),
+        metavar="N",
+        help="prefork: N worker processes share the port (one --bind)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a graceful stop may wait for requests in flight (default: %(default)s)",
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
+    parser.add_argument(
+        "--proxy-protocol",
+        choices=("v1", "v2", "auto"),
+        help="expect a PROXY protocol header (from --trusted-proxy peers only)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="NETWORK",
+        help="an address or network allowed to send PROXY headers; repeatable "
+        "('unix' trusts Unix-socket peers)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="drop a connection silent this long (stream servers)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        metavar="N",
+        help="refuse connections beyond N in flight at once",
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="explain mode: print every hook call on stderr"
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log one line per request (pyserve.access)"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="logging threshold; debug also shows tracebacks (default: %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    return parser
 
-    def handle(self) -> None:
-        for line in self.rfile:
-            self.wfile.write(line)
+
+def version_text() -> str:
+    implementation = platform.python_implementation()
+    return f"pyserve {pyserve.__version__} ({implementation} {platform.python_version()})"
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+# -- feature wiring: each option becomes mix-ins and class attributes ------------
+
+
+def features_from(args: argparse.Namespace) -> list[Features]:
+    return [
+        cli_build.pool_feature(args.concurrency, args.max_workers),
+        cli_build.limits_feature(args.idle_timeout, args.max_connections),
+        cli_build.proxy_feature(args.proxy_protocol, args.trusted_proxy),
+        cli_build.tls_feature(args.tls_cert, args.tls_key),
+        cli_build.trace_feature(sys.stderr if args.trace else None),
+        cli_build.access_log_feature(args.access_log),
+    ]
+
+
+# -- main ---------------------------------------------------------------------------
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyserve", description=__doc__.split("\n")[0])
-    parser.add_argument("--bind", default="127.0.0.1:9999", help="HOST:PORT (default %(default)s)")
-    args = parser.parse_args(argv)
-    host, _, port = args.bind.rpartition(":")
-    logging.basicConfig(level=logging.INFO, format="pyserve: %(message)s")
+    """Run the command; returns its exit code (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    debug = args.log_level == "debug"
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
-        server = ThreadingTCPServer((host.strip("[]"), int(port)), LineEcho)
+        return run(args)
+    except CliError as exc:
+        return _fail(str(exc), exc.exit_code, debug)
     except OSError as exc:
-        print(f"pyserve: cannot bind {args.bind}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_BIND_FAILED
-    server.daemon_threads = True
-    with server:
-        address = server.server_address
-        print(f"pyserve: serving line echo on {address[0]}:{address[1]}", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("pyserve: stopped", file=sys.stderr)
-    return EXIT_OK
+        code = {
+            errno.EADDRINUSE: EXIT_ADDRESS_IN_USE,
+            errno.EACCES: EXIT_PERMISSION,
+            errno.EPERM: EXIT_PERMISSION,
+        }.get(exc.errno or 0, EXIT_SOCKET)
+        return _fail(_describe_os_error(exc), code, debug)
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        logger.exception("the traceback")
+    print(f"pyserve: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = getattr(exc, "pyserve_bind", None)
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {where}: {reason}" if where else reason
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the servers for ``args`` and serve them until a signal."""
+    binds = [parse_bind(text) for text in (args.bind or [DEFAULT_BIND])]
+    target = resolve_target(args.target)
+    features = features_from(args)
+    if args.processes is not None:
+        return run_prefork(args, target, binds, features)
+    servers: list[Any] = []
+    actual: list[Bind] = []
+    try:
+        for bind in binds:
+            server, bound = _open(target, bind, args.concurrency, features)
+            servers.append(server)
+            actual.append(bound)
+    except BaseException:
+        for server in servers:
+            server.server_close()
+        raise
+    def announce_all() -> None:
+        for server, bind in zip(servers, actual):
+            announce(target, server, bind)
+
+    return serve_until_signalled(servers, announce_all, args.drain_timeout)
+
+
+def _open(
+    target: Target, bind: Bind, concurrency: str, features: list[Features]
+) -> tuple[Any, Bind]:
+    try:
+        return cli_build.build_server(target, bind, concurrency, features)
+    except OSError as exc:
+        exc.pyserve_bind = bind.text  # type: ignore[attr-defined]
+        raise
+
+
+def announce(target: Target, server: Any, bind: Bind) -> None:
+    """The line scripts and tests wait for: the server is listening, here."""
+    where = format_address(bind.transport, server.server_address)
+    print(f"pyserve: serving {target.name} on {where}", flush=True)
+
+
+def run_prefork(
+    args: argparse.Namespace, target: Target, binds: list[Bind], features: list[Features]
+) -> int:
+    """``--processes N``: the prefork supervisor serves the one bind."""
+    if len(binds) != 1 or target.factory is not None or binds[0].transport in ("fd", "systemd"):
+        raise CliError(
+            "--processes needs a handler target and exactly one address to bind", EXIT_USAGE
+        )
+    if not hasattr(os, "fork"):
+        raise CliError("--processes: this platform cannot fork", EXIT_USAGE)
+    bind = binds[0]
+    server_class = cli_build.server_class(bind, args.concurrency, features)
+    try:
+        supervisor = Prefork(
+            server_class,
+            bind.address,
+            target.handler_for(bind),
+            workers=args.processes,
+            drain_timeout=args.drain_timeout,
+        )
+    except OSError as exc:
+        exc.pyserve_bind = bind.text  # type: ignore[attr-defined]
+        raise
+    with supervisor:
+        announce(target, supervisor, bind)
+        return supervisor.run()

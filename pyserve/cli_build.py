@@ -1,0 +1,411 @@
+"""From command-line words to servers: bind strings, targets, and server classes.
+
+The ``pyserve`` command (:mod:`pyserve.cli`) turns each ``--bind`` into a
+:class:`Bind`, the positional TARGET into a :class:`Target`, and the two into a
+server with :func:`build_server`. Everything here raises :class:`CliError`
+(carrying the exit code the command will return) or ``OSError`` from the socket
+calls themselves; nothing prints or exits.
+
+How a server class is made
+--------------------------
+The command never modifies a user's class. It composes a fresh class per bind,
+exactly as one would by hand (``class Server(Feature..., Strategy, Transport)``):
+
+* the *transport* comes from the bind: ``TCPServer``, ``UDPServer``,
+  ``UnixStreamServer`` or ``UnixDatagramServer``;
+* the *strategy* from ``--concurrency``: none (``sync``), ``ThreadingMixIn``
+  (``thread``), ``ForkingMixIn`` (``fork``);
+* each *feature* option is one small function below that returns the mix-ins
+  and class attributes it needs (``explain`` for ``--trace``, the access log).
+  Class attributes, not constructor arguments, so the same class also works
+  where a server is built for us (prefork workers build theirs after the fork).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
+
+from handlers import registry
+from pyserve import activation
+from pyserve.base import BaseServer
+from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
+from pyserve.errors import ProtocolError
+from pyserve.pool import ThreadPoolMixIn
+from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
+from pyserve.proxy_parser import ProxyHeader
+from pyserve.sockets import TCPServer, UDPServer
+from pyserve.tls import TLSMixIn
+
+if hasattr(socket, "AF_UNIX"):
+    from pyserve.sockets import UnixDatagramServer, UnixStreamServer
+
+__all__ = [
+    "Bind",
+    "CliError",
+    "Target",
+    "build_server",
+    "format_address",
+    "parse_bind",
+    "resolve_target",
+    "server_class",
+]
+
+#: Exit code for a bad command line (argparse's own choice, kept for ours).
+EXIT_USAGE = 2
+#: Exit code for a TARGET that names nothing servable.
+EXIT_TARGET = 3
+#: Exit code for a TLS certificate or key that cannot be loaded.
+EXIT_TLS = 6
+#: Exit code for a socket that cannot be opened or adopted for another reason.
+EXIT_SOCKET = 7
+
+CONCURRENCY = ("sync", "thread", "pool", "fork")
+
+
+class CliError(Exception):
+    """A mistake the command reports in one line, with the exit code to return."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- --bind -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bind:
+    """One ``--bind`` value, parsed.
+
+    ``transport`` is ``"tcp"``, ``"udp"``, ``"unix"`` (stream) or ``"unixgram"``,
+    and ``address`` is ``(host, port)`` or a path; or, for a socket opened by
+    someone else, ``"fd"`` (``address`` is the descriptor) or ``"systemd"``
+    (``address`` is the socket's name, or None for the only one).
+    """
+
+    text: str
+    transport: str
+    address: Any
+
+    @property
+    def datagram(self) -> bool:
+        """Whether requests are datagrams (the registry's ``"udp"`` handlers)."""
+        return self.transport in ("udp", "unixgram")
+
+
+def parse_bind(text: str) -> Bind:
+    """Parse ``HOST:PORT``, ``[::1]:PORT``, ``tcp://``/``udp://HOST:PORT``,
+    ``unix:/path``, ``unixgram:/path``, ``fd://N``, ``systemd`` or
+    ``systemd:NAME``; :class:`CliError` says what is wrong."""
+    if text == "systemd" or text.startswith("systemd:"):
+        return Bind(text, "systemd", text.partition(":")[2] or None)
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not number.isdigit():
+            raise CliError(f"bad --bind {text!r}: fd:// needs a descriptor number", EXIT_USAGE)
+        return Bind(text, "fd", int(number))
+    for prefix, transport in (("unix:", "unix"), ("unixgram:", "unixgram")):
+        if text.startswith(prefix):
+            path = text[len(prefix) :]
+            if not path:
+                raise CliError(f"bad --bind {text!r}: {prefix} needs a path", EXIT_USAGE)
+            return Bind(text, transport, path)
+    transport, rest = "tcp", text
+    if "://" in text:
+        transport, _, rest = text.partition("://")
+        if transport not in ("tcp", "udp"):
+            raise CliError(
+                f"bad --bind {text!r}: unknown scheme {transport!r} "
+                "(use HOST:PORT, udp://HOST:PORT, unix:/path, unixgram:/path, fd://N or systemd)",
+                EXIT_USAGE,
+            )
+    host, colon, port_text = rest.rpartition(":")
+    if not colon:
+        raise CliError(f"bad --bind {text!r}: expected HOST:PORT", EXIT_USAGE)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise CliError(f"bad --bind {text!r}: write IPv6 hosts as [ADDRESS]:PORT", EXIT_USAGE)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise CliError(f"bad --bind {text!r}: port must be 0-65535", EXIT_USAGE)
+    # An empty host means every interface, like the stdlib's ("", port).
+    return Bind(text, transport, (host or "0.0.0.0", int(port_text)))
+
+
+def format_address(transport: str, address: Any) -> str:
+    """A bound address as a ``--bind`` would spell it (port 0 resolved)."""
+    if transport in ("unix", "unixgram"):
+        path = os.fsdecode(address) if isinstance(address, bytes) else str(address)
+        return f"{transport}:{path}"
+    host, port = address[0], address[1]
+    host = f"[{host}]" if ":" in host else host
+    return f"{transport}://{host}:{port}"
+
+
+# -- TARGET --------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """What to serve: a handler class per transport, or a server factory."""
+
+    name: str
+    handlers: dict[str, type] = field(default_factory=dict)
+    service: Optional[str] = None  # a registry name: handlers are looked up lazily
+    factory: Optional[Callable[[Any], Any]] = None
+
+    def handler_for(self, bind: Bind) -> type:
+        """The handler class for ``bind``'s kind of request."""
+        kind = "udp" if bind.datagram else "tcp"
+        if self.service is not None:
+            try:
+                return registry.get(self.service, kind)
+            except KeyError as exc:
+                raise CliError(f"{exc.args[0]} (for --bind {bind.text})", EXIT_TARGET) from None
+        return self.handlers[kind] if kind in self.handlers else next(iter(self.handlers.values()))
+
+
+def resolve_target(text: str) -> Target:
+    """A registry short name (``echo``) or ``module:attr`` (a handler class or a
+    factory called with the address that returns a server)."""
+    if ":" not in text:
+        if text not in registry.names():
+            known = ", ".join(registry.names())
+            raise CliError(
+                f"unknown target {text!r}: not a handler name ({known}) nor module:attr",
+                EXIT_TARGET,
+            )
+        return Target(text, service=text)
+    module_name, _, attribute = text.partition(":")
+    # Like `python -m`, look in the current directory first: `pyserve app:Handler`.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except ImportError as exc:
+        raise CliError(f"cannot import target {text!r}: {exc}", EXIT_TARGET) from exc
+    except AttributeError:
+        message = f"target {text!r}: {module_name} has no {attribute!r}"
+        raise CliError(message, EXIT_TARGET) from None
+    if isinstance(found, type):
+        if hasattr(found, "serve_forever"):
+            raise CliError(
+                f"target {text!r} is a server class: name its handler class, "
+                "or a function that returns a server",
+                EXIT_TARGET,
+            )
+        return Target(text, handlers={"tcp": found})
+    if callable(found):
+        return Target(text, factory=found)
+    raise CliError(f"target {text!r} is neither a handler class nor a factory", EXIT_TARGET)
+
+
+# -- server classes: one small function per feature ----------------------------------
+
+Features = tuple[tuple[type, ...], dict[str, Any]]
+
+
+def transport_class(bind: Bind) -> type:
+    """The socket server class for ``bind``."""
+    if bind.transport in ("unix", "unixgram"):
+        if not hasattr(socket, "AF_UNIX"):
+            raise CliError(f"--bind {bind.text}: no Unix sockets here", EXIT_USAGE)
+        return UnixStreamServer if bind.transport == "unix" else UnixDatagramServer
+    return UDPServer if bind.transport == "udp" else TCPServer
+
+
+def strategy_mixins(concurrency: str) -> tuple[type, ...]:
+    """``--concurrency``: the mix-in that decides where a request runs."""
+    if concurrency == "thread":
+        return (ThreadingMixIn,)
+    if concurrency == "pool":
+        return (ThreadPoolMixIn,)
+    if concurrency == "fork":
+        if not hasattr(os, "fork"):
+            raise CliError("--concurrency fork: this platform cannot fork", EXIT_USAGE)
+        return (ForkingMixIn,)
+    return ()
+
+
+def pool_feature(concurrency: str, max_workers: Optional[int]) -> Features:
+    """``--max-workers``: the thread pool's size (``--concurrency pool`` only)."""
+    if max_workers is None:
+        return ((), {})
+    if concurrency != "pool":
+        raise CliError("--max-workers needs --concurrency pool", EXIT_USAGE)
+    return ((), {"max_workers": max_workers})
+
+
+def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]) -> Features:
+    """``--idle-timeout`` and ``--max-connections``: the per-connection protections
+    of :mod:`pyserve.limits`, as server attributes (every stream handler obeys them)."""
+    attributes: dict[str, Any] = {}
+    if idle_timeout is not None:
+        attributes["idle_timeout"] = idle_timeout
+    if max_connections is not None:
+        attributes["max_connections"] = max_connections
+    return ((), attributes)
+
+
+def tls_feature(cert: Optional[str], key: Optional[str]) -> Features:
+    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.tls`) with that pair."""
+    if cert is None:
+        if key is not None:
+            raise CliError("--tls-key needs --tls-cert", EXIT_USAGE)
+        return ((), {})
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one: a bad PEM, a key that does not match
+        reason = exc.strerror or getattr(exc, "reason", None) or exc
+        raise CliError(f"cannot load the TLS certificate {cert!r}: {reason}", EXIT_TLS) from exc
+    return ((TLSMixIn,), {"ssl_context": context})
+
+
+class ProxyVersionMixIn(ProxyProtocolMixIn):
+    """The PROXY protocol mix-in, refusing headers of the other version if asked."""
+
+    proxy_version: Optional[int] = None  # 1, 2, or None for either
+
+    def read_proxy_header(self, request: socket.socket) -> ProxyHeader:
+        header = super().read_proxy_header(request)
+        if self.proxy_version is not None and header.version != self.proxy_version:
+            wanted = self.proxy_version
+            raise ProtocolError(f"a v{header.version} header, but only v{wanted} is accepted")
+        return header
+
+
+def proxy_feature(mode: Optional[str], trusted: list[str]) -> Features:
+    """``--proxy-protocol v1|v2|auto`` with ``--trusted-proxy``: real client addresses
+    from a load balancer's PROXY header (:mod:`pyserve.proxy`)."""
+    if mode is None:
+        if trusted:
+            raise CliError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)
+        return ((), {})
+    if not trusted:
+        message = "--proxy-protocol needs --trusted-proxy (the balancer's address)"
+        raise CliError(message, EXIT_USAGE)
+    try:
+        _parse_trusted(trusted)
+    except ValueError as exc:
+        raise CliError(f"bad --trusted-proxy: {exc}", EXIT_USAGE) from None
+    version = {"v1": 1, "v2": 2}.get(mode)
+    return ((ProxyVersionMixIn,), {"trusted_proxies": list(trusted), "proxy_version": version})
+
+
+def trace_feature(stream: Optional[IO[str]]) -> Features:
+    """``--trace``: explain mode, one line per hook call, to ``stream``."""
+    return ((), {"explain": stream}) if stream is not None else ((), {})
+
+
+if TYPE_CHECKING:
+    _Base = BaseServer
+else:
+    _Base = object
+
+
+class AccessLogMixIn(_Base):
+    """Logs one line per request to ``pyserve.access``: client, duration, outcome."""
+
+    access_logger = logging.getLogger("pyserve.access")
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            super().finish_request(request, client_address)
+            outcome = "ok"
+        finally:
+            self.access_logger.info(
+                "%s %.3fs %s", _client(client_address), time.monotonic() - started, outcome
+            )
+
+
+def _client(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+        return f"{host}:{address[1]}"
+    return str(address or "-")  # a Unix peer is usually unnamed
+
+
+def access_log_feature(enabled: bool) -> Features:
+    """``--access-log``: the access-log mix-in."""
+    return ((AccessLogMixIn,), {}) if enabled else ((), {})
+
+
+def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type:
+    """Compose ``class Server(*features, strategy, transport)`` for ``bind``."""
+    transport = transport_class(bind)
+    mixins: list[type] = []
+    stream_only = (ProxyProtocolMixIn, TLSMixIn)
+    attributes: dict[str, Any] = {"__module__": __name__}
+    for feature_mixins, feature_attributes in features:
+        mixins.extend(feature_mixins)
+        attributes.update(feature_attributes)
+    if bind.datagram and any(issubclass(mixin, stream_only) for mixin in mixins):
+        raise CliError(f"--bind {bind.text}: TLS and PROXY need a stream socket", EXIT_USAGE)
+    if concurrency == "thread":
+        # Request threads are joined by server_close() (block_on_close); a forced
+        # stop ends the process instead of waiting for them.
+        attributes["daemon_threads"] = False
+    bases = (*mixins, *strategy_mixins(concurrency), transport)
+    name = "".join(base.__name__.replace("MixIn", "") for base in bases)
+    return type(name, bases, attributes)
+
+
+def build_server(
+    target: Target, bind: Bind, concurrency: str, features: list[Features]
+) -> tuple[Union[BaseServer, Any], Bind]:
+    """A listening server for ``bind``, and the bind as it turned out (an adopted
+    socket's own transport). ``OSError`` if the socket fails."""
+    if bind.transport in ("fd", "systemd"):
+        if target.factory is not None:
+            raise CliError(f"--bind {bind.text} needs a handler target", EXIT_USAGE)
+        return adopt(target, bind, concurrency, features)
+    if target.factory is not None:
+        server = target.factory(bind.address)
+        if not hasattr(server, "serve_forever"):
+            raise CliError(
+                f"target {target.name!r} returned {server!r}, not a server", EXIT_TARGET
+            )
+        return server, bind
+    handler = target.handler_for(bind)
+    return server_class(bind, concurrency, features)(bind.address, handler), bind
+
+
+def adopt(
+    target: Target, bind: Bind, concurrency: str, features: list[Features]
+) -> tuple[BaseServer, Bind]:
+    """``fd://N`` and ``systemd``: serve a socket someone else opened
+    (:mod:`pyserve.activation`)."""
+    try:
+        if bind.transport == "fd":
+            sock = socket.socket(fileno=bind.address)
+        else:
+            sock = activation.systemd_socket(bind.address)
+    except activation.ActivationError as exc:
+        raise CliError(f"--bind {bind.text}: {exc}", EXIT_SOCKET) from None
+    try:
+        unix = sock.family == getattr(socket, "AF_UNIX", None)
+        datagram = sock.type == socket.SOCK_DGRAM
+        transport = ("unixgram" if datagram else "unix") if unix else ("udp" if datagram else "tcp")
+        actual = Bind(bind.text, transport, sock.getsockname())
+        cls: Any = server_class(actual, concurrency, features)
+        server: BaseServer = cls.from_socket(sock, target.handler_for(actual))
+    except ValueError as exc:
+        sock.close()
+        raise CliError(f"--bind {bind.text}: {exc}", EXIT_SOCKET) from None
+    except BaseException:
+        sock.close()
+        raise
+    return server, actual

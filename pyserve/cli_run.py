@@ -1,0 +1,190 @@
+"""The ``pyserve`` command's serving phase: several servers, one signal-driven stop.
+
+:func:`serve_until_signalled` runs each server's ``serve_forever()`` in a thread
+of its own and leaves the main thread waiting on two socket pairs: one receives
+signals (``signal.set_wakeup_fd`` writes the signal number as a byte), the other
+receives notes from the serving and stopping threads. One ``select()`` sees both,
+so nothing polls.
+
+The first SIGTERM or SIGINT (or a server loop that dies) starts a stop of every
+server at once, each in its own thread: ``drain(grace)`` where the server has it
+(stop accepting, let requests finish, then force them), ``shutdown()``, join the
+serving thread, ``server_close()``. The main thread waits for every "closed"
+note until a deadline; a second signal, or the deadline, ends the process with
+``os._exit`` (request threads that ignore the drain would otherwise hold the
+interpreter's exit forever).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any, Callable, Optional
+
+__all__ = ["serve_until_signalled"]
+
+logger = logging.getLogger("pyserve.cli")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_CRASHED = 8
+
+#: Seconds a drain waits after forcing (shutting connections for reading): a
+#: handler blocked on a read sees EOF at once, so two seconds is plenty.
+FORCE_TIMEOUT = 2.0
+#: Seconds allowed beyond the drain for the servers to close their sockets.
+CLOSE_MARGIN = 2.0
+
+# -- serving several servers until a signal --------------------------------------
+
+_STOPPED = b"s"  # a serving thread's note: its loop returned
+_CRASHED = b"c"  # ... its loop raised
+_CLOSED = b"d"  # a stopper thread's note: its server is drained and closed
+
+
+def serve_until_signalled(
+    servers: list[Any], announce: Callable[[], None], drain_timeout: float
+) -> int:
+    """Serve every server in its own thread; call ``announce()`` once they all
+    listen with signals caught; stop them all on SIGTERM/SIGINT. Returns the
+    exit code."""
+    notes_in, notes_out = socket.socketpair()
+    for end in (notes_in, notes_out):
+        end.setblocking(False)
+    signals_in, signals_out = socket.socketpair()
+    for end in (signals_in, signals_out):
+        end.setblocking(False)
+    previous = _catch_signals(signals_out.fileno())
+    try:
+        threads = [_start_serving(server, notes_out) for server in servers]
+        announce()
+        return _wait_and_stop(
+            servers, threads, signals_in, notes_in, notes_out=notes_out, grace=drain_timeout
+        )
+    finally:
+        _restore_signals(previous)
+        for end in (notes_in, notes_out, signals_in, signals_out):
+            end.close()
+
+
+def _start_serving(server: Any, notes: socket.socket) -> threading.Thread:
+    def serve() -> None:
+        note = _CRASHED
+        try:
+            server.serve_forever()
+            note = _STOPPED
+        except Exception:
+            logger.exception("the server for %s failed", server.server_address)
+        finally:
+            _send(notes, note)
+
+    thread = threading.Thread(target=serve, name=f"serve {server.server_address}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _send(sock: socket.socket, note: bytes) -> None:
+    try:
+        sock.send(note)
+    except OSError:
+        pass  # the main thread has gone: nobody is waiting for the note
+
+
+def _wait_and_stop(
+    servers: list[Any],
+    threads: list[threading.Thread],
+    signals: socket.socket,
+    notes: socket.socket,
+    *,
+    notes_out: socket.socket,
+    grace: float,
+) -> int:
+    exit_code = EXIT_OK
+    stopping_since: Optional[float] = None
+    closed = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(signals, selectors.EVENT_READ, "signal")
+        selector.register(notes, selectors.EVENT_READ, "note")
+        while closed < len(servers):
+            timeout = None
+            if stopping_since is not None:
+                deadline = stopping_since + grace + FORCE_TIMEOUT + CLOSE_MARGIN
+                timeout = max(0.0, deadline - time.monotonic())
+            ready = selector.select(timeout)
+            if not ready:
+                logger.error("requests still running after %ss: forcing the stop", grace)
+                return _force()
+            for key, _ in ready:
+                data = key.fileobj.recv(64)  # type: ignore[union-attr]
+                if key.data == "signal":
+                    if stopping_since is not None:
+                        logger.warning("second signal: forcing the stop")
+                        return _force()
+                    name = signal.Signals(data[0]).name
+                    logger.info("%s: draining (up to %ss)", name, grace)
+                elif _CRASHED in data:
+                    exit_code = EXIT_CRASHED
+                closed += data.count(_CLOSED)
+                if stopping_since is None and (key.data == "signal" or _CRASHED in data):
+                    stopping_since = time.monotonic()
+                    _stop_all(servers, threads, notes_out, grace)
+    if exit_code == EXIT_OK:
+        logger.info("stopped")
+    return exit_code
+
+
+def _stop_all(
+    servers: list[Any], threads: list[threading.Thread], notes: socket.socket, grace: float
+) -> None:
+    """Drain and close every server at once, each in a thread of its own."""
+    for server, serving in zip(servers, threads):
+
+        def stop(server: Any = server, serving: threading.Thread = serving) -> None:
+            try:
+                drain = getattr(server, "drain", None)
+                if callable(drain):
+                    report = drain(grace, force_timeout=FORCE_TIMEOUT)
+                    logger.info("%s drained: %s", server.server_address, report)
+                # Always, even after drain(): drain stops only a loop already
+                # running, and a signal may come before serve_forever() started
+                # (shutdown() first makes it return at once).
+                server.shutdown()
+                serving.join()
+                server.server_close()
+            finally:
+                _send(notes, _CLOSED)
+
+        threading.Thread(target=stop, name="stop", daemon=True).start()
+
+
+def _force() -> int:
+    """End the process now: request threads may be stuck, and would hold exit."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FORCED)
+
+
+def _catch_signals(wakeup_fd: int) -> Any:
+    """Route SIGTERM/SIGINT to ``wakeup_fd`` (the signal number as one byte)."""
+
+    def note(signum: int, frame: Optional[FrameType]) -> None:
+        """The byte on the wake-up descriptor is the message; nothing else to do."""
+
+    previous_fd = signal.set_wakeup_fd(wakeup_fd)
+    handlers = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return previous_fd, handlers
+
+
+def _restore_signals(previous: Any) -> None:
+    previous_fd, handlers = previous
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    signal.set_wakeup_fd(previous_fd)
