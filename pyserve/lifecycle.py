@@ -200,8 +200,9 @@ class Lifecycle:
         self._hold_accept("draining")
         report = self._settle(grace, force_timeout, "drain", at_start)
         self._registry.count_many("drained", report.forced)
-        if self._loop_running.is_set():
-            self.shutdown()
+        # Unconditionally: a drain that lands just before serve_forever() starts must
+        # still stop it, and shutdown() before the loop makes it return at once.
+        self.shutdown()
         if self._observers:
             self._emit(
                 DRAINED, None, None,

@@ -254,3 +254,22 @@ def test_server_close_does_not_wait_forever_on_a_keep_alive_client(server_class)
 def test_close_timeout_default_is_documented_value() -> None:
     assert pyserve.ThreadingTCPServer.close_timeout == 30.0
     assert pyserve.ThreadPoolTCPServer.close_timeout == 30.0
+
+
+def test_drain_before_serve_forever_starts_still_stops_it() -> None:
+    server = pyserve.ThreadingTCPServer(("127.0.0.1", 0), pyserve.BaseRequestHandler)
+    try:
+        report = server.drain(0.0)
+        assert report.forced == 0
+        finished = threading.Event()
+
+        def serve() -> None:
+            server.serve_forever()
+            finished.set()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        assert finished.wait(10), "serve_forever() kept serving after a drain"
+        thread.join(10)
+    finally:
+        server.server_close()
