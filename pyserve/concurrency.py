@@ -10,7 +10,10 @@ TCPServer)``) that overrides ``process_request()`` to run the request elsewhere 
 * :class:`ThreadingMixIn`: one new thread per request. Live threads sit in a
   registry that each thread leaves itself when it ends, so starting a request is
   O(1). (The stdlib walks its whole thread list on every accept to drop the dead
-  ones: opening 5,000 connections takes it seconds.)
+  ones: opening 5,000 connections takes it seconds.) Before Python 3.13 request
+  threads start as daemon threads, because CPython scans every live non-daemon
+  thread on each start; pyserve then waits for the ones ``daemon_threads = False``
+  protects at interpreter exit itself (see ``_START_AS_DAEMON`` below).
 * :class:`ForkingMixIn`: one child process per request. The parent watches each
   child's *pidfd* (Linux) so it reaps a child the moment it exits: no zombies, no
   polling. Where pidfds are missing it reaps on every loop turn instead. When
@@ -34,11 +37,13 @@ logging what was left. (The stdlib waits as long as a keep-alive client stays.)
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -54,6 +59,46 @@ else:
     _Base = object
 
 
+# -- request threads and interpreter exit --------------------------------------------
+#
+# Before Python 3.13, starting a *non-daemon* thread makes CPython's threading module
+# scan the shutdown locks of every live non-daemon thread (_maintain_shutdown_locks):
+# O(n) per start, which doubles the cost of opening 5,000 connections. There,
+# request threads are started as daemon threads, and pyserve itself keeps the
+# process alive for those that ``daemon_threads = False`` says should: it joins them
+# when the interpreter exits, from the hook concurrent.futures uses for the same
+# purpose (threading._register_atexit, run just before threading joins its own
+# non-daemon threads). From 3.13 on the scan is gone and threads start as asked.
+_START_AS_DAEMON = sys.version_info < (3, 13)
+
+#: Request threads the interpreter must wait for at exit (insertion-ordered set).
+_outliving: dict[threading.Thread, None] = {}
+
+
+def _keep_process_alive_for(thread: threading.Thread) -> None:
+    _outliving[thread] = None  # a dict operation is atomic; the thread removes itself
+
+
+def _join_outliving_threads() -> None:
+    """At interpreter exit: wait for request threads that are not daemons."""
+    while _outliving:
+        try:
+            thread = next(iter(_outliving))
+        except (StopIteration, RuntimeError):  # emptied or changed meanwhile: look again
+            continue
+        if thread.ident is not None:
+            thread.join()
+        _outliving.pop(thread, None)
+
+
+if _START_AS_DAEMON:
+    _register_at_exit = getattr(threading, "_register_atexit", None)
+    if _register_at_exit is not None:
+        _register_at_exit(_join_outliving_threads)
+    else:  # pragma: no cover - every CPython from 3.9 has it; other interpreters may not
+        atexit.register(_join_outliving_threads)
+
+
 class RequestThreads:
     """The live request threads of a :class:`ThreadingMixIn` server.
 
@@ -64,13 +109,16 @@ class RequestThreads:
     """
 
     def __init__(self) -> None:
-        # A dict keeps insertion order (join oldest first) with O(1) removal.
-        self._live: dict[threading.Thread, None] = {}
+        # A dict keeps insertion order (join oldest first) with O(1) removal; the
+        # value says whether the thread is one that server_close() and interpreter
+        # exit wait for (daemon_threads = False), which on Python < 3.13 its
+        # ``daemon`` flag does not tell (see _START_AS_DAEMON).
+        self._live: dict[threading.Thread, bool] = {}
         self._lock = threading.Lock()
 
-    def append(self, thread: threading.Thread) -> None:
+    def append(self, thread: threading.Thread, waited_for: Optional[bool] = None) -> None:
         with self._lock:
-            self._live[thread] = None
+            self._live[thread] = (not thread.daemon) if waited_for is None else waited_for
 
     add = append
 
@@ -86,9 +134,13 @@ class RequestThreads:
 
     def join(self, timeout: Optional[float] = None) -> None:
         """Wait for every non-daemon request thread, as ``block_on_close`` asks."""
-        for thread in self.snapshot():
-            if not thread.daemon and thread.ident is not None:
-                thread.join(timeout)
+        for thread in self.waited_for():
+            thread.join(timeout)
+
+    def waited_for(self) -> list[threading.Thread]:
+        """The started threads that ``daemon_threads = False`` says to wait for."""
+        with self._lock:
+            return [t for t, waited in self._live.items() if waited and t.ident is not None]
 
     def snapshot(self) -> list[threading.Thread]:
         with self._lock:
@@ -138,21 +190,27 @@ class ThreadingMixIn(_Base):
             self.process_request_thread(request, client_address)
         finally:
             self._ended(entry)
-            self._threads.discard(threading.current_thread())
+            current = threading.current_thread()
+            self._threads.discard(current)
+            _outliving.pop(current, None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread that runs the request."""
         entry = self._track(request, client_address)
+        waited_for = not self.daemon_threads
         thread = threading.Thread(
             target=self._run_request_thread,
             args=(request, client_address, entry),
-            daemon=self.daemon_threads,
+            daemon=_START_AS_DAEMON or self.daemon_threads,
         )
-        self._threads.add(thread)
+        self._threads.add(thread, waited_for)
+        if waited_for and _START_AS_DAEMON:
+            _keep_process_alive_for(thread)
         try:
             thread.start()
         except BaseException as exc:
             self._threads.discard(thread)
+            _outliving.pop(thread, None)
             self._ended(entry, exc)
             raise
 
@@ -166,9 +224,8 @@ class ThreadingMixIn(_Base):
         if not self.daemon_threads:
             self._settle(self.close_timeout, None, "server_close")
         deadline = time.monotonic() + self.drain_force_timeout
-        for thread in self._threads.snapshot():  # their requests are over: they are exiting
-            if not thread.daemon and thread.ident is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in self._threads.waited_for():  # their requests are over: exiting
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 _HAVE_PIDFD = hasattr(os, "pidfd_open")

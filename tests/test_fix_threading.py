@@ -8,12 +8,15 @@ requests next to 100 blocked handlers: pyserve makes none, the stdlib ~30,000.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, _pythonpath
 
 HOST = "127.0.0.1"
 BLOCKED = 100
@@ -139,3 +142,47 @@ def test_server_close_does_not_wait_for_daemon_handler_without_block_on_close(im
     finally:
         release.set()
     assert stopped.wait(TIMEOUT)  # it was only ever waiting for us
+
+
+_EXIT_SCRIPT = r"""
+import socket, sys, threading
+import {module} as socketserver
+
+started = threading.Event()
+
+class Slow(socketserver.BaseRequestHandler):
+    def handle(self):
+        started.set()
+        self.request.recv(1)          # the client sends one byte after we start
+        with open(sys.argv[1], "w") as done:
+            done.write("finished")
+
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = {daemon}
+
+server = Server(("127.0.0.1", 0), Slow)
+client = socket.create_connection(server.server_address, timeout=10)
+server.handle_request()               # starts the request thread, returns at once
+assert started.wait(10)
+if not {daemon}:
+    # Unblock the request a little after the main thread has ended.
+    threading.Timer(0.3, client.sendall, args=(b"x",)).start()
+# The main thread ends here, without server_close(): only the thread's daemon-ness
+# decides whether the interpreter waits for the request (a daemon one would wait
+# for its byte forever).
+"""
+
+
+@pytest.mark.parametrize(("daemon", "waits"), [(False, True), (True, False)])
+def test_interpreter_exit_waits_for_request_threads_unless_daemon(
+    impl: Any, tmp_path: Any, daemon: bool, waits: bool
+) -> None:
+    marker = tmp_path / "done"
+    script = _EXIT_SCRIPT.format(module=impl.__name__, daemon=daemon)
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(marker)],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+        env=dict(os.environ, PYTHONPATH=_pythonpath()),
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    assert marker.exists() is waits
