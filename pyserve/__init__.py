@@ -14,8 +14,10 @@ Unix), :mod:`pyserve.concurrency` (threads, processes), :mod:`pyserve.request`
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
+from typing import TYPE_CHECKING, Any
 
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
@@ -112,7 +114,6 @@ __all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]
 # Network edges (issue 4): TLS and the PROXY protocol.
 from pyserve.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn  # noqa: E402
 from pyserve.proxy_parser import ProxyHeader, ProxyParser  # noqa: E402
-from pyserve.tls import TLSMixIn  # noqa: E402
 
 __all__ += [
     "TLSMixIn",
@@ -122,3 +123,24 @@ __all__ += [
     "ProxyHeader",
     "ProxyParser",
 ]
+
+
+if TYPE_CHECKING:  # type checkers see the real class; the interpreter loads it lazily
+    from pyserve.tls import TLSMixIn
+
+# TLSMixIn is imported on first use: it needs the ssl module, which costs every
+# process that imports pyserve about 4.5 MiB of memory, TLS or not (PEP 562).
+_LAZY = {"TLSMixIn": "pyserve.tls"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyserve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups are plain module attributes
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
