@@ -211,6 +211,22 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         self.shutdown_request(request)
         self._ended(entry)
 
+    def _serve_off_loop(self, request: Any, client_address: Any) -> None:
+        """Run one request away from the loop, with the stdlib's error contract.
+
+        What a request thread or a pool worker does: ``finish_request()``; an
+        ``Exception`` goes to ``handle_error()`` (a ``BaseException`` propagates);
+        ``shutdown_request()`` always. Strategies call it from their
+        ``process_request_thread()``.
+        """
+        try:
+            self.finish_request(request, client_address)
+        except Exception as exc:
+            self._failed(request, exc)
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Instantiate the handler class, which does the work in its constructor."""
         self.RequestHandlerClass(request, client_address, self)

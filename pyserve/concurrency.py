@@ -176,13 +176,7 @@ class ThreadingMixIn(_Base):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """The body of a request thread: the stdlib's error contract."""
-        try:
-            self.finish_request(request, client_address)
-        except Exception as exc:
-            self._failed(request, exc)
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
+        self._serve_off_loop(request, client_address)
 
     def _run_request_thread(self, request: Any, client_address: Any, entry: Any) -> None:
         self._started(entry)

@@ -198,13 +198,7 @@ class ThreadPoolMixIn(_Base):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run one request in a worker: the stdlib's error contract."""
-        try:
-            self.finish_request(request, client_address)
-        except Exception as exc:
-            self._failed(request, exc)
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
+        self._serve_off_loop(request, client_address)
 
     def _work(self, worker: _Worker) -> None:
         job = worker.job
