@@ -32,6 +32,7 @@ import socket
 from typing import Any, Callable, Optional, Union
 
 from pyserve.addresses import is_filesystem_path
+from pyserve.unix import clear_stale_socket
 
 __all__ = ["Listeners", "adopt_listener"]
 
@@ -60,7 +61,9 @@ class Listeners:
         self.reuse_port = _platform_reuses_port(family) if reuse_port is None else reuse_port
         self.address: Any = address
         self.sockets: list[socket.socket] = []
-        self._created_path: Optional[Union[str, bytes]] = None
+        # The Unix socket file we bound: (path, st_dev, st_ino), so close() removes
+        # it only while the path still names our socket, as Unix servers do.
+        self._created_file: Optional[tuple[Union[str, bytes], int, int]] = None
         try:
             self._open(server_class, family, slots if self.reuse_port else 1)
         except BaseException:
@@ -78,9 +81,12 @@ class Listeners:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.reuse_port:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if is_filesystem_path(self.address):
+                clear_stale_socket(self.address, kind)  # the Unix servers' own rule
             listener.bind(self.address)
             if is_filesystem_path(self.address):
-                self._created_path = self.address
+                info = os.stat(self.address)
+                self._created_file = (self.address, info.st_dev, info.st_ino)
             # The first bind resolves port 0; the others bind that same port.
             self.address = listener.getsockname()
             if kind == socket.SOCK_STREAM:
@@ -108,12 +114,16 @@ class Listeners:
         for listener in self.sockets:
             listener.close()
         self.sockets.clear()
-        path, self._created_path = self._created_path, None
-        if path is not None:
-            try:
+        created, self._created_file = self._created_file, None
+        if created is None:
+            return
+        path, device, inode = created
+        try:
+            info = os.stat(path)
+            if (info.st_dev, info.st_ino) == (device, inode):
                 os.unlink(path)
-            except OSError:
-                pass  # already gone
+        except OSError:
+            pass  # already gone
 
 
 def adopt_listener(

@@ -50,7 +50,12 @@ if TYPE_CHECKING:
 else:
     _FileBase = _ReplyBase = object
 
-__all__ = ["UnixDatagramReplies", "UnixSocketFile", "set_socket_file_access"]
+__all__ = [
+    "UnixDatagramReplies",
+    "UnixSocketFile",
+    "clear_stale_socket",
+    "set_socket_file_access",
+]
 
 logger = logging.getLogger("pyserve")
 
@@ -93,7 +98,7 @@ def set_socket_file_access(
         os.chown(path, uid, gid)
 
 
-def _clear_stale_socket(path: Union[str, bytes], socket_type: int) -> None:
+def clear_stale_socket(path: Union[str, bytes], socket_type: int) -> None:
     """Remove ``path`` if it is a socket nobody listens on; refuse a live one.
 
     A regular file (or anything that is not a socket) is left alone, so ``bind()``
@@ -152,7 +157,7 @@ class UnixSocketFile(_FileBase):
         if not on_disk and access != (None, None, None) and not self.socket_adopted:
             raise ValueError(f"socket_mode/owner/group need a socket file, not {path!r}")
         if on_disk:
-            _clear_stale_socket(path, self.socket_type)
+            clear_stale_socket(path, self.socket_type)
         super().server_bind()
         if on_disk:
             info = os.stat(path)

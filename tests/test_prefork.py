@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import pytest
 
+import pyserve
 from pyserve import TCPServer, ThreadingTCPServer
 from pyserve.prefork import Prefork
 from pyserve.prefork_backoff import RestartSchedule
+from pyserve.prefork_sockets import Listeners
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
 
@@ -392,3 +395,39 @@ def test_restart_backoff_starts_afresh_after_a_healthy_life() -> None:
     assert schedule.take_due(4.9) == []
     assert schedule.take_due(5.0) == [0]
     assert schedule.moments() == []
+
+
+# -- Unix socket files: the same rules as the plain Unix servers ---------------------
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix-domain sockets here")
+def test_prefork_listeners_replace_a_stale_unix_socket_file() -> None:
+    path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "s")
+    UnixStreamServer = pyserve.UnixStreamServer  # noqa: N806 (a class; absent on Windows)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()  # leaves a stale socket file behind, as a crashed server does
+    listeners = Listeners(UnixStreamServer, path, slots=2)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(10)
+            client.connect(path)  # the new listener owns the path
+    finally:
+        listeners.close()
+    assert not os.path.exists(path)
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix-domain sockets here")
+def test_prefork_listeners_leave_a_successors_socket_file_alone() -> None:
+    path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "s")
+    UnixStreamServer = pyserve.UnixStreamServer  # noqa: N806 (a class; absent on Windows)
+    listeners = Listeners(UnixStreamServer, path, slots=1)
+    os.unlink(path)
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        successor.bind(path)  # another server took the path meanwhile
+        listeners.close()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+    finally:
+        successor.close()
+        os.unlink(path)
