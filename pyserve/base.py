@@ -170,7 +170,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
             self._rejected(client_address, "verify_request")
             self.shutdown_request(request)
             return
-        if self._limits_apply() and not self._within_limits(client_address):
+        if self._limits_apply() and not self._within_limits(client_address, request):
             self.shutdown_request(request)
             return
         try:

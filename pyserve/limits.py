@@ -91,8 +91,11 @@ class ConnectionLimits:
     def _limits_apply(self) -> bool:
         return self.max_connections is not None or self.max_connections_per_client is not None
 
-    def _within_limits(self, client_address: Any) -> bool:
-        """True if one more request from ``client_address`` fits; else reject it."""
+    def _within_limits(self, client_address: Any, request: Any = None) -> bool:
+        """True if one more request from ``client_address`` fits; else reject it.
+
+        ``request`` is for strategies that must register it in the same step.
+        """
         registry = self._registry  # type: ignore[attr-defined]
         limit = self.max_connections
         if limit is not None and len(registry) >= limit:

@@ -143,11 +143,14 @@ class ServeLoop:
             self._serving_ident = threading.get_ident()
             self._serving_pid = os.getpid()
             self._loop_exited.clear()
+        started = False
         try:
             with _Selector() as selector:
                 selector.register(wake_receiver, selectors.EVENT_READ, _WAKEUP)
                 self._selector_dirty = True
-                self._loop_running.set()
+                started = True
+                self._serving_started()
+                self._loop_running.set()  # after the strategy is ready: "serving" is true
                 while not self._stop_requested:
                     if self._selector_dirty:
                         self._sync_selector(selector)
@@ -163,14 +166,28 @@ class ServeLoop:
                             key.data()
                     self.service_actions()
         finally:
-            with self._wake_lock:
-                self._loop_running.clear()
-                self._wake_sender = None
-                self._serving_ident = None
-                self._stop_requested = False
-                wake_sender.close()
-                wake_receiver.close()
-                self._loop_exited.set()
+            try:
+                if started:
+                    self._serving_stopped()
+            finally:
+                self._end_loop(wake_receiver, wake_sender)
+
+    def _end_loop(self, wake_receiver: socket.socket, wake_sender: socket.socket) -> None:
+        with self._wake_lock:
+            self._loop_running.clear()
+            self._wake_sender = None
+            self._serving_ident = None
+            self._stop_requested = False
+            wake_sender.close()
+            wake_receiver.close()
+            self._loop_exited.set()
+
+    def _serving_started(self) -> None:
+        """Called in the loop thread once ``serve_forever()`` runs. Extend; call super()."""
+
+    def _serving_stopped(self) -> None:
+        """Called in the loop thread as ``serve_forever()`` ends, before ``shutdown()``
+        returns. Extend; call super()."""
 
     def _stop_requested_now(self) -> bool:
         # A method, not the attribute: another thread may have set it during select().
@@ -288,11 +305,15 @@ class ServeLoop:
             )
         else:
             self._backoff_delay = min(self._backoff_delay * 2, self.accept_backoff_max)
-        if self._loop_running.is_set() and threading.get_ident() == self._serving_ident:
+        if self._loop_running.is_set() and self._backoff_in_loop():
             self._backoff_resume_at = time.monotonic() + self._backoff_delay
             self._hold_accept("accept-backoff")
         else:  # handle_request(): no loop to pause, so pause the caller instead
             time.sleep(self._backoff_delay)
+
+    def _backoff_in_loop(self) -> bool:
+        """True if this thread accepts for the running loop (so holding pauses it)."""
+        return threading.get_ident() == self._serving_ident
 
     def _accept_recovered(self) -> None:
         logger.info(

@@ -132,6 +132,7 @@ def test_stats_count_active_queued_and_peak() -> None:
             release.wait(DEADLINE)
 
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Wait, max_workers=2, queue_size=4)
+    server.workers_accept = False  # the hand-off mode has a queue to count
     with serving(server):
         address = server.server_address
         clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(3)]

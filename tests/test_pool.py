@@ -121,6 +121,7 @@ def test_full_pool_stops_accepting_and_resumes_when_a_worker_frees() -> None:
             self.request.sendall(b"done")
 
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=1, queue_size=1)
+    server.workers_accept = False  # the loop hands requests over, through a queue
     with serving(server):
         address = server.server_address
         clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(4)]

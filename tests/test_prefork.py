@@ -181,10 +181,11 @@ def test_killed_worker_is_replaced_and_the_port_keeps_serving(start: list[Superv
     assert alive(replacement)
 
 
+@pytest.mark.parametrize("kind", ["tcp", "pool"])
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_zero(
-    start: list[Supervisor],
+    start: list[Supervisor], kind: str
 ) -> None:
-    supervisor = launch(start, "--workers", "1")
+    supervisor = launch(start, "--workers", "1", "--kind", kind)
     (worker,) = supervisor.ready_workers(1)
     with socket.create_connection(("127.0.0.1", supervisor.port), timeout=DEADLINE) as client:
         reader = client.makefile("rb")
@@ -223,10 +224,11 @@ def test_a_second_signal_kills_the_workers_at_once(start: list[Supervisor]) -> N
     assert not alive(worker)
 
 
+@pytest.mark.parametrize("kind", ["tcp", "pool"])
 def test_sighup_rolls_every_worker_without_refusing_a_connection(
-    start: list[Supervisor],
+    start: list[Supervisor], kind: str
 ) -> None:
-    supervisor = launch(start, "--workers", "2")
+    supervisor = launch(start, "--workers", "2", "--kind", kind)
     old_workers = set(supervisor.ready_workers(2))
     answers: list[tuple[float, int]] = []
     failures: list[BaseException] = []
@@ -343,11 +345,12 @@ def test_udp_killed_worker_is_replaced_and_its_socket_keeps_its_datagrams(
     assert supervisor.wait() == 0
 
 
+@pytest.mark.parametrize("kind", ["unix", "unix-pool"])
 def test_unix_stream_workers_share_one_inherited_socket(
-    start: list[Supervisor], tmp_path: Path
+    start: list[Supervisor], tmp_path: Path, kind: str
 ) -> None:
     path = str(tmp_path / "prefork.sock")
-    supervisor = launch(start, "--kind", "unix", "--path", path, "--workers", "2")
+    supervisor = launch(start, "--kind", kind, "--path", path, "--workers", "2")
     assert supervisor.path == path
     assert not reuse_port_mode(supervisor, 2)
     workers = set(supervisor.ready_workers(2))

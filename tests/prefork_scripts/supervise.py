@@ -6,7 +6,8 @@ supervisor's log lines to stdout (the test waits on them), and exits with
 ``run()``'s status. Signal handlers in force after ``run()`` are
 compared with those before and reported as ``HANDLERS restored|changed``.
 
-Stream protocol (TCP: a threading server; Unix: a one-request-at-a-time server),
+Stream protocol (TCP: a threading server, or a pool with ``--kind pool``; Unix: a
+one-request-at-a-time server, or a one-worker pool with ``--kind unix-pool``),
 one line per command: ``pid`` -> this worker's pid; ``hold`` -> ``holding``, then
 waits for any line and answers ``released``. UDP (one-at-a-time server): the
 datagram ``pid`` is answered with this worker's pid.
@@ -25,6 +26,8 @@ from pyserve import (
     DatagramRequestHandler,
     StreamRequestHandler,
     ThreadingTCPServer,
+    ThreadPoolTCPServer,
+    ThreadPoolUnixStreamServer,
     UDPServer,
     UnixStreamServer,
 )
@@ -49,6 +52,10 @@ class PidDatagramHandler(DatagramRequestHandler[Any]):
             self.wfile.write(b"%d" % os.getpid())
 
 
+class OneWorkerUnixPool(ThreadPoolUnixStreamServer):
+    max_workers = 1
+
+
 def broken_factory(listener: Any) -> Any:
     raise RuntimeError("this factory always fails")
 
@@ -59,7 +66,9 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--broken", action="store_true")
     parser.add_argument("--backoff-max", type=float, default=10.0)
-    parser.add_argument("--kind", choices=("tcp", "udp", "unix"), default="tcp")
+    parser.add_argument(
+        "--kind", choices=("tcp", "udp", "unix", "pool", "unix-pool"), default="tcp"
+    )
     parser.add_argument("--path", help="the Unix socket path (--kind unix)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="LOG %(message)s")
@@ -71,6 +80,10 @@ def main() -> int:
         server_class, address, handler = UDPServer, ("127.0.0.1", 0), PidDatagramHandler
     elif args.kind == "unix":
         server_class, address, handler = UnixStreamServer, args.path, Handler
+    elif args.kind == "unix-pool":  # one request at a time, like "unix", on a pool
+        server_class, address, handler = OneWorkerUnixPool, args.path, Handler
+    elif args.kind == "pool":
+        server_class, address, handler = ThreadPoolTCPServer, ("127.0.0.1", 0), Handler
     else:
         server_class, address, handler = ThreadingTCPServer, ("127.0.0.1", 0), Handler
     supervisor = Prefork(
@@ -83,7 +96,7 @@ def main() -> int:
         restart_backoff_initial=0.05,
         restart_backoff_max=args.backoff_max,
     )
-    if args.kind == "unix":
+    if args.kind.startswith("unix"):
         print(f"PATH {supervisor.server_address}", flush=True)
     else:
         print(f"PORT {supervisor.server_address[1]}", flush=True)

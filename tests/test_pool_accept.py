@@ -1,0 +1,254 @@
+"""ThreadPoolMixIn with workers that accept: no hand-off, same contract.
+
+On Linux, while ``serve_forever()`` runs, idle pool workers wait on the listener
+themselves (epoll, EPOLLEXCLUSIVE) and run the whole request path. These tests
+pin down what that must keep: the hook order in one thread, backpressure through
+the kernel backlog, exact connection limits, accept back-off, a shutdown after
+which nobody accepts, and a restored listener.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+import pyserve
+from pyserve.testing import serving
+
+DEADLINE = 10.0
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(select, "EPOLLEXCLUSIVE"),
+    reason="workers accept only where epoll has EPOLLEXCLUSIVE",
+)
+
+
+class Echo(pyserve.BaseRequestHandler):
+    def handle(self) -> None:
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            self.request.sendall(data)
+
+
+def wait_until(condition, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        time.sleep(0.005)
+
+
+def round_trip(address, payload: bytes = b"ping") -> bytes:
+    with socket.create_connection(address, timeout=DEADLINE) as client:
+        client.sendall(payload)
+        return client.recv(100)
+
+
+class Traced(pyserve.ThreadPoolTCPServer):
+    """Records which thread ran each hook."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.trace: list[tuple[str, str]] = []
+        super().__init__(*args, **kwargs)
+
+    def get_request(self):
+        request = super().get_request()
+        self.trace.append(("get_request", threading.current_thread().name))
+        return request
+
+    def verify_request(self, request, client_address) -> bool:
+        self.trace.append(("verify_request", threading.current_thread().name))
+        return True
+
+    def process_request(self, request, client_address) -> None:
+        self.trace.append(("process_request", threading.current_thread().name))
+        super().process_request(request, client_address)
+
+    def finish_request(self, request, client_address) -> None:
+        self.trace.append(("finish_request", threading.current_thread().name))
+        super().finish_request(request, client_address)
+
+
+def test_a_worker_runs_the_whole_request_path_and_the_loop_leaves_the_listener() -> None:
+    server = Traced(("127.0.0.1", 0), Echo, max_workers=4)
+    with serving(server):
+        assert "pool-workers-accept" in server._accept_holds  # the loop does not watch it
+        assert round_trip(server.server_address) == b"ping"
+        wait_until(lambda: server.stats.finished == 1)
+    hooks = [hook for hook, _ in server.trace]
+    assert hooks == ["get_request", "verify_request", "process_request", "finish_request"]
+    threads = {thread for _, thread in server.trace}
+    assert len(threads) == 1
+    assert threads.pop().startswith("pyserve-pool-")
+
+
+def test_without_workers_accept_the_loop_accepts_and_hands_over() -> None:
+    server = Traced(("127.0.0.1", 0), Echo, max_workers=4)
+    server.workers_accept = False
+    with serving(server):
+        assert "pool-workers-accept" not in server._accept_holds
+        assert round_trip(server.server_address) == b"ping"
+        wait_until(lambda: server.stats.finished == 1)
+    accepted_in = dict(server.trace)
+    assert not accepted_in["get_request"].startswith("pyserve-pool-")
+    assert accepted_in["finish_request"].startswith("pyserve-pool-")
+
+
+def test_busy_workers_leave_new_connections_in_the_backlog() -> None:
+    release = threading.Event()
+
+    class Blocked(pyserve.BaseRequestHandler):
+        def handle(self) -> None:
+            release.wait(DEADLINE)
+            self.request.sendall(b"done")
+
+    baseline = threading.active_count()
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=1)
+    with serving(server):
+        address = server.server_address
+        clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(4)]
+        try:
+            wait_until(lambda: len(server.in_flight()) == 1)
+            # Its only worker is busy: nobody accepts; three wait in the kernel backlog.
+            assert server.stats.accepted == 1
+            assert server.stats.queued == 0
+            assert threading.active_count() <= baseline + 2  # the loop and one worker
+            release.set()
+            assert [c.recv(10) for c in clients] == [b"done"] * 4
+        finally:
+            release.set()
+            for client in clients:
+                client.close()
+        wait_until(lambda: server.stats.finished == 4)
+    assert server.stats.rejected == 0
+
+
+def test_pool_grows_to_max_workers_on_demand() -> None:
+    release = threading.Event()
+
+    class Blocked(pyserve.BaseRequestHandler):
+        def handle(self) -> None:
+            release.wait(DEADLINE)
+            self.request.sendall(b"done")
+
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=5)
+    with serving(server):
+        address = server.server_address
+        clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(8)]
+        try:
+            wait_until(lambda: len(server.in_flight()) == 5)
+            assert len(server._workers) == 5
+            release.set()
+            assert [c.recv(10) for c in clients] == [b"done"] * 8
+        finally:
+            release.set()
+            for client in clients:
+                client.close()
+
+
+def serve_in_thread(server) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    wait_until(server._loop_running.is_set)
+    return thread
+
+
+def test_after_shutdown_nobody_accepts_and_serving_again_resumes() -> None:
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=3)
+    fd = server.fileno()
+    assert os.get_blocking(fd)
+    try:
+        thread = serve_in_thread(server)
+        assert not os.get_blocking(fd)  # a lost race must not block a worker
+        assert round_trip(server.server_address) == b"ping"
+        server.shutdown()
+        thread.join(DEADLINE)
+        assert os.get_blocking(fd)  # restored
+        assert server._in_accept == {}
+        accepted = server.stats.accepted
+        with socket.create_connection(server.server_address, timeout=DEADLINE) as late:
+            late.sendall(b"late")
+            assert server.stats.accepted == accepted  # it waits in the backlog
+            thread = serve_in_thread(server)
+            assert late.recv(10) == b"late"
+            server.shutdown()
+            thread.join(DEADLINE)
+    finally:
+        server.server_close()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_limits_hold_exactly_when_workers_accept_at_once(attempt: int) -> None:
+    release = threading.Event()
+
+    class Blocked(pyserve.BaseRequestHandler):
+        def handle(self) -> None:
+            release.wait(DEADLINE)
+
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=8)
+    server.max_connections_per_client = 2
+    with serving(server):
+        clients = []
+        try:
+            for _ in range(8):
+                clients.append(socket.create_connection(server.server_address, timeout=DEADLINE))
+            wait_until(lambda: server.stats.accepted == 8)
+            wait_until(lambda: server.stats.rejected == 6)
+            assert len(server.in_flight()) == 2
+        finally:
+            release.set()
+            for client in clients:
+                client.close()
+
+
+def test_accept_backoff_from_a_worker_pauses_and_recovers(caplog) -> None:
+    failures = [3]
+
+    class Failing(pyserve.ThreadPoolTCPServer):
+        accept_backoff_initial = 0.001
+
+        def get_request(self):
+            if failures[0]:
+                failures[0] -= 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super().get_request()
+
+    server = Failing(("127.0.0.1", 0), Echo, max_workers=2)
+    with caplog.at_level(logging.INFO, logger="pyserve"), serving(server):
+        assert round_trip(server.server_address) == b"ping"
+    assert failures == [0]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pyserve"]
+    assert len([m for m in messages if "accept() failed" in m]) == 1
+    assert len([m for m in messages if "works again" in m]) == 1
+    assert "accept-backoff" not in server._accept_holds
+
+
+def test_unix_stream_pool_workers_accept(tmp_path) -> None:
+    path = str(tmp_path / "pool.sock")
+    server = pyserve.ThreadPoolUnixStreamServer(path, Echo, max_workers=2)
+    with serving(server):
+        assert "pool-workers-accept" in server._accept_holds
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(DEADLINE)
+            client.connect(path)
+            client.sendall(b"unix")
+            assert client.recv(10) == b"unix"
+
+
+def test_drain_stops_workers_accepting() -> None:
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=3)
+    with serving(server):
+        assert round_trip(server.server_address) == b"ping"
+        report = server.drain(1.0)
+        assert report.stragglers == ()
+        assert server._in_accept == {}
+        assert not server._gate_open
