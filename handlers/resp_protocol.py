@@ -41,9 +41,10 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+from handlers.resp_inline import split_inline
 from pyserve import ProtocolError
 
-__all__ = ["NEED_DATA", "CommandParser", "NeedData", "split_inline"]
+__all__ = ["NEED_DATA", "CommandParser", "NeedData"]
 
 
 class NeedData:
@@ -237,7 +238,7 @@ class CommandParser:
         complete = len(pieces) - 1  # the last piece is not terminated yet
         header_for = _BULK_HEADERS.__getitem__
         counts = _ARRAY_HEADERS
-        index = 0
+        index = self._parse_uniform(pieces, complete, commands)
         append = commands.append
         try:
             while index < complete:
@@ -267,6 +268,59 @@ class CommandParser:
             self._pos += len(buffer) - len(pieces[-1])
         elif index:
             self._pos += sum(map(len, pieces[:index])) + 2 * index
+
+    def _parse_uniform(self, pieces: list[bytes], complete: int, commands: list[Command]) -> int:
+        """Take a run of same-shaped commands at once; return how many pieces it used.
+
+        A pipelining client usually sends many commands of one shape in a row (N
+        times ``*3 $3 SET $n key $n value``, or N inline ``PING`` lines). Such a run
+        is checked and cut with a few whole-list operations in C instead of a Python
+        loop per command: the array headers are every ``2n+1``-th piece, and once
+        they are removed, headers and arguments alternate for the whole run, so
+        one comparison checks every length. Anything else returns 0 and the loop in
+        :meth:`_parse_simple` (then the exact parser) takes over.
+        """
+        head = pieces[0]
+        count = _ARRAY_HEADERS.get(head)
+        if count is None:
+            return self._parse_inline_run(pieces, complete, commands)
+        stride = 2 * count + 1
+        usable = complete - complete % stride
+        heads = pieces[0:usable:stride]
+        if count > self.max_array_length or len(heads) < 2 or heads.count(head) != len(heads):
+            return 0
+        body = pieces[:usable]
+        del body[::stride]
+        values = body[1::2]
+        try:
+            if list(map(_BULK_HEADERS.__getitem__, map(len, values))) != body[0::2]:
+                return 0
+        except IndexError:  # an argument of 1 KiB or more
+            return 0
+        if count == 1:
+            commands.extend([value] for value in values)
+        else:
+            commands.extend(map(list, zip(*[iter(values)] * count)))
+        return usable
+
+    def _parse_inline_run(
+        self, pieces: list[bytes], complete: int, commands: list[Command]
+    ) -> int:
+        """A run of plain inline commands (no quotes, no ``*``, CRLF-terminated)."""
+        lines = pieces[:complete]
+        if len(lines) < 2:
+            return 0
+        block = b"\r\n".join(lines)
+        if (
+            b"*" in block
+            or b'"' in block
+            or b"'" in block
+            or b"\n" in block.replace(b"\r\n", b"")
+            or max(map(len, lines)) > self.max_inline_length
+        ):
+            return 0
+        commands.extend(filter(None, map(bytes.split, lines)))
+        return complete
 
     def _parse_bulks(self, args: Command, remaining: int) -> Optional[Command]:
         buffer = self._buffer
@@ -338,63 +392,3 @@ class CommandParser:
         if args is None:
             raise self._fail("unbalanced quotes in request")
         return args  # empty for a blank line: no command (telnet users press Enter)
-
-
-_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
-_SPACE = b" \t\n\r\v\f"
-_HEX = b"0123456789abcdefABCDEF"
-
-
-def split_inline(line: bytes) -> Optional[Command]:
-    """Split an inline command into words as Redis does, or None on bad quoting.
-
-    Words are separated by whitespace. ``"..."`` may contain spaces and the escapes
-    ``\\n \\r \\t \\b \\a \\xHH`` and ``\\<char>``; ``'...'`` is literal except for
-    ``\\'``. A closing quote must be followed by whitespace or the end.
-    """
-    words: Command = []
-    i = 0
-    n = len(line)
-    while True:
-        while i < n and line[i] in _SPACE:
-            i += 1
-        if i >= n:
-            return words
-        word = bytearray()
-        while i < n and line[i] not in _SPACE:
-            if line[i] in (34, 39):  # a quoted part, possibly mid-word as in Redis
-                i = _quoted(line, i, word)
-                if i < 0 or (i < n and line[i] not in _SPACE):
-                    return None
-            else:
-                word.append(line[i])
-                i += 1
-        words.append(bytes(word))
-
-
-def _quoted(line: bytes, i: int, word: bytearray) -> int:
-    """Append the quoted part starting at ``line[i]``; return where it ends, or -1."""
-    quote = line[i]
-    i += 1
-    n = len(line)
-    while i < n:
-        byte = line[i]
-        if byte == quote:
-            return i + 1
-        if byte == 92 and i + 1 < n:  # backslash
-            following = line[i + 1]
-            if quote == 39:  # single quotes: only \' is an escape
-                word += b"'" if following == 39 else b"\\"
-                i += 2 if following == 39 else 1
-                continue
-            pair = line[i + 2 : i + 4]
-            if following == 120 and len(pair) == 2 and all(c in _HEX for c in pair):
-                word.append(int(pair, 16))
-                i += 4
-                continue
-            word += _ESCAPES.get(following, line[i + 1 : i + 2])
-            i += 2
-            continue
-        word.append(byte)
-        i += 1
-    return -1

@@ -14,7 +14,8 @@ from handlers.resp_encoding import (
     encode_integer,
     encode_simple,
 )
-from handlers.resp_protocol import NEED_DATA, CommandParser, split_inline
+from handlers.resp_inline import split_inline
+from handlers.resp_protocol import NEED_DATA, CommandParser
 from pyserve import ProtocolError
 
 
@@ -227,3 +228,81 @@ def test_arbitrary_bytes_yield_commands_or_a_protocol_error(data: bytes) -> None
     for command in found:
         assert command
         assert all(isinstance(arg, bytes) for arg in command)
+
+
+# -- runs of same-shaped commands (the pipelining fast path) ------------------------
+
+
+def test_a_run_of_same_shaped_commands_parses_back_with_its_tail() -> None:
+    run = [[b"SET", b"key:%d" % n, b"v" * n] for n in range(20)]
+    data = b"".join(encode_command(*command) for command in run)
+    parser = CommandParser()
+    parser.feed(data + b"*3\r\n$3\r\nSET\r\n$1\r\nk")  # and half a command more
+    assert parser.drain() == run
+    parser.feed(b"\r\n$1\r\nv\r\n")
+    assert parser.drain() == [[b"SET", b"k", b"v"]]
+
+
+@pytest.mark.parametrize(
+    "odd_one",
+    [
+        [b"SET", b"k", b"line one\r\nline two"],  # CRLF inside: the pieces shift
+        [b"SET", b"k", b"\r\n$1\r\nx"],  # CRLF that mimics a header
+        [b"SET", b"k", b"x" * 5000],  # a long argument
+        [b"SET", b"k"],  # another shape
+        [b"SET", b"k", b""],  # an empty argument
+    ],
+)
+def test_a_run_with_an_odd_command_still_parses_exactly(odd_one: list[bytes]) -> None:
+    run = [[b"SET", b"key:%d" % n, b"value"] for n in range(6)]
+    commands = [*run[:3], odd_one, *run[3:]]
+    data = b"".join(encode_command(*command) for command in commands)
+    assert parse_all(data) == commands
+
+
+def test_a_run_of_single_word_commands() -> None:
+    assert parse_all(encode_command(b"PING") * 5) == [[b"PING"]] * 5
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (b"PING\r\nGET a\r\n\r\nPING\r\n", [[b"PING"], [b"GET", b"a"], [b"PING"]]),
+        (b"PING\r\nSET a \"b c\"\r\n", [[b"PING"], [b"SET", b"a", b"b c"]]),
+        (b"PING\r\nPING\nPING\r\n", [[b"PING"], [b"PING"], [b"PING"]]),
+        (b"PING\r\nGET a*b\r\n", [[b"PING"], [b"GET", b"a*b"]]),
+    ],
+)
+def test_runs_of_inline_commands_parse_exactly(lines: bytes, expected: list) -> None:
+    assert parse_all(lines) == expected
+
+
+def test_an_overlong_inline_line_in_a_run_is_refused_after_the_lines_before_it() -> None:
+    parser = CommandParser(max_inline_length=100)
+    parser.feed(b"PING\r\n" + b"x" * 200 + b"\r\nPING\r\n")
+    assert parser.drain() == [[b"PING"]]
+    with pytest.raises(ProtocolError, match="too big inline"):
+        parser.drain()
+
+
+same_shaped = st.integers(min_value=1, max_value=5).flatmap(
+    lambda arity: st.lists(
+        st.lists(st.binary(max_size=20), min_size=arity, max_size=arity), min_size=1, max_size=12
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(commands=same_shaped, cuts=st.lists(st.integers(min_value=0, max_value=2000)))
+def test_same_shaped_commands_cut_anywhere_parse_back(
+    commands: list[list[bytes]], cuts: list[int]
+) -> None:
+    data = b"".join(encode_command(*command) for command in commands)
+    parser = CommandParser()
+    found: list[list[bytes]] = []
+    start = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        parser.feed(data[start:cut])
+        start = cut
+        found += parser.drain()
+    assert found == commands
