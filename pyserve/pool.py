@@ -24,41 +24,16 @@ and the kernel's backlog absorbs the burst. The first worker to free a slot
 releases the hold. So the number of threads never exceeds ``max_workers``, and no
 accepted connection is ever dropped: at worst, new ones wait in the backlog.
 
-Workers accept (Linux, stream listeners, the default)
------------------------------------------------------
-The hand-off above costs a thread switch per connection: the loop wakes, accepts,
-wakes a worker, and the worker runs. For short connections that switch is most of
-the server's work (the bench's connect-echo-close rate was 2.8x the stdlib with it,
-3.7x without). So while ``serve_forever()`` runs, *idle workers wait on the
-listener themselves*, each in its own ``epoll`` with the listener registered
-``EPOLLEXCLUSIVE``: the kernel wakes one idle worker per connection, and that
-worker runs the whole path (``get_request`` -> ``verify_request`` ->
-``process_request`` -> the handler) with no hand-off. The loop thread no longer
-watches the listener (it holds it); it keeps pacing ``service_actions()`` and
-waiting for ``shutdown()``.
-
-* Backpressure is free: a busy worker does not accept, so when all
-  ``max_workers`` are busy nobody accepts and the kernel backlog holds the burst.
-  ``queue_size`` is not used in this mode.
-* A worker that takes a connection while no other worker waits on the listener
-  recruits one (a parked worker, or a new one up to ``max_workers``), so the pool
-  grows on demand exactly as in hand-off mode.
-* A *gate* (a socket pair every worker's epoll also watches) stops them: it is
-  closed whenever the loop is not running or any hold applies (accept back-off,
-  drain, ``server_close()``); waiting workers then park, and ``shutdown()``
-  returns only once no worker is left in the accept path.
-* Two workers may occasionally wake for one connection, so the listener's
-  descriptor is switched to non-blocking while workers accept (its Python
-  timeout is untouched) and restored when ``serve_forever()`` returns; the loser's
-  ``accept()`` fails with EAGAIN, which is ignored.
-* Connection limits are checked and the request registered under one lock, so
-  workers accepting at once never admit more than the limits allow.
-
-``workers_accept = False`` restores the hand-off; it is also used where epoll's
-``EPOLLEXCLUSIVE`` is missing, for datagram servers, for a listener with a
-timeout, and for ``handle_request()``. There, when the listener is readable, the
-loop accepts up to ``accept_batch`` connections before it sleeps again (checking
-readiness with a zero-timeout poll, so the listener's blocking mode is untouched).
+Workers accept
+--------------
+While ``serve_forever()`` runs on Linux, idle workers wait on the listener
+themselves and run the whole request path, with no hand-off: see
+:mod:`pyserve.pool_accept`. ``workers_accept = False`` restores the hand-off;
+it is also used where epoll's ``EPOLLEXCLUSIVE`` is missing, for datagram
+servers, for a listener with a timeout, and for ``handle_request()``. There, when
+the listener is readable, the loop accepts up to ``accept_batch`` connections
+before it sleeps again (checking readiness with a zero-timeout poll, so the
+listener's blocking mode is untouched).
 
 Workers are daemon threads: a pool never keeps a process alive by itself.
 ``server_close()`` waits at most ``close_timeout`` for requests in flight (see
@@ -71,7 +46,6 @@ pool has few threads, so a client that dawdles must not keep one.
 from __future__ import annotations
 
 import collections
-import os
 import select
 import socket
 import threading
@@ -79,6 +53,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
+from pyserve.pool_accept import _ACCEPT, _EXIT, _PARK, WorkersAccept, _Action, _Job, _Worker
 from pyserve.registry import LiveRequest
 
 __all__ = ["ThreadPoolMixIn"]
@@ -89,48 +64,8 @@ else:
     _Base = object
 
 _POOL_FULL = "pool-full"
-_WORKERS_ACCEPT = "pool-workers-accept"  # the loop's hold while workers accept
 
-_Job = tuple[Any, Any, LiveRequest]
-
-
-class _Action:
-    """What a worker does next, when it is not a job: accept, park or exit."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-_ACCEPT, _PARK, _EXIT = _Action("accept"), _Action("park"), _Action("exit")
-
-
-class _Worker:
-    __slots__ = ("job", "poller", "thread", "wake")
-
-    def __init__(self) -> None:
-        self.wake = threading.Lock()
-        self.wake.acquire()  # held: acquiring again parks the worker
-        self.job: Optional[_Job] = None
-        self.thread: Optional[threading.Thread] = None
-        self.poller: Any = None  # its epoll, made on its first turn at the listener
-
-
-def _exclusive_poller(listener_fd: int, gate_fd: Optional[int]) -> Any:
-    """An epoll watching the gate, and the listener with EPOLLEXCLUSIVE."""
-    poller = select.epoll()
-    try:
-        if gate_fd is not None:
-            poller.register(gate_fd, select.EPOLLIN)
-        poller.register(listener_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-    except BaseException:
-        poller.close()
-        raise
-    return poller
-
-
-class ThreadPoolMixIn(_Base):
+class ThreadPoolMixIn(WorkersAccept):
     """Run requests on at most ``max_workers`` reused threads, with backpressure.
 
     ``ThreadPoolMixIn.__init__`` accepts the keyword arguments ``max_workers`` and
@@ -215,112 +150,6 @@ class ThreadPoolMixIn(_Base):
         self._in_accept: dict[int, _Worker] = {}
         self._admit_lock = threading.Lock()
         self._admitted: dict[int, LiveRequest] = {}
-
-    # -- workers accept: entering and leaving the mode -----------------------------
-
-    def _workers_can_accept(self) -> bool:
-        listener = getattr(self, "socket", None)
-        return (
-            bool(self.workers_accept)
-            and hasattr(select, "EPOLLEXCLUSIVE")
-            and isinstance(listener, socket.socket)
-            and listener.type == socket.SOCK_STREAM
-            and listener.gettimeout() is None
-            and listener.fileno() == self.fileno()
-        )
-
-    def _serving_started(self) -> None:
-        super()._serving_started()
-        if not self._workers_can_accept():
-            return
-        fd = self.fileno()
-        try:
-            _exclusive_poller(fd, None).close()
-        except OSError:  # a kernel older than 4.5: the loop hands requests over
-            return
-        with self._pool_lock:
-            if self._pool_closed:
-                return
-            if self._gate is None:
-                receiver, sender = socket.socketpair()
-                receiver.setblocking(False)
-                sender.setblocking(False)
-                self._gate = (receiver, sender)
-            self._listener_fd = fd
-            self._listener_was_blocking = os.get_blocking(fd)
-            os.set_blocking(fd, False)
-            self._worker_mode = True
-        self._hold_accept(_WORKERS_ACCEPT)  # the loop stops watching; the gate opens
-
-    def _serving_stopped(self) -> None:
-        if self._worker_mode:
-            with self._pool_lock:
-                self._worker_mode = False
-            self._release_accept(_WORKERS_ACCEPT)  # closes the gate
-            deadline = time.monotonic() + self._accept_exit_timeout
-            with self._pool_lock:
-                while self._in_accept and time.monotonic() < deadline:
-                    self._pool_changed.wait(deadline - time.monotonic())
-            try:
-                os.set_blocking(self.fileno(), self._listener_was_blocking)
-            except (OSError, ValueError):
-                pass  # the listener is closed already
-        super()._serving_stopped()
-
-    def _hold_accept(self, reason: str) -> None:
-        super()._hold_accept(reason)
-        self._sync_gate()
-
-    def _release_accept(self, reason: str) -> None:
-        super()._release_accept(reason)
-        self._sync_gate()
-
-    def _sync_gate(self) -> None:
-        """Open the gate exactly when workers should accept; wake them accordingly."""
-        if self._gate is None:
-            return
-        with self._pool_lock:
-            gate = self._gate
-            want = (
-                self._worker_mode
-                and not self._pool_closed
-                and self._accept_holds == {_WORKERS_ACCEPT}
-            )
-            if gate is None or want == self._gate_open:
-                return
-            self._gate_open = want
-            receiver, sender = gate
-            if not want:
-                try:
-                    sender.send(b"x")  # level-triggered: every waiting worker wakes
-                except OSError:
-                    pass  # already full: the gate is closed anyway
-                return
-            try:
-                while receiver.recv(4096):
-                    pass
-            except OSError:
-                pass  # drained
-            parked, self._idle = self._idle, []
-            for worker in parked:
-                worker.job = None
-                worker.wake.release()  # it will find the gate open and accept
-            if not parked and not self._in_accept and len(self._workers) < self.max_workers:
-                self._start_worker(None)
-
-    def _backoff_in_loop(self) -> bool:
-        return threading.get_ident() in self._in_accept or super()._backoff_in_loop()
-
-    def _within_limits(self, client_address: Any, request: Any = None) -> bool:
-        """In a worker that accepts: check the limits and register, atomically."""
-        ident = threading.get_ident()
-        if ident not in self._in_accept:
-            return super()._within_limits(client_address, request)
-        with self._admit_lock:
-            if not super()._within_limits(client_address, request):
-                return False
-            self._admitted[ident] = self._track(request, client_address)
-            return True
 
     # -- the loop side (hand-off) ---------------------------------------------------
 
@@ -471,26 +300,6 @@ class ThreadPoolMixIn(_Base):
                 self._pool_held = False
                 self._release_accept(_POOL_FULL)
             return action
-
-    def _accept_turn(self, worker: _Worker) -> None:
-        """Wait for a connection or the gate; take at most one connection."""
-        gate = self._gate
-        if gate is None:
-            return
-        poller = worker.poller
-        if poller is None:
-            poller = worker.poller = _exclusive_poller(self.fileno(), gate[0].fileno())
-        for fd, _ in poller.poll():
-            if fd != self._listener_fd:
-                return  # the gate: stop accepting
-        if self._gate_open:
-            self._handle_request_noblock()
-
-    def _left_accept(self, ident: int) -> None:
-        if ident in self._in_accept or not self._gate_open:
-            with self._pool_lock:
-                self._in_accept.pop(ident, None)
-                self._pool_changed.notify_all()
 
     # -- closing ---------------------------------------------------------------------
 
