@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
@@ -55,6 +56,13 @@ else:
     _Base = object
 
 _WORKERS_ACCEPT = "pool-workers-accept"  # the loop's hold while workers accept
+_LISTENER_FAILED = "pool-listener-failed"  # a worker's accept() met ACCEPT_FATAL
+
+# Linux's value where the select module lacks the name (PyPy); a kernel older than
+# 4.5 refuses it, which the probe in _serving_started() turns into the hand-off.
+_EPOLLEXCLUSIVE: Optional[int] = getattr(
+    select, "EPOLLEXCLUSIVE", 1 << 28 if sys.platform.startswith("linux") else None
+)
 
 _Job = tuple[Any, Any, LiveRequest]
 
@@ -88,7 +96,7 @@ def _exclusive_poller(listener_fd: int, gate_fd: Optional[int]) -> Any:
     try:
         if gate_fd is not None:
             poller.register(gate_fd, select.EPOLLIN)
-        poller.register(listener_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        poller.register(listener_fd, select.EPOLLIN | (_EPOLLEXCLUSIVE or 0))
     except BaseException:
         poller.close()
         raise
@@ -118,6 +126,7 @@ class WorkersAccept(_Base):
     _in_accept: dict[int, _Worker]
     _admit_lock: Any
     _admitted: dict[int, LiveRequest]
+    _accept_fatal: Optional[OSError] = None
 
     def _start_worker(self, job: Optional[_Job]) -> None:
         raise NotImplementedError
@@ -128,7 +137,8 @@ class WorkersAccept(_Base):
         listener = getattr(self, "socket", None)
         return (
             bool(self.workers_accept)
-            and hasattr(select, "EPOLLEXCLUSIVE")
+            and _EPOLLEXCLUSIVE is not None
+            and hasattr(select, "epoll")
             and isinstance(listener, socket.socket)
             and listener.type == socket.SOCK_STREAM
             and listener.gettimeout() is None
@@ -229,18 +239,52 @@ class WorkersAccept(_Base):
             return True
 
     def _accept_turn(self, worker: _Worker) -> None:
-        """Wait for a connection or the gate; take at most one connection."""
+        """Wait for a connection or the gate; take at most one connection.
+
+        A worker woken for the listener takes the connection even if the gate
+        closed meanwhile: EPOLLEXCLUSIVE woke *only* this worker for it, so leaving
+        it would strand it in the backlog, unseen by every other waiter (a second
+        process sharing the socket during a prefork roll, say) until the next
+        connection arrives. Only after a close is the listener left alone.
+        """
         gate = self._gate
         if gate is None:
             return
         poller = worker.poller
         if poller is None:
             poller = worker.poller = _exclusive_poller(self.fileno(), gate[0].fileno())
-        for fd, _ in poller.poll():
-            if fd != self._listener_fd:
-                return  # the gate: stop accepting
-        if self._gate_open:
+        listener = self._listener_fd
+        if self._closing() or all(fd != listener for fd, _ in poller.poll()):
+            return  # only the gate: stop accepting
+        try:
             self._handle_request_noblock()
+        except OSError as exc:  # the listener itself failed (ACCEPT_FATAL)
+            if self._closing():
+                return  # closed under our feet by server_close()
+            with self._pool_lock:
+                self._accept_fatal = exc
+            self._hold_accept(_LISTENER_FAILED)
+            self._BaseServer__shutdown_request = True  # stop the loop; it re-raises
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """As :meth:`BaseServer.serve_forever`; a listener that fails in a worker's
+        ``accept()`` ends it with that error, as it does when the loop accepts."""
+        self._accept_fatal = None
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            fatal = self._take_fatal()
+        if fatal is not None:
+            raise fatal
+
+    def _closing(self) -> bool:
+        return self._pool_closed  # read afresh: another thread may set it
+
+    def _take_fatal(self) -> Optional[OSError]:
+        fatal, self._accept_fatal = self._accept_fatal, None
+        if fatal is not None:
+            self._release_accept(_LISTENER_FAILED)
+        return fatal
 
     def _left_accept(self, ident: int) -> None:
         if ident in self._in_accept or not self._gate_open:

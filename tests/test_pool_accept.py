@@ -14,19 +14,21 @@ import logging
 import os
 import select
 import socket
+import sys
 import threading
 import time
 
 import pytest
 
 import pyserve
+from pyserve import pool_accept
 from pyserve.testing import serving
 
 DEADLINE = 10.0
 
 pytestmark = pytest.mark.skipif(
-    not hasattr(select, "EPOLLEXCLUSIVE"),
-    reason="workers accept only where epoll has EPOLLEXCLUSIVE",
+    not sys.platform.startswith("linux") or not hasattr(select, "epoll"),
+    reason="workers accept only where epoll has EPOLLEXCLUSIVE (Linux)",
 )
 
 
@@ -252,3 +254,72 @@ def test_drain_stops_workers_accepting() -> None:
         assert report.stragglers == ()
         assert server._in_accept == {}
         assert not server._gate_open
+
+
+def test_a_listener_that_fails_in_a_worker_ends_serve_forever_with_the_error() -> None:
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=2)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except OSError as exc:
+            failure.append(exc)
+
+    try:
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        wait_until(server._loop_running.is_set)
+        wait_until(lambda: bool(server._in_accept))
+        server.socket.shutdown(socket.SHUT_RDWR)  # a listener that stops listening
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+        assert len(failure) == 1
+        assert failure[0].errno == errno.EINVAL
+    finally:
+        server.server_close()
+
+
+class Once(pyserve.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(self.request.recv(100))
+
+
+class Woken:
+    """A worker's epoll, as it returns when both the gate and a connection woke it."""
+
+    def __init__(self, events) -> None:
+        self.events = events
+
+    def poll(self):
+        return self.events
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_worker_woken_for_a_connection_takes_it_even_if_the_gate_just_closed() -> None:
+    # EPOLLEXCLUSIVE woke only this worker: leaving the connection would strand it.
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Once, max_workers=1)
+    gate = socket.socketpair()
+    try:
+        server._gate, server._gate_open = gate, False  # closed: a drain just began
+        server._listener_fd = server.fileno()
+        worker = pool_accept._Worker()
+        both = [(gate[0].fileno(), select.EPOLLIN), (server.fileno(), select.EPOLLIN)]
+        worker.poller = Woken(both)
+        with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
+            client.sendall(b"taken")
+            server._in_accept[threading.get_ident()] = worker
+            server._accept_turn(worker)  # runs the request here, in this thread
+            assert client.recv(10) == b"taken"
+        assert server.stats.finished == 1
+        # Woken by the gate alone, a worker takes nothing.
+        worker.poller = Woken([(gate[0].fileno(), select.EPOLLIN)])
+        server._accept_turn(worker)
+        assert server.stats.accepted == 1
+    finally:
+        server._gate = None
+        for end in gate:
+            end.close()
+        server.server_close()

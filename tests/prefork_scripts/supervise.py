@@ -54,6 +54,7 @@ class PidDatagramHandler(DatagramRequestHandler[Any]):
 
 class OneWorkerUnixPool(ThreadPoolUnixStreamServer):
     max_workers = 1
+    queue_size = 0  # so in hand-off mode too, a busy worker leaves the rest to the other
 
 
 def broken_factory(listener: Any) -> Any:
