@@ -24,6 +24,10 @@ waiting for ``shutdown()``.
   closed whenever the loop is not running or any hold applies (accept back-off,
   drain, ``server_close()``); waiting workers then park, and ``shutdown()``
   returns only once no worker is left in the accept path.
+* A worker woken for a connection takes it even if the gate closed meanwhile:
+  the exclusive wake-up went to it alone, and a connection it left would wait
+  unseen by every other waiter (another process sharing the socket during a
+  prefork roll) until the next one arrives.
 * Two workers may occasionally wake for one connection, so the listener's
   descriptor is switched to non-blocking while workers accept (its Python
   timeout is untouched) and restored when ``serve_forever()`` returns; the loser's
@@ -267,7 +271,7 @@ class WorkersAccept(_Base):
             self._BaseServer__shutdown_request = True  # stop the loop; it re-raises
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """As :meth:`BaseServer.serve_forever`; a listener that fails in a worker's
+        """As ``BaseServer.serve_forever()``; a listener that fails in a worker's
         ``accept()`` ends it with that error, as it does when the loop accepts."""
         self._accept_fatal = None
         try:
