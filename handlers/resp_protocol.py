@@ -310,12 +310,12 @@ class CommandParser:
         lines = pieces[:complete]
         if len(lines) < 2:
             return 0
-        block = b"\r\n".join(lines)
+        block = b"".join(lines)  # the CRLFs are gone: any LF left is a bare one
         if (
             b"*" in block
             or b'"' in block
             or b"'" in block
-            or b"\n" in block.replace(b"\r\n", b"")
+            or b"\n" in block
             or max(map(len, lines)) > self.max_inline_length
         ):
             return 0

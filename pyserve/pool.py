@@ -200,23 +200,6 @@ class ThreadPoolMixIn(WorkersAccept):
                 self._pool_held = True
                 self._hold_accept(_POOL_FULL)
 
-    def _serve_here(self, ident: int, request: Any, client_address: Any) -> None:
-        entry = self._admitted.pop(ident, None) if self._admitted else None
-        if entry is None:
-            entry = self._track(request, client_address)
-        if not self._in_accept:  # nobody waits on the listener now
-            with self._pool_lock:
-                if not self._gate_open:
-                    self._pool_changed.notify_all()  # for _serving_stopped()
-                elif not self._in_accept:  # recruit someone to wait there
-                    if self._idle:
-                        worker = self._idle.pop()
-                        worker.job = None
-                        worker.wake.release()
-                    elif len(self._workers) < self.max_workers:
-                        self._start_worker(None)
-        self._run((request, client_address, entry))
-
     def _start_worker(self, job: Optional[_Job]) -> None:
         worker = _Worker()
         worker.job = job

@@ -135,6 +135,9 @@ class WorkersAccept(_Base):
     def _start_worker(self, job: Optional[_Job]) -> None:
         raise NotImplementedError
 
+    def _run(self, job: _Job) -> None:
+        raise NotImplementedError
+
     # -- workers accept: entering and leaving the mode -----------------------------
 
     def _workers_can_accept(self) -> bool:
@@ -225,8 +228,33 @@ class WorkersAccept(_Base):
             for worker in parked:
                 worker.job = None
                 worker.wake.release()  # it will find the gate open and accept
-            if not parked and not self._in_accept and len(self._workers) < self.max_workers:
-                self._start_worker(None)
+            if not parked and not self._in_accept:
+                self._recruit()
+
+    def _recruit(self) -> None:
+        """Send a parked worker, or a new one below ``max_workers``, to the listener.
+
+        Called with the pool lock held and the gate open.
+        """
+        if self._idle:
+            worker = self._idle.pop()
+            worker.job = None
+            worker.wake.release()  # it will find the gate open and accept
+        elif len(self._workers) < self.max_workers:
+            self._start_worker(None)
+
+    def _serve_here(self, ident: int, request: Any, client_address: Any) -> None:
+        """Run a request in the worker that accepted it (``process_request()``)."""
+        entry = self._admitted.pop(ident, None) if self._admitted else None
+        if entry is None:
+            entry = self._track(request, client_address)
+        if not self._in_accept:  # nobody waits on the listener now
+            with self._pool_lock:
+                if not self._gate_open:
+                    self._pool_changed.notify_all()  # for _serving_stopped()
+                elif not self._in_accept:
+                    self._recruit()
+        self._run((request, client_address, entry))
 
     def _backoff_in_loop(self) -> bool:
         return threading.get_ident() in self._in_accept or super()._backoff_in_loop()
@@ -254,10 +282,10 @@ class WorkersAccept(_Base):
         gate = self._gate
         if gate is None:
             return
+        listener = self._listener_fd
         poller = worker.poller
         if poller is None:
-            poller = worker.poller = _exclusive_poller(self.fileno(), gate[0].fileno())
-        listener = self._listener_fd
+            poller = worker.poller = _exclusive_poller(listener, gate[0].fileno())
         if self._closing() or all(fd != listener for fd, _ in poller.poll()):
             return  # only the gate: stop accepting
         try:
