@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import socketserver
 import subprocess
 import sys
@@ -54,6 +55,36 @@ TIMEOUT = 10.0  # seconds: the deadline of every wait in these tests
 # interpreter's start-up alone can take seconds on a loaded machine.
 SCENARIO_TIMEOUT = 60.0
 IMPLEMENTATIONS = {"pyserve": pyserve, "socketserver": socketserver}
+
+
+# -- helpers shared by the in-process tests (import them from conftest) ------------
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = TIMEOUT) -> None:
+    """Poll ``condition`` until it is true; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        time.sleep(0.005)
+
+
+class Echo(pyserve.BaseRequestHandler):
+    """Echo every byte until the client hangs up."""
+
+    def handle(self) -> None:
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            self.request.sendall(data)
+
+
+def round_trip(address: Any, payload: bytes = b"ping\n") -> bytes:
+    """Connect, send ``payload``, return the first reply (at most 100 bytes)."""
+    with socket.create_connection(address, timeout=TIMEOUT) as client:
+        client.sendall(payload)
+        return client.recv(100)
 
 
 def pytest_configure(config: pytest.Config) -> None:

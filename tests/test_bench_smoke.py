@@ -27,6 +27,7 @@ sys.path.insert(0, BENCH)
 
 import inproc  # noqa: E402 - bench/ is a directory of scripts, put on the path above
 import report  # noqa: E402
+from conftest import Echo  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("make") is None or shutil.which(os.environ.get("CC", "cc")) is None,
@@ -38,15 +39,6 @@ pytestmark = pytest.mark.skipif(
 def loadgen() -> str:
     subprocess.run(["make", "-s", "-C", BENCH], check=True, timeout=120)
     return os.path.join(BENCH, "build", "loadgen")
-
-
-class Echo(pyserve.BaseRequestHandler):
-    def handle(self) -> None:
-        while True:
-            data = self.request.recv(65536)
-            if not data:
-                break
-            self.request.sendall(data)
 
 
 def test_loadgen_drives_a_pyserve_echo_server_without_errors(loadgen: str) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 import pyserve
 from pyserve.testing import serving
@@ -19,14 +20,6 @@ DEADLINE = 10.0
 
 def connect(server) -> socket.socket:
     return socket.create_connection(server.server_address, timeout=DEADLINE)
-
-
-def wait_until(condition, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.005)
 
 
 class Hold(pyserve.BaseRequestHandler):

@@ -6,23 +6,15 @@ import doctest
 import logging
 import socket
 import threading
-import time
 
 import pytest
+from conftest import wait_until
 
 import pyserve
 import pyserve.events
 from pyserve.testing import serving
 
 DEADLINE = 10.0
-
-
-def wait_until(condition, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.005)
 
 
 class Echo(pyserve.BaseRequestHandler):

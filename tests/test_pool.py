@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import Echo, round_trip, wait_until
 
 import pyserve
 from pyserve.testing import serving
@@ -15,33 +16,10 @@ from pyserve.testing import serving
 DEADLINE = 10.0
 
 
-class Echo(pyserve.BaseRequestHandler):
-    def handle(self) -> None:
-        while True:
-            data = self.request.recv(65536)
-            if not data:
-                return
-            self.request.sendall(data)
-
-
 class LineEcho(pyserve.StreamRequestHandler):
     def handle(self) -> None:
         for line in self.rfile:
             self.wfile.write(line)
-
-
-def wait_until(condition, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.005)
-
-
-def round_trip(address, payload: bytes = b"ping\n") -> bytes:
-    with socket.create_connection(address, timeout=DEADLINE) as client:
-        client.sendall(payload)
-        return client.recv(100)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "4"])

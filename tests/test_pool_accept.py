@@ -16,9 +16,9 @@ import select
 import socket
 import sys
 import threading
-import time
 
 import pytest
+from conftest import Echo, round_trip, wait_until
 
 import pyserve
 from pyserve import pool_accept
@@ -30,29 +30,6 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not hasattr(select, "epoll"),
     reason="workers accept only where epoll has EPOLLEXCLUSIVE (Linux)",
 )
-
-
-class Echo(pyserve.BaseRequestHandler):
-    def handle(self) -> None:
-        while True:
-            data = self.request.recv(65536)
-            if not data:
-                return
-            self.request.sendall(data)
-
-
-def wait_until(condition, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.005)
-
-
-def round_trip(address, payload: bytes = b"ping") -> bytes:
-    with socket.create_connection(address, timeout=DEADLINE) as client:
-        client.sendall(payload)
-        return client.recv(100)
 
 
 class Traced(pyserve.ThreadPoolTCPServer):
@@ -84,7 +61,7 @@ def test_a_worker_runs_the_whole_request_path_and_the_loop_leaves_the_listener()
     server = Traced(("127.0.0.1", 0), Echo, max_workers=4)
     with serving(server):
         assert "pool-workers-accept" in server._accept_holds  # the loop does not watch it
-        assert round_trip(server.server_address) == b"ping"
+        assert round_trip(server.server_address, b"ping") == b"ping"
         wait_until(lambda: server.stats.finished == 1)
     hooks = [hook for hook, _ in server.trace]
     assert hooks == ["get_request", "verify_request", "process_request", "finish_request"]
@@ -98,7 +75,7 @@ def test_without_workers_accept_the_loop_accepts_and_hands_over() -> None:
     server.workers_accept = False
     with serving(server):
         assert "pool-workers-accept" not in server._accept_holds
-        assert round_trip(server.server_address) == b"ping"
+        assert round_trip(server.server_address, b"ping") == b"ping"
         wait_until(lambda: server.stats.finished == 1)
     accepted_in = dict(server.trace)
     assert not accepted_in["get_request"].startswith("pyserve-pool-")
@@ -171,7 +148,7 @@ def test_after_shutdown_nobody_accepts_and_serving_again_resumes() -> None:
     try:
         thread = serve_in_thread(server)
         assert not os.get_blocking(fd)  # a lost race must not block a worker
-        assert round_trip(server.server_address) == b"ping"
+        assert round_trip(server.server_address, b"ping") == b"ping"
         server.shutdown()
         thread.join(DEADLINE)
         assert os.get_blocking(fd)  # restored
@@ -226,7 +203,7 @@ def test_accept_backoff_from_a_worker_pauses_and_recovers(caplog) -> None:
 
     server = Failing(("127.0.0.1", 0), Echo, max_workers=2)
     with caplog.at_level(logging.INFO, logger="pyserve"), serving(server):
-        assert round_trip(server.server_address) == b"ping"
+        assert round_trip(server.server_address, b"ping") == b"ping"
     assert failures == [0]
     messages = [r.getMessage() for r in caplog.records if r.name == "pyserve"]
     assert len([m for m in messages if "accept() failed" in m]) == 1
@@ -249,7 +226,7 @@ def test_unix_stream_pool_workers_accept(tmp_path) -> None:
 def test_drain_stops_workers_accepting() -> None:
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=3)
     with serving(server):
-        assert round_trip(server.server_address) == b"ping"
+        assert round_trip(server.server_address, b"ping") == b"ping"
         report = server.drain(1.0)
         assert report.stragglers == ()
         assert server._in_accept == {}
