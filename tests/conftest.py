@@ -80,6 +80,18 @@ class Echo(pyserve.BaseRequestHandler):
             self.request.sendall(data)
 
 
+def held_handler(release: threading.Event, reply: bytes = b"") -> type[pyserve.BaseRequestHandler]:
+    """A handler class that waits for ``release`` (at most TIMEOUT), then sends ``reply``."""
+
+    class Held(pyserve.BaseRequestHandler):
+        def handle(self) -> None:
+            release.wait(TIMEOUT)
+            if reply:
+                self.request.sendall(reply)
+
+    return Held
+
+
 def round_trip(address: Any, payload: bytes = b"ping\n") -> bytes:
     """Connect, send ``payload``, return the first reply (at most 100 bytes)."""
     with socket.create_connection(address, timeout=TIMEOUT) as client:

@@ -8,7 +8,7 @@ import socket
 import threading
 
 import pytest
-from conftest import wait_until
+from conftest import held_handler, wait_until
 
 import pyserve
 import pyserve.events
@@ -119,11 +119,8 @@ def test_drain_emits_drained_with_its_summary() -> None:
 def test_stats_count_active_queued_and_peak() -> None:
     release = threading.Event()
 
-    class Wait(pyserve.BaseRequestHandler):
-        def handle(self) -> None:
-            release.wait(DEADLINE)
-
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Wait, max_workers=2, queue_size=4)
+    held = held_handler(release)
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=2, queue_size=4)
     server.workers_accept = False  # the hand-off mode has a queue to count
     with serving(server):
         address = server.server_address

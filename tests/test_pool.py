@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import Echo, round_trip, wait_until
+from conftest import Echo, held_handler, round_trip, wait_until
 
 import pyserve
 from pyserve.testing import serving
@@ -93,12 +93,8 @@ def test_unix_stream_pool_serves(tmp_path) -> None:
 def test_full_pool_stops_accepting_and_resumes_when_a_worker_frees() -> None:
     release = threading.Event()
 
-    class Blocked(pyserve.BaseRequestHandler):
-        def handle(self) -> None:
-            release.wait(DEADLINE)
-            self.request.sendall(b"done")
-
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=1, queue_size=1)
+    held = held_handler(release, b"done")
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=1, queue_size=1)
     server.workers_accept = False  # the loop hands requests over, through a queue
     with serving(server):
         address = server.server_address

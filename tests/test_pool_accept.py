@@ -18,7 +18,7 @@ import sys
 import threading
 
 import pytest
-from conftest import Echo, round_trip, wait_until
+from conftest import Echo, held_handler, round_trip, wait_until
 
 import pyserve
 from pyserve import pool_accept
@@ -85,13 +85,9 @@ def test_without_workers_accept_the_loop_accepts_and_hands_over() -> None:
 def test_busy_workers_leave_new_connections_in_the_backlog() -> None:
     release = threading.Event()
 
-    class Blocked(pyserve.BaseRequestHandler):
-        def handle(self) -> None:
-            release.wait(DEADLINE)
-            self.request.sendall(b"done")
-
+    held = held_handler(release, b"done")
     baseline = threading.active_count()
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=1)
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=1)
     with serving(server):
         address = server.server_address
         clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(4)]
@@ -114,12 +110,8 @@ def test_busy_workers_leave_new_connections_in_the_backlog() -> None:
 def test_pool_grows_to_max_workers_on_demand() -> None:
     release = threading.Event()
 
-    class Blocked(pyserve.BaseRequestHandler):
-        def handle(self) -> None:
-            release.wait(DEADLINE)
-            self.request.sendall(b"done")
-
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=5)
+    held = held_handler(release, b"done")
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=5)
     with serving(server):
         address = server.server_address
         clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(8)]
@@ -169,11 +161,8 @@ def test_after_shutdown_nobody_accepts_and_serving_again_resumes() -> None:
 def test_limits_hold_exactly_when_workers_accept_at_once(attempt: int) -> None:
     release = threading.Event()
 
-    class Blocked(pyserve.BaseRequestHandler):
-        def handle(self) -> None:
-            release.wait(DEADLINE)
-
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Blocked, max_workers=8)
+    held = held_handler(release)
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=8)
     server.max_connections_per_client = 2
     with serving(server):
         clients = []
