@@ -104,6 +104,15 @@ __all__ += [
 ]
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
+# One I/O thread for many connections: callback handlers that never block.
+from pyserve.multiplex import ConnectionHandler, MultiplexingMixIn  # noqa: E402
+from pyserve.servers import MultiplexingTCPServer  # noqa: E402
+
+__all__ += ["ConnectionHandler", "MultiplexingMixIn", "MultiplexingTCPServer"]
+if hasattr(socket, "AF_UNIX"):
+    from pyserve.servers import MultiplexingUnixStreamServer
+
+    __all__ += ["MultiplexingUnixStreamServer"]
 # Network edges (issue 4): multicast, systemd activation, socket options.
 from pyserve import sockopts  # noqa: E402
 from pyserve.activation import ActivationError  # noqa: E402

@@ -84,13 +84,26 @@ SERVER_HOOKS = (
     "close_request",
     "handle_error",
 )
-HANDLER_HOOKS = ("setup", "handle", "finish")
+HANDLER_HOOKS = (
+    "setup",
+    "handle",
+    "finish",
+    # A multiplexing server's handler (pyserve.ConnectionHandler) is called instead.
+    "connection_made",
+    "data_received",
+    "eof_received",
+    "connection_lost",
+)
 
 # What a hook does, by (hook, providing class): what a learner needs to read.
 _NOTES = {
     ("process_request", "BaseServer"): "runs it here, synchronously",
     ("process_request", "ThreadingMixIn"): "starts a thread for it",
     ("process_request", "ForkingMixIn"): "forks a child for it",
+    ("process_request", "MultiplexingMixIn"): "hands it to the I/O thread",
+    ("connection_made", "ConnectionHandler"): "nothing to prepare",
+    ("eof_received", "ConnectionHandler"): "closes the connection",
+    ("connection_lost", "ConnectionHandler"): "the connection is closed",
     ("process_request_thread", "ThreadingMixIn"): "in the new thread",
     ("shutdown_request", "TCPServer"): "SHUT_WR, then close",
     ("shutdown_request", "UDPServer"): "nothing to shut down",
@@ -169,11 +182,11 @@ class Explainer:
     ) -> Callable[..., Any]:
         provider = _provider(handler_class, name)
         note = _NOTES.get((name, provider), "")
-        if name == "handle" and not note:
+        if name in ("handle", "connection_made", "data_received") and not note:
             note = "your code"
 
-        def hook(handler: Any) -> Any:
-            return self._call(name, provider, functools.partial(original, handler), note)
+        def hook(handler: Any, *args: Any) -> Any:
+            return self._call(name, provider, functools.partial(original, handler, *args), note)
 
         return hook
 

@@ -12,10 +12,17 @@ import os
 import socket
 
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
+from pyserve.multiplex import MultiplexingMixIn
 from pyserve.pool import ThreadPoolMixIn
 from pyserve.sockets import TCPServer, UDPServer
 
-__all__ = ["ThreadPoolTCPServer", "ThreadPoolUDPServer", "ThreadingTCPServer", "ThreadingUDPServer"]
+__all__ = [
+    "MultiplexingTCPServer",
+    "ThreadPoolTCPServer",
+    "ThreadPoolUDPServer",
+    "ThreadingTCPServer",
+    "ThreadingUDPServer",
+]
 
 
 class ThreadingTCPServer(ThreadingMixIn, TCPServer):
@@ -34,6 +41,10 @@ class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
     """A UDP server that runs datagrams on a bounded pool of reused threads."""
 
 
+class MultiplexingTCPServer(MultiplexingMixIn, TCPServer):
+    """A TCP server that serves every connection from one I/O thread."""
+
+
 if hasattr(os, "fork"):
     __all__ += ["ForkingTCPServer", "ForkingUDPServer"]
 
@@ -48,6 +59,7 @@ if hasattr(socket, "AF_UNIX"):
     from pyserve.sockets import UnixDatagramServer, UnixStreamServer
 
     __all__ += [
+        "MultiplexingUnixStreamServer",
         "ThreadPoolUnixDatagramServer",
         "ThreadPoolUnixStreamServer",
         "ThreadingUnixDatagramServer",
@@ -59,6 +71,9 @@ if hasattr(socket, "AF_UNIX"):
 
     class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
         """A Unix datagram server on a bounded pool of reused threads."""
+
+    class MultiplexingUnixStreamServer(MultiplexingMixIn, UnixStreamServer):
+        """A Unix stream server that serves every connection from one I/O thread."""
 
     class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
         """A Unix stream server that runs each connection in its own thread."""

@@ -1,0 +1,301 @@
+"""MultiplexingMixIn: many connections served by callbacks from one I/O thread."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import struct
+import threading
+import time
+from typing import Any, Callable, ClassVar, Optional
+
+import pytest
+from conftest import TIMEOUT, LogCatcher, wait_until
+
+import pyserve
+from pyserve.testing import read_until_eof
+
+Serve = Callable[..., Any]
+LOCAL = ("127.0.0.1", 0)
+
+
+class Recorder(pyserve.ConnectionHandler[Any]):
+    """Echo, and note every callback with the thread it ran in."""
+
+    calls: ClassVar[list[tuple[str, int]]] = []
+
+    def note(self, what: str) -> None:
+        self.calls.append((what, threading.get_ident()))
+
+    def connection_made(self) -> None:
+        self.note("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.note("data")
+        self.write(data)
+
+    def eof_received(self) -> None:
+        self.note("eof")
+        super().eof_received()
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.note(f"lost:{exc!r}")
+
+
+def connect(server: Any) -> socket.socket:
+    return socket.create_connection(server.server_address[:2], timeout=TIMEOUT)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def test_callbacks_run_in_order_in_one_io_thread(serve: Serve) -> None:
+    calls: list[tuple[str, int]] = []
+    handler = type("R", (Recorder,), {"calls": calls})
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, handler))
+    clients = [connect(server) for _ in range(20)]
+    for number, client in enumerate(clients):
+        client.sendall(b"hello %d" % number)
+    for number, client in enumerate(clients):
+        assert recv_exactly(client, len(b"hello %d" % number)) == b"hello %d" % number
+    for client in clients:
+        client.shutdown(socket.SHUT_WR)
+        assert read_until_eof(client) == b""  # the server closed after our EOF
+        client.close()
+    wait_until(lambda: server.stats.finished == 20)
+    assert len({ident for _, ident in calls}) == 1  # one I/O thread served all twenty
+    assert calls[0][1] != threading.get_ident()
+    kinds = [what for what, _ in calls]
+    assert kinds.count("made") == kinds.count("eof") == kinds.count("lost:None") == 20
+    assert server.stats.active == 0
+    assert server.stats.errored == 0
+
+
+def send_at_most(sock: socket.socket, size: int) -> None:
+    chunk = b"x" * 65536
+    for _ in range(size // len(chunk)):
+        sock.sendall(chunk)
+
+
+def test_a_peer_that_never_reads_is_paused_and_others_are_served(serve: Serve) -> None:
+    reply = b"r" * 65536
+    buffered: list[int] = []
+
+    class Flood(pyserve.ConnectionHandler[Any]):
+        max_write_buffer = 256 * 1024
+
+        def data_received(self, data: bytes) -> None:
+            self.write(reply)  # 64 KiB for every chunk received
+            buffered.append(self._output_size)
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Flood))
+    with connect(server) as greedy, connect(server) as polite:
+        greedy.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # the server stops reading it: sends block
+            send_at_most(greedy, 64 * 1024 * 1024)
+        # Memory stayed bounded: at most the limit plus what one callback wrote.
+        assert max(buffered) <= Flood.max_write_buffer + len(reply)
+        polite.sendall(b"y")
+        assert recv_exactly(polite, len(reply)) == reply
+
+
+def test_callback_error_closes_only_that_connection(serve: Serve, pyserve_log: LogCatcher) -> None:
+    class Picky(pyserve.ConnectionHandler[Any]):
+        def data_received(self, data: bytes) -> None:
+            if data.startswith(b"bad"):
+                raise pyserve.ProtocolError(f"refused {data!r}")
+            if data.startswith(b"bug"):
+                raise ZeroDivisionError("a bug")
+            self.write(data)
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Picky))
+    with connect(server) as good, connect(server) as bad, connect(server) as buggy:
+        bad.sendall(b"bad input")
+        assert read_until_eof(bad) == b""
+        buggy.sendall(b"bug")
+        assert read_until_eof(buggy) == b""
+        good.sendall(b"fine")
+        assert recv_exactly(good, 4) == b"fine"
+    wait_until(lambda: server.stats.finished + server.stats.errored == 3)
+    assert server.stats.errored == 2
+    warnings = [r for r in pyserve_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "refused b'bad input'" in warnings[0].getMessage()
+    errors = [r for r in pyserve_log.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+
+
+def test_a_reset_connection_is_logged_quietly(serve: Serve, pyserve_log: LogCatcher) -> None:
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Recorder))
+    with connect(server) as bystander:
+        victim = connect(server)
+        victim.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        victim.sendall(b"x")
+        assert recv_exactly(victim, 1) == b"x"
+        victim.close()  # RST
+        wait_until(lambda: server.stats.active == 1)
+        bystander.sendall(b"still here")
+        assert recv_exactly(bystander, 10) == b"still here"
+    assert not [r for r in pyserve_log.records if r.levelno >= logging.WARNING]
+
+
+def test_idle_connection_times_out_while_a_busy_one_is_served(serve: Serve) -> None:
+    class Idle(Recorder):
+        calls: ClassVar[list[tuple[str, int]]] = []
+        idle_timeout = 0.3
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Idle))
+    with connect(server) as silent, connect(server) as busy:
+        started = time.monotonic()
+        while time.monotonic() - started < 0.6:  # keeps talking past the silent one's limit
+            before = time.monotonic()
+            busy.sendall(b"ping")
+            assert recv_exactly(busy, 4) == b"ping"
+            assert time.monotonic() - before < 0.1
+        assert read_until_eof(silent) == b""
+        assert time.monotonic() - started < 0.3 + 1.0
+    wait_until(lambda: server.stats.timed_out == 1)
+    assert any(what.startswith("lost:RequestTimedOut") for what, _ in Idle.calls)
+
+
+def test_drain_forces_keep_alive_connections_and_counts_them(serve: Serve) -> None:
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Recorder))
+    clients = [connect(server) for _ in range(10)]
+    for client in clients:
+        client.sendall(b"hi")
+        assert recv_exactly(client, 2) == b"hi"
+    report = server.drain(0.2, force_timeout=5.0)
+    assert report.forced == 10
+    assert report.stragglers == ()
+    for client in clients:
+        assert read_until_eof(client) == b""
+        client.close()
+    assert server.stats.active == 0
+    assert server.stats.drained == 10
+
+
+def test_server_close_is_bounded_with_clients_still_connected() -> None:
+    class Quick(pyserve.MultiplexingTCPServer):
+        close_timeout = 0.2
+
+    server = Quick(LOCAL, Recorder)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    client = connect(server)
+    try:
+        client.sendall(b"x")
+        assert recv_exactly(client, 1) == b"x"
+        server.shutdown()
+        thread.join(TIMEOUT)
+        started = time.monotonic()
+        server.server_close()
+        assert time.monotonic() - started < 0.2 + 2.0
+        assert read_until_eof(client) == b""
+    finally:
+        client.close()
+    assert not [t for t in threading.enumerate() if t.name == "pyserve-io"]
+
+
+def test_connection_limit_applies(serve: Serve) -> None:
+    class Limited(pyserve.MultiplexingTCPServer):
+        max_connections = 2
+
+    server = serve(Limited(LOCAL, Recorder))
+    with connect(server) as one, connect(server) as two:
+        for client in one, two:
+            client.sendall(b"a")
+            assert recv_exactly(client, 1) == b"a"
+        with connect(server) as three:
+            assert read_until_eof(three) == b""
+    assert server.stats.rejected == 1
+
+
+def test_call_soon_runs_in_the_io_thread(serve: Serve) -> None:
+    handlers: list[pyserve.ConnectionHandler[Any]] = []
+
+    class Remember(Recorder):
+        def connection_made(self) -> None:
+            handlers.append(self)
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Remember))
+    with connect(server) as client:
+        wait_until(lambda: handlers)
+        server.call_soon(lambda: handlers[0].write(b"pushed"))
+        assert recv_exactly(client, 6) == b"pushed"
+
+
+def test_close_sends_buffered_output_first(serve: Serve) -> None:
+    payload = b"z" * (4 * 1024 * 1024)
+
+    class SayAndGo(pyserve.ConnectionHandler[Any]):
+        def connection_made(self) -> None:
+            self.write(payload)
+            self.close()
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, SayAndGo))
+    with connect(server) as client:
+        assert read_until_eof(client) == payload
+
+
+def test_a_blocking_handler_class_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"ConnectionHandler subclass.*BaseRequestHandler"):
+        pyserve.MultiplexingTCPServer(LOCAL, pyserve.BaseRequestHandler)
+
+
+def test_a_datagram_server_is_refused() -> None:
+    class MuxUDP(pyserve.MultiplexingMixIn, pyserve.UDPServer):
+        pass
+
+    with MuxUDP(LOCAL, Recorder) as server, pytest.raises(TypeError, match="stream sockets"):
+        server.process_request((b"x", server.socket), ("127.0.0.1", 1))
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_unix_stream_server(serve: Serve, tmp_path: Any) -> None:
+    path = str(tmp_path / "mux.sock")
+    serve(pyserve.MultiplexingUnixStreamServer(path, Recorder))
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(TIMEOUT)
+        client.connect(path)
+        client.sendall(b"over unix")
+        assert recv_exactly(client, 9) == b"over unix"
+
+
+def test_explain_mode_shows_the_callbacks_in_the_io_thread(serve: Serve) -> None:
+    lines = io.StringIO()
+
+    class Explained(pyserve.MultiplexingTCPServer):
+        explain = lines
+
+    class Echo(pyserve.ConnectionHandler[Any]):
+        def data_received(self, data: bytes) -> None:
+            self.write(data)
+
+    server = serve(Explained(LOCAL, Echo))
+    with connect(server) as client:
+        client.sendall(b"hi")
+        assert recv_exactly(client, 2) == b"hi"
+        client.shutdown(socket.SHUT_WR)
+        assert read_until_eof(client) == b""
+    wait_until(lambda: "connection_lost" in lines.getvalue())
+    hooks = [line.split("|", 1)[1].split()[0] for line in lines.getvalue().splitlines()]
+    assert hooks == [
+        "get_request",
+        "verify_request",
+        "process_request",
+        "connection_made",
+        "data_received",
+        "eof_received",
+        "shutdown_request",
+        "close_request",
+        "connection_lost",
+    ]
+    assert "pyserve-io" in lines.getvalue().splitlines()[3]
