@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from handlers.resp import RespHandler, RespServer, server_state
+from handlers.resp import RespConnection, RespHandler, RespServer, server_state
 from handlers.resp_encoding import encode_command
 from pyserve import ThreadingTCPServer
 from pyserve.testing import read_until_eof
@@ -36,25 +36,38 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def test_pipelined_commands_are_answered_in_order(serve: Serve) -> None:
-    server = serve(RespServer(("127.0.0.1", 0)))
+def threaded(address: Any, handler: Any = RespHandler) -> ThreadingTCPServer:
+    return ThreadingTCPServer(address, handler)
+
+
+# Both forms of the server: multiplexed (RespServer) and a thread per connection.
+both_forms = pytest.mark.parametrize(
+    "make", [RespServer, threaded], ids=["multiplexed", "threaded"]
+)
+
+
+@both_forms
+def test_pipelined_commands_are_answered_in_order(serve: Serve, make: Any) -> None:
+    server = serve(make(("127.0.0.1", 0)))
     with connect(server) as client:
         client.sendall(b"".join(encode_command(b"INCR", b"n") for _ in range(500)))
         expected = b"".join(b":%d\r\n" % i for i in range(1, 501))
         assert recv_exactly(client, len(expected)) == expected
 
 
-def test_inline_commands_work_over_a_plain_socket(serve: Serve) -> None:
-    server = serve(RespServer(("127.0.0.1", 0)))
+@both_forms
+def test_inline_commands_work_over_a_plain_socket(serve: Serve, make: Any) -> None:
+    server = serve(make(("127.0.0.1", 0)))
     with connect(server) as client:
         client.sendall(b'SET greeting "hello world"\r\nGET greeting\r\nQUIT\r\n')
         assert read_until_eof(client) == b"+OK\r\n$11\r\nhello world\r\n+OK\r\n"
 
 
+@both_forms
 def test_protocol_error_is_answered_logged_once_and_closes(
-    serve: Serve, caplog: pytest.LogCaptureFixture
+    serve: Serve, caplog: pytest.LogCaptureFixture, make: Any
 ) -> None:
-    server = serve(RespServer(("127.0.0.1", 0)))
+    server = serve(make(("127.0.0.1", 0)))
     with connect(server) as bystander, connect(server) as client:
         bystander.sendall(b"PING\r\n")
         assert recv_exactly(bystander, 7) == b"+PONG\r\n"
@@ -70,14 +83,37 @@ def test_protocol_error_is_answered_logged_once_and_closes(
     assert "invalid bulk length" in reasons[0].getMessage()
 
 
-def test_oversized_bulk_closes_the_connection(serve: Serve) -> None:
-    class Small(RespHandler):
-        max_bulk_length = 1024
+class SmallConnection(RespConnection):
+    max_bulk_length = 1024
 
-    server = serve(RespServer(("127.0.0.1", 0), Small))
+
+class SmallHandler(RespHandler):
+    max_bulk_length = 1024
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda a: RespServer(a, SmallConnection), lambda a: threaded(a, SmallHandler)],
+    ids=["multiplexed", "threaded"],
+)
+def test_oversized_bulk_closes_the_connection(serve: Serve, make: Any) -> None:
+    server = serve(make(("127.0.0.1", 0)))
     with connect(server) as client:
         client.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n")
         assert read_until_eof(client).startswith(b"-ERR Protocol error: invalid bulk length 2000")
+
+
+def test_resp_server_refuses_a_blocking_handler_class() -> None:
+    with pytest.raises(TypeError, match=r"ConnectionHandler subclass.*RespHandler"):
+        RespServer(("127.0.0.1", 0), RespHandler)
+
+
+def test_quit_after_pipelined_commands_answers_them_all_then_closes(serve: Serve) -> None:
+    server = serve(RespServer(("127.0.0.1", 0)))
+    with connect(server) as client:
+        client.sendall(encode_command(b"SET", b"k", b"v") + b"GET k\r\nQUIT\r\nPING\r\n")
+        assert read_until_eof(client) == b"+OK\r\n$1\r\nv\r\n+OK\r\n"
+    assert server.stats.finished == 1
 
 
 def test_plain_threading_server_gets_a_store_from_the_handler(serve: Serve) -> None:
@@ -89,8 +125,9 @@ def test_plain_threading_server_gets_a_store_from_the_handler(serve: Serve) -> N
     assert not hasattr(server, "resp_state")  # the server object was not modified
 
 
-def test_redis_py_client_works(serve: Serve) -> None:
-    server = serve(RespServer(("127.0.0.1", 0)))
+@both_forms
+def test_redis_py_client_works(serve: Serve, make: Any) -> None:
+    server = serve(make(("127.0.0.1", 0)))
     host, port = server.server_address[:2]
     client = redis.Redis(host=host, port=port, socket_timeout=10, protocol=2)
     try:

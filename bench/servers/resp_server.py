@@ -1,10 +1,11 @@
 """pyserve's RESP key-value store (handlers.resp) on a pyserve server.
 
-The handler class is found by its contract rather than its name: the one public
-class of ``handlers.resp`` that is a ``pyserve.BaseRequestHandler`` subclass
-(or ``--handler NAME``).  A server class exported by the module is used when
-there is one, else ``pyserve.ThreadingTCPServer``.  Exits with status 3 and a
-message when handlers.resp is absent, which run.py reports as "n/a".
+A server class exported by the module is used when there is one, with its own
+default handler; else ``pyserve.ThreadingTCPServer`` with the one public class of
+``handlers.resp`` that is a ``pyserve.BaseRequestHandler`` subclass.
+``--handler NAME`` and ``--server-class NAME`` (of pyserve) choose explicitly.
+Exits with status 3 and a message when handlers.resp is absent, which run.py
+reports as "n/a".
 """
 
 from __future__ import annotations
@@ -44,21 +45,25 @@ def main() -> None:
         print(f"n/a: handlers.resp is not available ({exc})", file=sys.stderr)
         sys.exit(3)
     handlers, servers = find_classes(module, pyserve.BaseServer, pyserve.BaseRequestHandler)
+    own_server = len(servers) == 1 and not args.server_class
+    handler = None
     if args.handler:
         handler = getattr(module, args.handler)
-    elif len(handlers) == 1:
+    elif not own_server:
+        if len(handlers) != 1:
+            names = [h.__name__ for h in handlers]
+            print(f"n/a: cannot tell the RESP handler among {names}; use --handler",
+                  file=sys.stderr)
+            sys.exit(3)
         handler = handlers[0]
-    else:
-        names = [h.__name__ for h in handlers]
-        print(f"n/a: cannot tell the RESP handler among {names}; use --handler", file=sys.stderr)
-        sys.exit(3)
     if args.server_class:
         base = getattr(pyserve, args.server_class)
     else:
-        base = servers[0] if len(servers) == 1 else pyserve.ThreadingTCPServer
+        base = servers[0] if own_server else pyserve.ThreadingTCPServer
     attrs = {} if args.backlog is None else {"request_queue_size": args.backlog}
     server_class = type("BenchRespServer", (base,), attrs)
-    with server_class(("127.0.0.1", args.port), handler) as server:
+    extra = () if handler is None else (handler,)
+    with server_class(("127.0.0.1", args.port), *extra) as server:
         server.serve_forever()
 
 
