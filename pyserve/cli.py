@@ -4,7 +4,7 @@
 127.0.0.1:9999 and prints where, so a newcomer sees a server answer within a
 minute (then ``nc 127.0.0.1 9999``). The general form::
 
-    pyserve [TARGET] [--bind ADDRESS]... [--concurrency sync|thread|pool|fork]
+    pyserve [TARGET] [--bind ADDRESS]... [--concurrency sync|thread|pool|fork|multiplex]
             [--max-workers N] [--processes N] [--drain-timeout S]
             [--tls-cert PEM [--tls-key PEM]]
             [--proxy-protocol v1|v2|auto --trusted-proxy NETWORK...]
@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency",
         choices=cli_build.CONCURRENCY,
-        default="thread",
-        help="where a request runs: the loop's thread, a new thread, a child process "
-        "(default: %(default)s)",
+        default=None,
+        help="where a request runs: the loop's thread, a new thread, a pool thread, a "
+        "child process, or one I/O thread for every connection (default: multiplex for "
+        "a pyserve.ConnectionHandler, else thread)",
     )
     parser.add_argument(
         "--max-workers",
@@ -280,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open(
-    target: Target, bind: Bind, concurrency: str, features: list[Features]
+    target: Target, bind: Bind, concurrency: Optional[str], features: list[Features]
 ) -> tuple[Any, Bind]:
     try:
         return cli_build.build_server(target, bind, concurrency, features)
@@ -306,12 +307,14 @@ def run_prefork(
     if not hasattr(os, "fork"):
         raise CliError("--processes: this platform cannot fork", EXIT_USAGE)
     bind = binds[0]
-    server_class = cli_build.server_class(bind, args.concurrency, features)
+    handler = target.handler_for(bind)
+    strategy = cli_build.strategy_for(args.concurrency, handler)
+    server_class = cli_build.server_class(bind, strategy, features)
     try:
         supervisor = Prefork(
             server_class,
             bind.address,
-            target.handler_for(bind),
+            handler,
             workers=args.processes,
             drain_timeout=args.drain_timeout,
         )

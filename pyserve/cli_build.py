@@ -14,7 +14,9 @@ exactly as one would by hand (``class Server(Feature..., Strategy, Transport)``)
 * the *transport* comes from the bind: ``TCPServer``, ``UDPServer``,
   ``UnixStreamServer`` or ``UnixDatagramServer``;
 * the *strategy* from ``--concurrency``: none (``sync``), ``ThreadingMixIn``
-  (``thread``), ``ForkingMixIn`` (``fork``);
+  (``thread``), ``ThreadPoolMixIn`` (``pool``), ``ForkingMixIn`` (``fork``),
+  ``MultiplexingMixIn`` (``multiplex``); without the option, ``multiplex`` for a
+  :class:`~pyserve.multiplex.ConnectionHandler` and ``thread`` for the rest;
 * each *feature* option is one small function below that returns the mix-ins
   and class attributes it needs (``explain`` for ``--trace``, the access log).
   Class attributes, not constructor arguments, so the same class also works
@@ -38,6 +40,7 @@ from pyserve import activation
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
 from pyserve.errors import ProtocolError
+from pyserve.multiplex import ConnectionHandler, MultiplexingMixIn
 from pyserve.pool import ThreadPoolMixIn
 from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
 from pyserve.proxy_parser import ProxyHeader
@@ -56,6 +59,7 @@ __all__ = [
     "parse_bind",
     "resolve_target",
     "server_class",
+    "strategy_for",
 ]
 
 #: Exit code for a bad command line (argparse's own choice, kept for ours).
@@ -67,7 +71,7 @@ EXIT_TLS = 6
 #: Exit code for a socket that cannot be opened or adopted for another reason.
 EXIT_SOCKET = 7
 
-CONCURRENCY = ("sync", "thread", "pool", "fork")
+CONCURRENCY = ("sync", "thread", "pool", "fork", "multiplex")
 
 
 class CliError(Exception):
@@ -224,8 +228,34 @@ def transport_class(bind: Bind) -> type:
     return UDPServer if bind.transport == "udp" else TCPServer
 
 
+def strategy_for(concurrency: Optional[str], handler: Any) -> str:
+    """``--concurrency`` checked against the handler, or the handler's default.
+
+    A :class:`~pyserve.multiplex.ConnectionHandler` is called by one I/O thread and
+    runs only multiplexed; every other handler blocks and runs anywhere else.
+    """
+    callbacks = isinstance(handler, type) and issubclass(handler, ConnectionHandler)
+    if concurrency is None:
+        return "multiplex" if callbacks else "thread"
+    if callbacks and concurrency != "multiplex":
+        raise CliError(
+            f"{handler.__name__} is a ConnectionHandler: it runs with --concurrency "
+            f"multiplex, not {concurrency}",
+            EXIT_USAGE,
+        )
+    if concurrency == "multiplex" and not callbacks:
+        name = getattr(handler, "__name__", repr(handler))
+        raise CliError(
+            f"--concurrency multiplex needs a pyserve.ConnectionHandler; {name} is not one",
+            EXIT_USAGE,
+        )
+    return concurrency
+
+
 def strategy_mixins(concurrency: str) -> tuple[type, ...]:
     """``--concurrency``: the mix-in that decides where a request runs."""
+    if concurrency == "multiplex":
+        return (MultiplexingMixIn,)
     if concurrency == "thread":
         return (ThreadingMixIn,)
     if concurrency == "pool":
@@ -354,6 +384,15 @@ def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type
         attributes.update(feature_attributes)
     if bind.datagram and any(issubclass(mixin, stream_only) for mixin in mixins):
         raise CliError(f"--bind {bind.text}: TLS and PROXY need a stream socket", EXIT_USAGE)
+    if concurrency == "multiplex":
+        if bind.datagram:
+            raise CliError(f"--bind {bind.text}: multiplex serves stream sockets", EXIT_USAGE)
+        if any(issubclass(mixin, (AccessLogMixIn, *stream_only)) for mixin in mixins):
+            raise CliError(
+                "--access-log, TLS and the PROXY protocol run in a request's own thread: "
+                "not with --concurrency multiplex",
+                EXIT_USAGE,
+            )
     if concurrency == "thread":
         # Request threads are joined by server_close() (block_on_close); a forced
         # stop ends the process instead of waiting for them.
@@ -364,7 +403,7 @@ def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type
 
 
 def build_server(
-    target: Target, bind: Bind, concurrency: str, features: list[Features]
+    target: Target, bind: Bind, concurrency: Optional[str], features: list[Features]
 ) -> tuple[Union[BaseServer, Any], Bind]:
     """A listening server for ``bind``, and the bind as it turned out (an adopted
     socket's own transport). ``OSError`` if the socket fails."""
@@ -380,11 +419,12 @@ def build_server(
             )
         return server, bind
     handler = target.handler_for(bind)
-    return server_class(bind, concurrency, features)(bind.address, handler), bind
+    strategy = strategy_for(concurrency, handler)
+    return server_class(bind, strategy, features)(bind.address, handler), bind
 
 
 def adopt(
-    target: Target, bind: Bind, concurrency: str, features: list[Features]
+    target: Target, bind: Bind, concurrency: Optional[str], features: list[Features]
 ) -> tuple[BaseServer, Bind]:
     """``fd://N`` and ``systemd``: serve a socket someone else opened
     (:mod:`pyserve.activation`)."""
@@ -400,8 +440,9 @@ def adopt(
         datagram = sock.type == socket.SOCK_DGRAM
         transport = ("unixgram" if datagram else "unix") if unix else ("udp" if datagram else "tcp")
         actual = Bind(bind.text, transport, sock.getsockname())
-        cls: Any = server_class(actual, concurrency, features)
-        server: BaseServer = cls.from_socket(sock, target.handler_for(actual))
+        handler = target.handler_for(actual)
+        cls: Any = server_class(actual, strategy_for(concurrency, handler), features)
+        server: BaseServer = cls.from_socket(sock, handler)
     except ValueError as exc:
         sock.close()
         raise CliError(f"--bind {bind.text}: {exc}", EXIT_SOCKET) from None

@@ -285,6 +285,45 @@ def test_module_attr_handler_class_is_served(run: Any, tmp_path: Path) -> None:
     assert command.stop() == cli.EXIT_OK
 
 
+SHOUT_CALLBACKS = (
+    "import pyserve\n"
+    "class Shout(pyserve.ConnectionHandler):\n"
+    "    def data_received(self, data):\n"
+    "        self.write(data.upper())\n"
+)
+
+
+def test_connection_handler_is_multiplexed_by_default(run: Any, tmp_path: Path) -> None:
+    (tmp_path / "shout.py").write_text(SHOUT_CALLBACKS)
+    command = run("shout:Shout", "--bind", "127.0.0.1:0", "--trace", cwd=tmp_path)
+    [address] = command.addresses()
+    assert tcp_echo(address, b"quiet\n") == b"QUIET\n"
+    assert command.stop() == cli.EXIT_OK
+    assert "process_request [MultiplexingMixIn]" in command.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "concurrency", "complaint"),
+    [
+        (
+            "shout:Shout",
+            "thread",
+            "Shout is a ConnectionHandler: it runs with --concurrency multiplex, not thread",
+        ),
+        ("echo", "multiplex", "--concurrency multiplex needs a pyserve.ConnectionHandler"),
+    ],
+)
+def test_concurrency_must_suit_the_handler(
+    tmp_path: Path, target: str, concurrency: str, complaint: str
+) -> None:
+    (tmp_path / "shout.py").write_text(SHOUT_CALLBACKS)
+    code, _, err = run_to_end(
+        target, "--bind", "127.0.0.1:0", "--concurrency", concurrency, cwd=tmp_path
+    )
+    assert code == cli.EXIT_USAGE
+    assert complaint in err
+
+
 def test_module_attr_factory_returns_the_server(run: Any, tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(
         "import pyserve\n"
@@ -447,8 +486,14 @@ def test_proxy_protocol_gives_the_handler_the_real_client(run: Any, tmp_path: Pa
         "        self.request.sendall(repr(tuple(self.client_address)).encode())\n"
     )
     command = run(
-        "who:Who", "--bind", "127.0.0.1:0",
-        "--proxy-protocol", "v1", "--trusted-proxy", "127.0.0.1", cwd=tmp_path,
+        "who:Who",
+        "--bind",
+        "127.0.0.1:0",
+        "--proxy-protocol",
+        "v1",
+        "--trusted-proxy",
+        "127.0.0.1",
+        cwd=tmp_path,
     )
     [address] = command.addresses()
     header = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\n"
@@ -558,9 +603,7 @@ def test_debug_log_level_shows_the_traceback() -> None:
 def test_parse_bind_round_trips(text: str, transport: str, address: Any) -> None:
     bind = cli_build.parse_bind(text)
     assert (bind.transport, bind.address) == (transport, address)
-    assert cli_build.parse_bind(
-        cli_build.format_address(transport, address)
-    ).address == address
+    assert cli_build.parse_bind(cli_build.format_address(transport, address)).address == address
 
 
 @pytest.mark.parametrize(
