@@ -15,7 +15,7 @@ This module is the thin part that touches the network, in two forms that share
 everything else:
 
 * :class:`RespServer` serves every connection from one I/O thread
-  (:class:`pyserve.MultiplexingTCPServer`) with :class:`RespConnection`: each time
+  (:class:`~pyserve.servers.MultiplexingTCPServer`) with :class:`RespConnection`: each time
   bytes arrive, feed them to the parser, take *every* complete command (a
   pipelining client sends many per packet), run them as one batch and send all
   the replies with one ``send()``. One system call per batch, not per command, and
