@@ -103,6 +103,7 @@ class ConnectionHandler(Generic[ServerT_co]):
         self._output_size = 0
         self._closing = False
         self._closed = False
+        self._eof = False  # the peer finished sending: never read again
         self._events = 0  # what the selector watches for this connection
         self._idle: Optional[float] = None  # idle_timeout, read once when it opens
         self._last_read = 0.0
@@ -196,6 +197,17 @@ class _IOLoop:
     # -- in the I/O thread -----------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self.serve()
+        finally:  # stopped, or a BaseException escaped a callback: close everything
+            self.stopping = True
+            for handler in list(self.connections.values()):
+                self.finish(handler, None)
+            self.selector.close()
+            self.receiver.close()
+            self.sender.close()
+
+    def serve(self) -> None:
         select = self.selector.select
         while not self.stopping:
             timeout = None
@@ -218,11 +230,6 @@ class _IOLoop:
                     self.finish(handler, exc)
             if self.next_expiry <= time.monotonic():
                 self.expire_idle()
-        for handler in list(self.connections.values()):
-            self.finish(handler, None)
-        self.selector.close()
-        self.receiver.close()
-        self.sender.close()
 
     def take_incoming(self) -> None:
         try:
@@ -288,9 +295,9 @@ class _IOLoop:
                 handler._last_read = time.monotonic()
             self.call(handler, handler.data_received, data)
             return
+        handler._eof = True  # EOF stays readable: stop watching for it
         self.call(handler, handler.eof_received)
-        if not handler._closed and not handler._closing:
-            self.want(handler, reading=False)  # EOF stays readable: stop watching it
+        self.want(handler)
 
     def flush(self, handler: ConnectionHandler[Any]) -> None:
         output = handler._output
@@ -313,12 +320,16 @@ class _IOLoop:
         else:
             self.want(handler)
 
-    def want(self, handler: ConnectionHandler[Any], reading: bool = True) -> None:
+    def want(self, handler: ConnectionHandler[Any]) -> None:
         """Watch what ``handler`` needs now: output to send, room to read."""
         if handler._closed:
             return
         events = _WRITE if handler._output else 0
-        if reading and not handler._closing and handler._output_size <= handler.max_write_buffer:
+        if (
+            not handler._closing
+            and not handler._eof
+            and handler._output_size <= handler.max_write_buffer
+        ):
             events |= _READ
         if events != handler._events:
             handler._events = events
@@ -402,10 +413,13 @@ class MultiplexingMixIn(_Base):
                 f"(called on readiness, never blocking), not {handler_class.__qualname__}"
             )
         self._io: Optional[_IOLoop] = None
+        self._io_closed = False
         self._io_lock = threading.Lock()
 
     def _io_loop(self) -> _IOLoop:
         with self._io_lock:
+            if self._io_closed:
+                raise RuntimeError(f"{type(self).__name__} is closed: no I/O thread runs")
             if self._io is None:
                 socket_type = getattr(getattr(self, "socket", None), "type", None)
                 if socket_type is not None and socket_type != socket.SOCK_STREAM:
@@ -430,6 +444,8 @@ class MultiplexingMixIn(_Base):
         super().server_close()
         io_loop = self._io
         if io_loop is None:
+            with self._io_lock:
+                self._io_closed = True
             return
         if self.block_on_close and self.close_timeout is not None:
             self._settle(self.close_timeout, None, "server_close")
@@ -437,6 +453,7 @@ class MultiplexingMixIn(_Base):
             self._registry.wait_empty(None)
         with self._io_lock:
             self._io = None
+            self._io_closed = True
         io_loop.stopping = True  # what is still open is closed as the thread ends
         io_loop.call_soon(_nothing)
         io_loop.thread.join()

@@ -299,3 +299,36 @@ def test_explain_mode_shows_the_callbacks_in_the_io_thread(serve: Serve) -> None
         "connection_lost",
     ]
     assert "pyserve-io" in lines.getvalue().splitlines()[3]
+
+
+def test_half_close_answers_after_eof_once(serve: Serve) -> None:
+    eofs: list[int] = []
+
+    class Collect(pyserve.ConnectionHandler[Any]):
+        """Reads everything the peer sends, answers once it has finished."""
+
+        def connection_made(self) -> None:
+            self.received = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.received += data
+
+        def eof_received(self) -> None:
+            eofs.append(1)
+            self.write(b"%d bytes" % len(self.received) + b" " * 300_000)
+            self.close()
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Collect))
+    with connect(server) as client:
+        client.sendall(b"a" * 100_000)
+        client.shutdown(socket.SHUT_WR)
+        assert read_until_eof(client).startswith(b"100000 bytes ")
+    wait_until(lambda: server.stats.finished == 1)
+    assert eofs == [1]
+
+
+def test_call_soon_after_close_is_refused() -> None:
+    server = pyserve.MultiplexingTCPServer(LOCAL, Recorder)
+    server.server_close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        server.call_soon(lambda: None)
