@@ -92,6 +92,16 @@ def held_handler(release: threading.Event, reply: bytes = b"") -> type[pyserve.B
     return Held
 
 
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes from ``sock``; fail if the peer closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"connection closed after {len(data)} of {size} bytes: {data[:80]!r}"
+        data += chunk
+    return data
+
+
 def round_trip(address: Any, payload: bytes = b"ping\n") -> bytes:
     """Connect, send ``payload``, return the first reply (at most 100 bytes)."""
     with socket.create_connection(address, timeout=TIMEOUT) as client:

@@ -9,6 +9,7 @@ import subprocess
 from typing import Any, Callable
 
 import pytest
+from conftest import recv_exactly
 
 from handlers.resp import RespConnection, RespHandler, RespServer, server_state
 from handlers.resp_encoding import encode_command
@@ -25,15 +26,6 @@ Serve = Callable[..., Any]
 
 def connect(server: Any) -> socket.socket:
     return socket.create_connection(server.server_address[:2], timeout=10)
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"connection closed after {data!r}"
-        data += chunk
-    return data
 
 
 def threaded(address: Any, handler: Any = RespHandler) -> ThreadingTCPServer:

@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, ClassVar, Optional
 
 import pytest
-from conftest import TIMEOUT, LogCatcher, wait_until
+from conftest import TIMEOUT, LogCatcher, recv_exactly, wait_until
 
 import pyserve
 from pyserve.testing import read_until_eof
@@ -45,15 +45,6 @@ class Recorder(pyserve.ConnectionHandler[Any]):
 
 def connect(server: Any) -> socket.socket:
     return socket.create_connection(server.server_address[:2], timeout=TIMEOUT)
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"closed after {len(data)} of {size} bytes"
-        data += chunk
-    return data
 
 
 def test_callbacks_run_in_order_in_one_io_thread(serve: Serve) -> None:
