@@ -89,13 +89,17 @@ def test_in_flight_records_are_read_only() -> None:
 # -- drain -----------------------------------------------------------------------
 
 
+_handled_lock = threading.Lock()  # `+=` from fifty threads loses counts (PyPy CI saw it)
+
+
 class Replies(pyserve.StreamRequestHandler):
     """Request/response loop that stops after the current reply once draining."""
 
     def handle(self) -> None:
         for line in self.rfile:
             self.wfile.write(line)
-            self.server.handled += 1  # type: ignore[attr-defined]
+            with _handled_lock:
+                self.server.handled += 1  # type: ignore[attr-defined]
             if self.server.draining.is_set():
                 return
 
