@@ -105,7 +105,8 @@ __all__ += [
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
 # One I/O thread for many connections: callback handlers that never block.
-from pyserve.multiplex import ConnectionHandler, MultiplexingMixIn  # noqa: E402
+from pyserve.connection import ConnectionHandler  # noqa: E402
+from pyserve.multiplex import MultiplexingMixIn  # noqa: E402
 from pyserve.servers import MultiplexingTCPServer  # noqa: E402
 
 __all__ += ["ConnectionHandler", "MultiplexingMixIn", "MultiplexingTCPServer"]

@@ -16,7 +16,7 @@ exactly as one would by hand (``class Server(Feature..., Strategy, Transport)``)
 * the *strategy* from ``--concurrency``: none (``sync``), ``ThreadingMixIn``
   (``thread``), ``ThreadPoolMixIn`` (``pool``), ``ForkingMixIn`` (``fork``),
   ``MultiplexingMixIn`` (``multiplex``); without the option, ``multiplex`` for a
-  :class:`~pyserve.multiplex.ConnectionHandler` and ``thread`` for the rest;
+  :class:`~pyserve.connection.ConnectionHandler` and ``thread`` for the rest;
 * each *feature* option is one small function below that returns the mix-ins
   and class attributes it needs (``explain`` for ``--trace``, the access log).
   Class attributes, not constructor arguments, so the same class also works
@@ -39,8 +39,9 @@ from handlers import registry
 from pyserve import activation
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
+from pyserve.connection import ConnectionHandler
 from pyserve.errors import ProtocolError
-from pyserve.multiplex import ConnectionHandler, MultiplexingMixIn
+from pyserve.multiplex import MultiplexingMixIn
 from pyserve.pool import ThreadPoolMixIn
 from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
 from pyserve.proxy_parser import ProxyHeader
@@ -231,7 +232,7 @@ def transport_class(bind: Bind) -> type:
 def strategy_for(concurrency: Optional[str], handler: Any) -> str:
     """``--concurrency`` checked against the handler, or the handler's default.
 
-    A :class:`~pyserve.multiplex.ConnectionHandler` is called by one I/O thread and
+    A :class:`~pyserve.connection.ConnectionHandler` is called by one I/O thread and
     runs only multiplexed; every other handler blocks and runs anywhere else.
     """
     callbacks = isinstance(handler, type) and issubclass(handler, ConnectionHandler)

@@ -17,13 +17,14 @@ Linux) and, for each that is readable, calls ``recv()`` once and gives the bytes
 to the handler. While many connections are busy, one wait returns many of them,
 and no thread switch happens between them.
 
-The handler is therefore a different kind of object: a :class:`ConnectionHandler`
-is *called*, it does not run. It gets ``connection_made()``, then
-``data_received(data)`` for every chunk that arrives, ``eof_received()`` when the
-peer has finished sending, and ``connection_lost(exc)`` once at the end. It
-answers with ``write(data)`` and ends the connection with ``close()``. None of
-these may block: a callback that sleeps or waits stalls every connection. (A
-sans-IO parser, see :mod:`handlers`, fits this shape exactly.)
+The handler is therefore a different kind of object: a
+:class:`~pyserve.connection.ConnectionHandler` is *called*, it does not run.
+It gets ``connection_made()``, then ``data_received(data)`` for every chunk that
+arrives, ``eof_received()`` when the peer has finished sending, and
+``connection_lost(exc)`` once at the end. It answers with ``write(data)`` and
+ends the connection with ``close()``. None of these may block: a callback that
+sleeps or waits stalls every connection. (A sans-IO parser, see
+:mod:`handlers`, fits this shape exactly.)
 
 * ``write()`` sends at once when it can; what the kernel does not take waits in
   the handler's buffer and goes out when the socket is writable again. When more
@@ -53,15 +54,15 @@ import selectors
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Generic, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.base import BaseServer
+from pyserve.connection import ConnectionHandler
 from pyserve.errors import RequestTimedOut
 from pyserve.limits import handler_setting
 from pyserve.registry import LiveRequest
-from pyserve.request import ServerT_co
 
-__all__ = ["ConnectionHandler", "MultiplexingMixIn"]
+__all__ = ["MultiplexingMixIn"]
 
 if TYPE_CHECKING:
     _Base = BaseServer
@@ -71,97 +72,6 @@ else:
 _WAKE = "wake"  # the selector key data of the wake-up socket
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _NEVER = float("inf")
-
-
-class ConnectionHandler(Generic[ServerT_co]):
-    """Handle one connection of a multiplexing server by callbacks (never blocking).
-
-    For derived classes: ``connection_made()``, ``data_received(data)``,
-    ``eof_received()``, ``connection_lost(exc)``. For them: ``write(data)``,
-    ``close()``, ``closing``. The instance has ``request``, ``client_address`` and
-    ``server``, as a request handler does.
-
-    Class attributes that may be overridden:
-
-    - ``receive_size``: the most bytes read per ``recv()``
-    - ``max_write_buffer``: buffered output above which reading pauses
-    - ``idle_timeout``: seconds without a byte from the peer before the connection
-      is closed (None: the server's ``idle_timeout``, else never)
-    """
-
-    receive_size: int = 65536
-    max_write_buffer: int = 1024 * 1024
-    idle_timeout: Optional[float] = None
-
-    def __init__(self, request: Any, client_address: Any, server: ServerT_co) -> None:
-        self.request = request
-        self.client_address = client_address
-        self.server = server
-        self._loop: Optional[_IOLoop] = None  # set by the I/O thread before connection_made
-        self._entry: Optional[LiveRequest] = None
-        self._output: collections.deque[bytes] = collections.deque()
-        self._output_size = 0
-        self._closing = False
-        self._closed = False
-        self._eof = False  # the peer finished sending: never read again
-        self._events = 0  # what the selector watches for this connection
-        self._idle: Optional[float] = None  # idle_timeout, read once when it opens
-        self._last_read = 0.0
-
-    # -- callbacks: override these ---------------------------------------------------
-
-    def connection_made(self) -> None:
-        """The connection is ready. May be overridden."""
-
-    def data_received(self, data: bytes) -> None:
-        """``data`` arrived from the peer (any amount: frames are the handler's job)."""
-
-    def eof_received(self) -> None:
-        """The peer will send nothing more. By default: ``close()``."""
-        self.close()
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        """The connection is closed; ``exc`` is why, when it was not a normal end."""
-
-    # -- actions ---------------------------------------------------------------------
-
-    @property
-    def closing(self) -> bool:
-        """True once ``close()`` was called or the connection is gone."""
-        return self._closing
-
-    def write(self, data: bytes) -> None:
-        """Send ``data``: now as far as the kernel takes it, the rest when it can."""
-        if self._closing or not data:
-            return
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("write() before connection_made(): the connection is not open")
-        if not self._output:
-            try:
-                sent = self.request.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                loop.fail_soon(self, exc)
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self._output.append(data)
-        self._output_size += len(data)
-        loop.want(self)
-
-    def close(self) -> None:
-        """Send what is buffered, then end the connection."""
-        if self._closing:
-            return
-        self._closing = True
-        if self._loop is not None:
-            if self._output:
-                self._loop.want(self)  # stops reading; finish() once the buffer is out
-            else:
-                self._loop.finish(self, None)
 
 
 class _IOLoop:
@@ -175,8 +85,7 @@ class _IOLoop:
         self.sender.setblocking(False)
         self.selector.register(self.receiver, _READ, _WAKE)
         self.incoming: collections.deque[Callable[[], None]] = collections.deque()
-        self.connections: dict[int, ConnectionHandler[Any]] = {}
-        self.failed: list[tuple[ConnectionHandler[Any], BaseException]] = []
+        self.connections: set[ConnectionHandler[Any]] = set()
         self.stopping = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
         # Reads only push expiries later, so one scan at that moment is enough.
@@ -201,7 +110,7 @@ class _IOLoop:
             self.serve()
         finally:  # stopped, or a BaseException escaped a callback: close everything
             self.stopping = True
-            for handler in list(self.connections.values()):
+            for handler in list(self.connections):
                 self.finish(handler, None)
             self.selector.close()
             self.receiver.close()
@@ -224,10 +133,6 @@ class _IOLoop:
                     self.flush(handler)
                 if events & _READ and not handler._closing:
                     self.read(handler)
-            if self.failed:
-                failed, self.failed = self.failed, []
-                for handler, exc in failed:
-                    self.finish(handler, exc)
             if self.next_expiry <= time.monotonic():
                 self.expire_idle()
 
@@ -265,7 +170,7 @@ class _IOLoop:
         if handler._idle is not None:
             handler._last_read = time.monotonic()
             self.next_expiry = min(self.next_expiry, handler._last_read + handler._idle)
-        self.connections[request.fileno()] = handler
+        self.connections.add(handler)
         handler._events = _READ
         self.selector.register(request, _READ, handler)
         server._started(entry)
@@ -338,11 +243,6 @@ class _IOLoop:
             else:
                 self.selector.unregister(handler.request)
 
-    def fail_soon(self, handler: ConnectionHandler[Any], exc: BaseException) -> None:
-        """A send failed inside a callback: end the connection after the callback."""
-        handler._closing = True
-        self.failed.append((handler, exc))
-
     def finish(self, handler: ConnectionHandler[Any], exc: Optional[BaseException]) -> None:
         if handler._closed:
             return
@@ -351,7 +251,7 @@ class _IOLoop:
         if handler._events:
             self.selector.unregister(request)
             handler._events = 0
-        self.connections.pop(request.fileno(), None)
+        self.connections.discard(handler)
         handler._output.clear()
         server = self.server
         try:
@@ -370,7 +270,7 @@ class _IOLoop:
         """Close the connections silent for longer than their idle timeout."""
         now = time.monotonic()
         self.next_expiry = _NEVER
-        for handler in list(self.connections.values()):
+        for handler in list(self.connections):
             if handler._idle is None or handler._closed:
                 continue
             expiry = handler._last_read + handler._idle
@@ -392,7 +292,8 @@ def _nothing() -> None:
 class MultiplexingMixIn(_Base):
     """Serve every connection from one I/O thread (see the module documentation).
 
-    The handler class must be a :class:`ConnectionHandler`. For stream sockets only.
+    The handler class must be a :class:`~pyserve.connection.ConnectionHandler`.
+    For stream sockets only.
 
     Class attributes that may be overridden:
 

@@ -1,0 +1,115 @@
+"""The handler of a multiplexing server: callbacks that never block.
+
+A :class:`ConnectionHandler` is what :class:`~pyserve.multiplex.MultiplexingMixIn`
+runs for each connection. Unlike a request handler it does not *run*: the
+server's I/O thread calls it when something happens (``connection_made()``,
+``data_received(data)`` for every chunk that arrives, ``eof_received()``,
+``connection_lost(exc)`` once at the end), and it answers with ``write(data)``
+and ends the connection with ``close()``. None of these may block: a callback
+that waits stalls every connection of the server. How the I/O thread drives
+them is in :mod:`pyserve.multiplex`.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any, Generic, Optional
+
+from pyserve.registry import LiveRequest
+from pyserve.request import ServerT_co
+
+if TYPE_CHECKING:
+    from pyserve.multiplex import _IOLoop
+
+__all__ = ["ConnectionHandler"]
+
+
+class ConnectionHandler(Generic[ServerT_co]):
+    """Handle one connection of a multiplexing server by callbacks (never blocking).
+
+    For derived classes: ``connection_made()``, ``data_received(data)``,
+    ``eof_received()``, ``connection_lost(exc)``. For them: ``write(data)``,
+    ``close()``, ``closing``. The instance has ``request``, ``client_address`` and
+    ``server``, as a request handler does.
+
+    Class attributes that may be overridden:
+
+    - ``receive_size``: the most bytes read per ``recv()``
+    - ``max_write_buffer``: buffered output above which reading pauses
+    - ``idle_timeout``: seconds without a byte from the peer before the connection
+      is closed (None: the server's ``idle_timeout``, else never)
+    """
+
+    receive_size: int = 65536
+    max_write_buffer: int = 1024 * 1024
+    idle_timeout: Optional[float] = None
+
+    def __init__(self, request: Any, client_address: Any, server: ServerT_co) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self._loop: Optional[_IOLoop] = None  # set by the I/O thread before connection_made
+        self._entry: Optional[LiveRequest] = None
+        self._output: collections.deque[bytes] = collections.deque()
+        self._output_size = 0
+        self._closing = False
+        self._closed = False
+        self._eof = False  # the peer finished sending: never read again
+        self._events = 0  # what the selector watches for this connection
+        self._idle: Optional[float] = None  # idle_timeout, read once when it opens
+        self._last_read = 0.0
+
+    # -- callbacks: override these ---------------------------------------------------
+
+    def connection_made(self) -> None:
+        """The connection is ready. May be overridden."""
+
+    def data_received(self, data: bytes) -> None:
+        """``data`` arrived from the peer (any amount: frames are the handler's job)."""
+
+    def eof_received(self) -> None:
+        """The peer will send nothing more. By default: ``close()``."""
+        self.close()
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        """The connection is closed; ``exc`` is why, when it was not a normal end."""
+
+    # -- actions ---------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` was called or the connection is gone."""
+        return self._closing
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``: now as far as the kernel takes it, the rest when it can."""
+        if self._closing or not data:
+            return
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("write() before connection_made(): the connection is not open")
+        if not self._output:
+            try:
+                sent = self.request.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:  # the peer is gone: end now, as close() would
+                loop.finish(self, exc)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._output.append(data)
+        self._output_size += len(data)
+        loop.want(self)
+
+    def close(self) -> None:
+        """Send what is buffered, then end the connection."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._loop is not None:
+            if self._output:
+                self._loop.want(self)  # stops reading; finish() once the buffer is out
+            else:
+                self._loop.finish(self, None)
