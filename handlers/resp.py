@@ -52,7 +52,7 @@ from typing import Any, Optional
 from handlers.resp_commands import open_session
 from handlers.resp_encoding import encode_error
 from handlers.resp_protocol import CommandParser
-from handlers.resp_session import ServerState
+from handlers.resp_session import ServerState, Session
 from pyserve import (
     ConnectionHandler,
     MultiplexingTCPServer,
@@ -80,8 +80,34 @@ def server_state(server: Any, max_memory: int = 0) -> ServerState:
         return state
 
 
-class RespHandler(StreamRequestHandler[Any]):
-    """Serve one Redis client connection.
+class _RespSettings:
+    """What both forms of the handler share: the settings (documented on
+    :class:`RespHandler`) and how a connection starts."""
+
+    server: Any
+    client_address: Any
+    max_memory: int = 0
+    max_bulk_length: int = CommandParser.max_bulk_length
+    max_array_length: int = CommandParser.max_array_length
+    max_inline_length: int = CommandParser.max_inline_length
+    max_command_size: int = CommandParser.max_command_size
+    #: 64 KiB holds a few thousand pipelined small commands: one recv per batch.
+    receive_size: int = 65536
+
+    def _new_parser(self) -> CommandParser:
+        return CommandParser(
+            max_bulk_length=self.max_bulk_length,
+            max_array_length=self.max_array_length,
+            max_inline_length=self.max_inline_length,
+            max_command_size=self.max_command_size,
+        )
+
+    def _open_session(self) -> Session:
+        return open_session(server_state(self.server, self.max_memory), self.client_address)
+
+
+class RespHandler(_RespSettings, StreamRequestHandler[Any]):
+    """Serve one Redis client connection, blocking in its own thread.
 
     Class attributes that may be overridden:
 
@@ -91,17 +117,10 @@ class RespHandler(StreamRequestHandler[Any]):
     - ``max_bulk_length``, ``max_array_length``, ``max_inline_length``,
       ``max_command_size``: the parser's limits (see
       :class:`~handlers.resp_protocol.CommandParser`)
-    - ``timeout``: seconds a connection may stay silent (None: forever)
     - ``receive_size``: the most bytes read per ``recv()``
+    - ``timeout``: seconds a connection may stay silent (None: forever)
     """
 
-    max_memory: int = 0
-    max_bulk_length: int = CommandParser.max_bulk_length
-    max_array_length: int = CommandParser.max_array_length
-    max_inline_length: int = CommandParser.max_inline_length
-    max_command_size: int = CommandParser.max_command_size
-    #: 64 KiB holds a few thousand pipelined small commands: one recv per batch.
-    receive_size: int = 65536
     # Replies go out in one send per batch; Nagle would only delay them.
     disable_nagle_algorithm = True
 
@@ -109,11 +128,11 @@ class RespHandler(StreamRequestHandler[Any]):
         if self.request.family not in (socket.AF_INET, socket.AF_INET6):
             self.disable_nagle_algorithm = False  # no TCP_NODELAY on Unix sockets
         super().setup()
-        self.session = open_session(server_state(self.server, self.max_memory), self.client_address)
+        self.session = self._open_session()
 
     def handle(self) -> None:
         session = self.session
-        parser = _parser_for(self)
+        parser = self._new_parser()
         recv = self.request.recv
         sendall = self.request.sendall
         feed = parser.feed
@@ -144,25 +163,18 @@ class RespHandler(StreamRequestHandler[Any]):
         super().finish()
 
 
-class RespConnection(ConnectionHandler[Any]):
+class RespConnection(_RespSettings, ConnectionHandler[Any]):
     """Serve one Redis client on a multiplexing server (see :class:`RespServer`).
 
     The class attributes of :class:`RespHandler` apply here too (``timeout`` is
     spelled ``idle_timeout``).
     """
 
-    max_memory: int = RespHandler.max_memory
-    max_bulk_length: int = RespHandler.max_bulk_length
-    max_array_length: int = RespHandler.max_array_length
-    max_inline_length: int = RespHandler.max_inline_length
-    max_command_size: int = RespHandler.max_command_size
-    receive_size: int = RespHandler.receive_size
-
     def connection_made(self) -> None:
         if self.request.family in (socket.AF_INET, socket.AF_INET6):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.parser = _parser_for(self)
-        self.session = open_session(server_state(self.server, self.max_memory), self.client_address)
+        self.parser = self._new_parser()
+        self.session = self._open_session()
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -188,15 +200,6 @@ class RespConnection(ConnectionHandler[Any]):
         session = getattr(self, "session", None)
         if session is not None:
             session.close()
-
-
-def _parser_for(handler: Any) -> CommandParser:
-    return CommandParser(
-        max_bulk_length=handler.max_bulk_length,
-        max_array_length=handler.max_array_length,
-        max_inline_length=handler.max_inline_length,
-        max_command_size=handler.max_command_size,
-    )
 
 
 def _refusal(client_address: Any, error: ProtocolError) -> bytes:
