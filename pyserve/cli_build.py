@@ -41,7 +41,7 @@ from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
 from pyserve.connection import ConnectionHandler
 from pyserve.errors import ProtocolError
-from pyserve.multiplex import MultiplexingMixIn
+from pyserve.multiplex import MultiplexingMixIn, finish_request_overriders
 from pyserve.pool import ThreadPoolMixIn
 from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
 from pyserve.proxy_parser import ProxyHeader
@@ -385,22 +385,23 @@ def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type
         attributes.update(feature_attributes)
     if bind.datagram and any(issubclass(mixin, stream_only) for mixin in mixins):
         raise CliError(f"--bind {bind.text}: TLS and PROXY need a stream socket", EXIT_USAGE)
-    if concurrency == "multiplex":
-        if bind.datagram:
-            raise CliError(f"--bind {bind.text}: multiplex serves stream sockets", EXIT_USAGE)
-        if any(issubclass(mixin, (AccessLogMixIn, *stream_only)) for mixin in mixins):
-            raise CliError(
-                "--access-log, TLS and the PROXY protocol run in a request's own thread: "
-                "not with --concurrency multiplex",
-                EXIT_USAGE,
-            )
+    if concurrency == "multiplex" and bind.datagram:
+        raise CliError(f"--bind {bind.text}: multiplex serves stream sockets", EXIT_USAGE)
     if concurrency == "thread":
         # Request threads are joined by server_close() (block_on_close); a forced
         # stop ends the process instead of waiting for them.
         attributes["daemon_threads"] = False
     bases = (*mixins, *strategy_mixins(concurrency), transport)
     name = "".join(base.__name__.replace("MixIn", "") for base in bases)
-    return type(name, bases, attributes)
+    composed = type(name, bases, attributes)
+    skipped = finish_request_overriders(composed) if concurrency == "multiplex" else []
+    if skipped:  # --access-log, TLS, PROXY: they work in finish_request()
+        raise CliError(
+            f"--concurrency multiplex never runs finish_request(), where "
+            f"{', '.join(skipped)} do their work",
+            EXIT_USAGE,
+        )
+    return composed
 
 
 def build_server(

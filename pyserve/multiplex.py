@@ -62,7 +62,7 @@ from pyserve.errors import RequestTimedOut
 from pyserve.limits import handler_setting
 from pyserve.registry import LiveRequest
 
-__all__ = ["MultiplexingMixIn"]
+__all__ = ["MultiplexingMixIn", "finish_request_overriders"]
 
 if TYPE_CHECKING:
     _Base = BaseServer
@@ -281,6 +281,20 @@ class _IOLoop:
                 self.next_expiry = min(self.next_expiry, expiry)
 
 
+def finish_request_overriders(server_class: type) -> list[str]:
+    """The classes of ``server_class`` that override ``finish_request()``.
+
+    A multiplexing server never calls ``finish_request()`` (the I/O thread opens the
+    handler itself), so what such a class adds there (a TLS handshake, a PROXY
+    header, an access log) would be skipped without a word.
+    """
+    return [
+        klass.__name__
+        for klass in server_class.__mro__
+        if "finish_request" in vars(klass) and klass is not BaseServer
+    ]
+
+
 def _raise(exc: BaseException) -> None:
     raise exc
 
@@ -312,6 +326,12 @@ class MultiplexingMixIn(_Base):
             raise TypeError(
                 f"{type(self).__name__} needs a pyserve.ConnectionHandler subclass "
                 f"(called on readiness, never blocking), not {handler_class.__qualname__}"
+            )
+        skipped = finish_request_overriders(type(self))
+        if skipped:
+            raise TypeError(
+                f"{type(self).__name__}: a multiplexing server never calls finish_request(), "
+                f"so what {', '.join(skipped)} does there would be skipped"
             )
         self._io: Optional[_IOLoop] = None
         self._io_closed = False

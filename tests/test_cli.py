@@ -311,6 +311,7 @@ def test_connection_handler_is_multiplexed_by_default(run: Any, tmp_path: Path) 
             "Shout is a ConnectionHandler: it runs with --concurrency multiplex, not thread",
         ),
         ("echo", "multiplex", "--concurrency multiplex needs a pyserve.ConnectionHandler"),
+        ("shout:Shout --access-log", "multiplex", "where AccessLogMixIn do their work"),
     ],
 )
 def test_concurrency_must_suit_the_handler(
@@ -318,7 +319,7 @@ def test_concurrency_must_suit_the_handler(
 ) -> None:
     (tmp_path / "shout.py").write_text(SHOUT_CALLBACKS)
     code, _, err = run_to_end(
-        target, "--bind", "127.0.0.1:0", "--concurrency", concurrency, cwd=tmp_path
+        *target.split(), "--bind", "127.0.0.1:0", "--concurrency", concurrency, cwd=tmp_path
     )
     assert code == cli.EXIT_USAGE
     assert complaint in err

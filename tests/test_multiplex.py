@@ -323,3 +323,13 @@ def test_call_soon_after_close_is_refused() -> None:
     server.server_close()
     with pytest.raises(RuntimeError, match="is closed"):
         server.call_soon(lambda: None)
+
+
+def test_a_mix_in_working_in_finish_request_is_refused() -> None:
+    class Logged(pyserve.MultiplexingTCPServer):
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            super().finish_request(request, client_address)
+
+    with pytest.raises(TypeError, match=r"never calls finish_request\(\).*Logged"):
+        Logged(LOCAL, Recorder)
+    assert pyserve.multiplex.finish_request_overriders(pyserve.MultiplexingTCPServer) == []
