@@ -64,7 +64,7 @@ import sys
 from typing import Any, Callable, Optional
 
 import pyserve
-from pyserve import cli_build
+from pyserve import cli_build, cli_features
 from pyserve.cli_build import (
     EXIT_SOCKET,
     EXIT_TARGET,
@@ -208,12 +208,12 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def features_from(args: argparse.Namespace) -> list[Features]:
     return [
-        cli_build.pool_feature(args.concurrency, args.max_workers),
-        cli_build.limits_feature(args.idle_timeout, args.max_connections),
-        cli_build.proxy_feature(args.proxy_protocol, args.trusted_proxy),
-        cli_build.tls_feature(args.tls_cert, args.tls_key),
-        cli_build.trace_feature(sys.stderr if args.trace else None),
-        cli_build.access_log_feature(args.access_log),
+        cli_features.pool_feature(args.concurrency, args.max_workers),
+        cli_features.limits_feature(args.idle_timeout, args.max_connections),
+        cli_features.proxy_feature(args.proxy_protocol, args.trusted_proxy),
+        cli_features.tls_feature(args.tls_cert, args.tls_key),
+        cli_features.trace_feature(sys.stderr if args.trace else None),
+        cli_features.access_log_feature(args.access_log),
     ]
 
 

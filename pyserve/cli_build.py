@@ -17,34 +17,28 @@ exactly as one would by hand (``class Server(Feature..., Strategy, Transport)``)
   (``thread``), ``ThreadPoolMixIn`` (``pool``), ``ForkingMixIn`` (``fork``),
   ``MultiplexingMixIn`` (``multiplex``); without the option, ``multiplex`` for a
   :class:`~pyserve.connection.ConnectionHandler` and ``thread`` for the rest;
-* each *feature* option is one small function below that returns the mix-ins
-  and class attributes it needs (``explain`` for ``--trace``, the access log).
-  Class attributes, not constructor arguments, so the same class also works
-  where a server is built for us (prefork workers build theirs after the fork).
+* each *feature* option is one small function in :mod:`pyserve.cli_features`
+  that returns the mix-ins and class attributes it needs (``explain`` for
+  ``--trace``, the access log).
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import socket
-import ssl
 import sys
-import time
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from handlers import registry
 from pyserve import activation
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
 from pyserve.connection import ConnectionHandler
-from pyserve.errors import ProtocolError
 from pyserve.multiplex import MultiplexingMixIn, finish_request_overriders
 from pyserve.pool import ThreadPoolMixIn
-from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
-from pyserve.proxy_parser import ProxyHeader
+from pyserve.proxy import ProxyProtocolMixIn
 from pyserve.sockets import TCPServer, UDPServer
 from pyserve.tls import TLSMixIn
 
@@ -54,6 +48,7 @@ if hasattr(socket, "AF_UNIX"):
 __all__ = [
     "Bind",
     "CliError",
+    "Features",
     "Target",
     "build_server",
     "format_address",
@@ -217,6 +212,7 @@ def resolve_target(text: str) -> Target:
 
 # -- server classes: one small function per feature ----------------------------------
 
+#: One option's part of a server class: its mix-ins and its class attributes.
 Features = tuple[tuple[type, ...], dict[str, Any]]
 
 
@@ -266,112 +262,6 @@ def strategy_mixins(concurrency: str) -> tuple[type, ...]:
             raise CliError("--concurrency fork: this platform cannot fork", EXIT_USAGE)
         return (ForkingMixIn,)
     return ()
-
-
-def pool_feature(concurrency: str, max_workers: Optional[int]) -> Features:
-    """``--max-workers``: the thread pool's size (``--concurrency pool`` only)."""
-    if max_workers is None:
-        return ((), {})
-    if concurrency != "pool":
-        raise CliError("--max-workers needs --concurrency pool", EXIT_USAGE)
-    return ((), {"max_workers": max_workers})
-
-
-def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]) -> Features:
-    """``--idle-timeout`` and ``--max-connections``: the per-connection protections
-    of :mod:`pyserve.limits`, as server attributes (every stream handler obeys them)."""
-    attributes: dict[str, Any] = {}
-    if idle_timeout is not None:
-        attributes["idle_timeout"] = idle_timeout
-    if max_connections is not None:
-        attributes["max_connections"] = max_connections
-    return ((), attributes)
-
-
-def tls_feature(cert: Optional[str], key: Optional[str]) -> Features:
-    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.tls`) with that pair."""
-    if cert is None:
-        if key is not None:
-            raise CliError("--tls-key needs --tls-cert", EXIT_USAGE)
-        return ((), {})
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key)
-    except OSError as exc:  # ssl.SSLError is one: a bad PEM, a key that does not match
-        reason = exc.strerror or getattr(exc, "reason", None) or exc
-        raise CliError(f"cannot load the TLS certificate {cert!r}: {reason}", EXIT_TLS) from exc
-    return ((TLSMixIn,), {"ssl_context": context})
-
-
-class ProxyVersionMixIn(ProxyProtocolMixIn):
-    """The PROXY protocol mix-in, refusing headers of the other version if asked."""
-
-    proxy_version: Optional[int] = None  # 1, 2, or None for either
-
-    def read_proxy_header(self, request: socket.socket) -> ProxyHeader:
-        header = super().read_proxy_header(request)
-        if self.proxy_version is not None and header.version != self.proxy_version:
-            wanted = self.proxy_version
-            raise ProtocolError(f"a v{header.version} header, but only v{wanted} is accepted")
-        return header
-
-
-def proxy_feature(mode: Optional[str], trusted: list[str]) -> Features:
-    """``--proxy-protocol v1|v2|auto`` with ``--trusted-proxy``: real client addresses
-    from a load balancer's PROXY header (:mod:`pyserve.proxy`)."""
-    if mode is None:
-        if trusted:
-            raise CliError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)
-        return ((), {})
-    if not trusted:
-        message = "--proxy-protocol needs --trusted-proxy (the balancer's address)"
-        raise CliError(message, EXIT_USAGE)
-    try:
-        _parse_trusted(trusted)
-    except ValueError as exc:
-        raise CliError(f"bad --trusted-proxy: {exc}", EXIT_USAGE) from None
-    version = {"v1": 1, "v2": 2}.get(mode)
-    return ((ProxyVersionMixIn,), {"trusted_proxies": list(trusted), "proxy_version": version})
-
-
-def trace_feature(stream: Optional[IO[str]]) -> Features:
-    """``--trace``: explain mode, one line per hook call, to ``stream``."""
-    return ((), {"explain": stream}) if stream is not None else ((), {})
-
-
-if TYPE_CHECKING:
-    _Base = BaseServer
-else:
-    _Base = object
-
-
-class AccessLogMixIn(_Base):
-    """Logs one line per request to ``pyserve.access``: client, duration, outcome."""
-
-    access_logger = logging.getLogger("pyserve.access")
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        started = time.monotonic()
-        outcome = "error"
-        try:
-            super().finish_request(request, client_address)
-            outcome = "ok"
-        finally:
-            self.access_logger.info(
-                "%s %.3fs %s", _client(client_address), time.monotonic() - started, outcome
-            )
-
-
-def _client(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-        return f"{host}:{address[1]}"
-    return str(address or "-")  # a Unix peer is usually unnamed
-
-
-def access_log_feature(enabled: bool) -> Features:
-    """``--access-log``: the access-log mix-in."""
-    return ((AccessLogMixIn,), {}) if enabled else ((), {})
 
 
 def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type:

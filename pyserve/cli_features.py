@@ -1,0 +1,142 @@
+"""The command's options as server features: the mix-ins and attributes each needs.
+
+:func:`pyserve.cli_build.server_class` composes ``class Server(*features,
+strategy, transport)``; every function here turns one option (or a pair that
+belongs together) into its part of that class: a tuple of mix-ins and a dict of
+class attributes (:data:`~pyserve.cli_build.Features`). Class attributes rather
+than constructor arguments, so the same class also works where a server is built
+for us (prefork workers build theirs after the fork). A contradiction between
+options raises :class:`~pyserve.cli_build.CliError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from typing import IO, TYPE_CHECKING, Any, Optional
+
+from pyserve.base import BaseServer
+from pyserve.cli_build import EXIT_TLS, EXIT_USAGE, CliError, Features
+from pyserve.errors import ProtocolError
+from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
+from pyserve.proxy_parser import ProxyHeader
+from pyserve.tls import TLSMixIn
+
+__all__ = [
+    "AccessLogMixIn",
+    "ProxyVersionMixIn",
+    "access_log_feature",
+    "limits_feature",
+    "pool_feature",
+    "proxy_feature",
+    "tls_feature",
+    "trace_feature",
+]
+
+
+def pool_feature(concurrency: str, max_workers: Optional[int]) -> Features:
+    """``--max-workers``: the thread pool's size (``--concurrency pool`` only)."""
+    if max_workers is None:
+        return ((), {})
+    if concurrency != "pool":
+        raise CliError("--max-workers needs --concurrency pool", EXIT_USAGE)
+    return ((), {"max_workers": max_workers})
+
+
+def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]) -> Features:
+    """``--idle-timeout`` and ``--max-connections``: the per-connection protections
+    of :mod:`pyserve.limits`, as server attributes (every stream handler obeys them)."""
+    attributes: dict[str, Any] = {}
+    if idle_timeout is not None:
+        attributes["idle_timeout"] = idle_timeout
+    if max_connections is not None:
+        attributes["max_connections"] = max_connections
+    return ((), attributes)
+
+
+def tls_feature(cert: Optional[str], key: Optional[str]) -> Features:
+    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.tls`) with that pair."""
+    if cert is None:
+        if key is not None:
+            raise CliError("--tls-key needs --tls-cert", EXIT_USAGE)
+        return ((), {})
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one: a bad PEM, a key that does not match
+        reason = exc.strerror or getattr(exc, "reason", None) or exc
+        raise CliError(f"cannot load the TLS certificate {cert!r}: {reason}", EXIT_TLS) from exc
+    return ((TLSMixIn,), {"ssl_context": context})
+
+
+class ProxyVersionMixIn(ProxyProtocolMixIn):
+    """The PROXY protocol mix-in, refusing headers of the other version if asked."""
+
+    proxy_version: Optional[int] = None  # 1, 2, or None for either
+
+    def read_proxy_header(self, request: socket.socket) -> ProxyHeader:
+        header = super().read_proxy_header(request)
+        if self.proxy_version is not None and header.version != self.proxy_version:
+            wanted = self.proxy_version
+            raise ProtocolError(f"a v{header.version} header, but only v{wanted} is accepted")
+        return header
+
+
+def proxy_feature(mode: Optional[str], trusted: list[str]) -> Features:
+    """``--proxy-protocol v1|v2|auto`` with ``--trusted-proxy``: real client addresses
+    from a load balancer's PROXY header (:mod:`pyserve.proxy`)."""
+    if mode is None:
+        if trusted:
+            raise CliError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)
+        return ((), {})
+    if not trusted:
+        message = "--proxy-protocol needs --trusted-proxy (the balancer's address)"
+        raise CliError(message, EXIT_USAGE)
+    try:
+        _parse_trusted(trusted)
+    except ValueError as exc:
+        raise CliError(f"bad --trusted-proxy: {exc}", EXIT_USAGE) from None
+    version = {"v1": 1, "v2": 2}.get(mode)
+    return ((ProxyVersionMixIn,), {"trusted_proxies": list(trusted), "proxy_version": version})
+
+
+def trace_feature(stream: Optional[IO[str]]) -> Features:
+    """``--trace``: explain mode, one line per hook call, to ``stream``."""
+    return ((), {"explain": stream}) if stream is not None else ((), {})
+
+
+if TYPE_CHECKING:
+    _Base = BaseServer
+else:
+    _Base = object
+
+
+class AccessLogMixIn(_Base):
+    """Logs one line per request to ``pyserve.access``: client, duration, outcome."""
+
+    access_logger = logging.getLogger("pyserve.access")
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            super().finish_request(request, client_address)
+            outcome = "ok"
+        finally:
+            self.access_logger.info(
+                "%s %.3fs %s", _client(client_address), time.monotonic() - started, outcome
+            )
+
+
+def _client(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+        return f"{host}:{address[1]}"
+    return str(address or "-")  # a Unix peer is usually unnamed
+
+
+def access_log_feature(enabled: bool) -> Features:
+    """``--access-log``: the access-log mix-in."""
+    return ((AccessLogMixIn,), {}) if enabled else ((), {})
