@@ -133,8 +133,8 @@ class _IOLoop:
                     self.flush(handler)
                 if events & _READ and not handler._closing:
                     self.read(handler)
-            if self.next_expiry <= time.monotonic():
-                self.expire_idle()
+            if self.next_expiry != _NEVER and self.next_expiry <= time.monotonic():
+                self.expire_idle()  # no clock read per turn while no idle timeout is set
 
     def take_incoming(self) -> None:
         try:
