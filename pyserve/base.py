@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import selectors
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import Any, Callable, Optional
@@ -95,7 +96,8 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
       the listener (safe from any thread)
     - ``_watch(fd, callback)`` / ``_unwatch(fd)``: extra descriptors for the loop
     - ``_init_dispatch_state()``: cooperative hook to declare strategy state
-    - ``_track()``, ``_started()``, ``_ended()``: the request registry (see
+    - ``_track()``, ``_started()`` (or ``_track_running()``), ``_ended()``: the
+      request registry (see
       :mod:`pyserve.lifecycle`); every strategy reports its requests through them
 
     Lifecycle (see :mod:`pyserve.lifecycle` and :mod:`pyserve.events`):
@@ -201,8 +203,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Run the request: here synchronously. Concurrency mix-ins override this."""
-        entry = self._track(request, client_address)
-        self._started(entry)
+        entry = self._track_running(request, client_address, threading.current_thread())
         try:
             self.finish_request(request, client_address)
         except BaseException as exc:

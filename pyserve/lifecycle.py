@@ -6,7 +6,9 @@ Theory of operation
 strategy calls three small methods on the request path:
 
 * ``_track(request, client_address)`` when it takes a request on (the entry is
-  ``queued``), ``_started(entry)`` when a handler begins, and
+  ``queued``), ``_started(entry)`` when a handler begins (or both at once,
+  ``_track_running(request, client_address, thread)``, for a request that runs
+  in the thread that took it), and
   ``_ended(entry, exc)`` when the request is over, classifying the ending as
   finished, errored or timed out. They keep the registry
   (:mod:`pyserve.registry`) and the counters, and tell observers
@@ -158,6 +160,15 @@ class Lifecycle:
 
     def _track(self, request: Any, client_address: Any) -> LiveRequest:
         return self._registry.add(request, client_address)
+
+    def _track_running(
+        self, request: Any, client_address: Any, thread: threading.Thread
+    ) -> LiveRequest:
+        """``_track()`` and ``_started()`` in one step, for a request run in ``thread``."""
+        entry = self._registry.add(request, client_address, thread)
+        if self._observers:
+            self._emit(STARTED, client_address, entry.id)
+        return entry
 
     def _started(self, entry: LiveRequest, pid: Optional[int] = None) -> None:
         self._registry.start(entry, pid)

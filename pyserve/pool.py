@@ -175,10 +175,11 @@ class ThreadPoolMixIn(WorkersAccept):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Run here (a worker that accepted it), or hand over to a worker or the queue."""
-        ident = threading.get_ident()
-        if self._in_accept and self._in_accept.pop(ident, None) is not None:
-            self._serve_here(ident, request, client_address)
-            return
+        if self._in_accept:
+            worker = self._in_accept.pop(threading.get_ident(), None)
+            if worker is not None:
+                self._serve_here(worker, request, client_address)
+                return
         job = (request, client_address, self._track(request, client_address))
         with self._pool_lock:
             if self._pool_closed:

@@ -138,6 +138,9 @@ class WorkersAccept(_Base):
     def _run(self, job: _Job) -> None:
         raise NotImplementedError
 
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        raise NotImplementedError
+
     # -- workers accept: entering and leaving the mode -----------------------------
 
     def _workers_can_accept(self) -> bool:
@@ -243,18 +246,29 @@ class WorkersAccept(_Base):
         elif len(self._workers) < self.max_workers:
             self._start_worker(None)
 
-    def _serve_here(self, ident: int, request: Any, client_address: Any) -> None:
-        """Run a request in the worker that accepted it (``process_request()``)."""
-        entry = self._admitted.pop(ident, None) if self._admitted else None
+    def _serve_here(self, worker: _Worker, request: Any, client_address: Any) -> None:
+        """Run a request in the worker that accepted it (``process_request()``).
+
+        The hot path of a short connection, so it enters the request as running
+        in one step and calls ``process_request_thread()`` itself.
+        """
+        entry = self._admitted.pop(threading.get_ident(), None) if self._admitted else None
         if entry is None:
-            entry = self._track(request, client_address)
+            entry = self._track_running(
+                request, client_address, worker.thread or threading.current_thread()
+            )
+        else:  # admitted under the limits' lock, as queued
+            self._started(entry)
         if not self._in_accept:  # nobody waits on the listener now
             with self._pool_lock:
                 if not self._gate_open:
                     self._pool_changed.notify_all()  # for _serving_stopped()
                 elif not self._in_accept:
                     self._recruit()
-        self._run((request, client_address, entry))
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._ended(entry)
 
     def _backoff_in_loop(self) -> bool:
         return threading.get_ident() in self._in_accept or super()._backoff_in_loop()

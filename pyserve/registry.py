@@ -12,7 +12,11 @@ it runs (thread ident and name, process id).
 
 Adding, starting and removing are O(1) dict operations under one lock, and the
 lifetime counters (:class:`~pyserve.events.Stats`) are updated under that same
-lock, so counting costs no extra synchronisation. Entries are keyed by the
+lock, so counting costs no extra synchronisation. A strategy that runs the
+request in the thread that took it (synchronous serving, a pool worker that
+accepted it) adds it already ``running``, in one step. This is the hot path of a
+short connection, so an entry keeps the :class:`threading.Thread` and derives its
+ident and name only when somebody reads a snapshot. Entries are keyed by the
 request object's ``id()``; the entry holds the request, so the id cannot be
 reused while the entry lives.
 
@@ -67,30 +71,38 @@ class LiveRequest:
         "since",
         "since_wall",
         "state",
-        "thread_ident",
-        "thread_name",
+        "thread",
     )
 
-    def __init__(self, ident: int, request: Any, client_address: Any) -> None:
+    def __init__(
+        self,
+        ident: int,
+        request: Any,
+        client_address: Any,
+        thread: Optional[threading.Thread] = None,
+    ) -> None:
         self.id = ident
         self.request = request
         self.client_address = client_address
         # What max_connections_per_client counts by: the host of (host, port).
         is_pair = type(client_address) is tuple and client_address
         self.host = client_address[0] if is_pair else client_address
-        self.state = QUEUED
+        self.state = QUEUED if thread is None else RUNNING
         self.since = time.monotonic()
         self.since_wall = time.time()
-        self.thread_ident: Optional[int] = None
-        self.thread_name: Optional[str] = None
+        self.thread = thread  #: the thread running it (None while queued, or in a child)
         self.pid = os.getpid()
         self.forced = False
         self.error: Optional[BaseException] = None  # what the handler raised, if anything
 
     def record(self, now: float) -> InFlight:
+        thread = self.thread
         return InFlight(
             self.id, self.client_address, self.state, self.since, self.since_wall,
-            now - self.since, self.thread_ident, self.thread_name, self.pid, self.forced,
+            now - self.since,
+            None if thread is None else thread.ident,
+            None if thread is None else thread.name,
+            self.pid, self.forced,
         )
 
 
@@ -121,24 +133,29 @@ class RequestRegistry:
         with self._lock:
             self._counts[what] += number
 
-    def add(self, request: Any, client_address: Any) -> LiveRequest:
-        """Enter a request that a strategy has taken on, as ``queued``."""
-        entry = LiveRequest(next(self._ids), request, client_address)
+    def add(
+        self, request: Any, client_address: Any, thread: Optional[threading.Thread] = None
+    ) -> LiveRequest:
+        """Enter a request that a strategy has taken on: ``queued``, or ``running``
+        in ``thread`` (counted as started) when that thread is already running it."""
+        entry = LiveRequest(next(self._ids), request, client_address, thread)
+        host = entry.host
         with self._lock:
             live = self._live
             live[id(request)] = entry
             per_host = self._per_host
-            per_host[entry.host] = per_host.get(entry.host, 0) + 1
-            self._queued += 1
+            per_host[host] = per_host.get(host, 0) + 1
+            if thread is None:
+                self._queued += 1
+            else:
+                self._counts["started"] += 1
             self._peak = max(self._peak, len(live))
         return entry
 
     def start(self, entry: LiveRequest, pid: Optional[int] = None) -> None:
         """Mark a request as running in this thread (or in child ``pid``)."""
         if pid is None:
-            thread = threading.current_thread()
-            entry.thread_ident = thread.ident
-            entry.thread_name = thread.name
+            entry.thread = threading.current_thread()
         else:
             entry.pid = pid
         with self._lock:

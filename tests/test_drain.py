@@ -63,6 +63,36 @@ def test_in_flight_lists_each_running_request_with_client_and_place(server_class
     assert server.stats.finished == 1
 
 
+class _HandOff(pyserve.ThreadPoolTCPServer):
+    workers_accept = False
+
+
+@pytest.mark.parametrize(
+    "server_class",
+    [pyserve.TCPServer, pyserve.ThreadingTCPServer, pyserve.ThreadPoolTCPServer, _HandOff],
+    ids=["sync", "thread", "pool-workers-accept", "pool-hand-off"],
+)
+def test_the_record_names_the_thread_that_runs_the_handler(server_class) -> None:
+    seen: dict[str, object] = {}
+
+    class Where(pyserve.BaseRequestHandler):
+        def handle(self) -> None:
+            here = threading.current_thread()
+            seen["thread"] = (here.ident, here.name)
+            seen["records"] = self.server.in_flight()
+            seen["stats"] = self.server.stats
+
+    server = server_class(("127.0.0.1", 0), Where)
+    with serving(server), connect(server) as client:
+        assert client.recv(10) == b""
+    (record,) = seen["records"]
+    assert (record.state, record.thread_ident, record.thread_name) == ("running", *seen["thread"])
+    stats = seen["stats"]
+    assert (stats.accepted, stats.started, stats.active, stats.queued) == (1, 1, 1, 0)
+    wait_until(lambda: server.stats.finished == 1)
+    assert server.in_flight() == ()
+
+
 def test_synchronous_server_registers_the_request_while_it_runs() -> None:
     seen = []
 
