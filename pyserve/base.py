@@ -55,6 +55,7 @@ from pyserve.errors import (
     PeerGone,
     RequestDropped,
 )
+from pyserve.events import ACCEPTED
 from pyserve.lifecycle import Lifecycle
 from pyserve.limits import ConnectionLimits
 from pyserve.loop import ServeLoop, _Selector
@@ -167,12 +168,17 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
             return
         if self._backoff_delay:
             self._accept_recovered()
-        self._accepted(client_address)
+        # Inline, not helper calls: this runs once per connection on every strategy.
+        self._registry.count("accepted")
+        if self._observers:
+            self._emit(ACCEPTED, client_address, None)
         if not self.verify_request(request, client_address):
             self._rejected(client_address, "verify_request")
             self.shutdown_request(request)
             return
-        if self._limits_apply() and not self._within_limits(client_address, request):
+        if (
+            self.max_connections is not None or self.max_connections_per_client is not None
+        ) and not self._within_limits(client_address, request):
             self.shutdown_request(request)
             return
         try:

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from pyserve.events import (
-    ACCEPTED,
     DRAINED,
     ERRORED,
     FINISHED,
@@ -148,11 +147,6 @@ class Lifecycle:
                 logger.exception("observer %r failed; removed", observer)
                 self.remove_observer(observer)
 
-    def _accepted(self, client_address: Any) -> None:
-        self._registry.count("accepted")
-        if self._observers:
-            self._emit(ACCEPTED, client_address, None)
-
     def _rejected(self, client_address: Any, reason: str) -> None:
         self._registry.count("rejected")
         if self._observers:
@@ -244,10 +238,10 @@ class Lifecycle:
             self._wait_settled(force_timeout)
         left = registry.entries()
         for entry in left:
-            if entry.pid != os.getpid():
+            if entry.pid is not None:  # a forked child's
                 _signal(entry.pid, signal.SIGKILL)
         now = time.monotonic()
-        records = tuple(entry.record(now) for entry in left)
+        records = tuple(entry.record(now, time.time()) for entry in left)
         for record in records:
             logger.warning(
                 "%s: request from %s still in flight after %.1fs (thread %s, pid %d)",
@@ -277,7 +271,7 @@ class Lifecycle:
     def _force(self, entry: LiveRequest) -> None:
         """Cut one request short: SHUT_RD its connection, or SIGTERM its child."""
         entry.forced = True
-        if entry.pid != os.getpid():
+        if entry.pid is not None:  # a forked child's
             _signal(entry.pid, signal.SIGTERM)
             return
         request = entry.request

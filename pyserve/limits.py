@@ -88,9 +88,6 @@ class ConnectionLimits:
     def _rejected(self, client_address: Any, reason: str) -> None:
         raise NotImplementedError
 
-    def _limits_apply(self) -> bool:
-        return self.max_connections is not None or self.max_connections_per_client is not None
-
     def _within_limits(self, client_address: Any, request: Any = None) -> bool:
         """True if one more request from ``client_address`` fits; else reject it.
 

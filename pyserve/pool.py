@@ -247,7 +247,8 @@ class ThreadPoolMixIn(WorkersAccept):
                     try:
                         self._accept_turn(worker)
                     finally:
-                        self._left_accept(ident)
+                        if ident in self._in_accept or not self._gate_open:
+                            self._left_accept(ident)
                 elif action is _PARK:
                     worker.wake.acquire()  # until process_request(), the gate or close
                     job, worker.job = worker.job, None

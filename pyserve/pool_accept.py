@@ -300,7 +300,12 @@ class WorkersAccept(_Base):
         poller = worker.poller
         if poller is None:
             poller = worker.poller = _exclusive_poller(listener, gate[0].fileno())
-        if self._closing() or all(fd != listener for fd, _ in poller.poll()):
+        if self._closing():
+            return
+        for fd, _events in poller.poll():
+            if fd == listener:
+                break
+        else:
             return  # only the gate: stop accepting
         try:
             self._handle_request_noblock()
@@ -333,7 +338,8 @@ class WorkersAccept(_Base):
         return fatal
 
     def _left_accept(self, ident: int) -> None:
-        if ident in self._in_accept or not self._gate_open:
-            with self._pool_lock:
-                self._in_accept.pop(ident, None)
-                self._pool_changed.notify_all()
+        """A worker left the accept path without taking a request (or the gate
+        closed): forget it, and tell ``_serving_stopped()``, which may wait for it."""
+        with self._pool_lock:
+            self._in_accept.pop(ident, None)
+            self._pool_changed.notify_all()
