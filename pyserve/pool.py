@@ -53,7 +53,16 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
-from pyserve.pool_accept import _ACCEPT, _EXIT, _PARK, WorkersAccept, _Action, _Job, _Worker
+from pyserve.pool_accept import (
+    _ACCEPT,
+    _EXIT,
+    _PARK,
+    WorkersAccept,
+    _Action,
+    _Job,
+    _Slot,
+    _Worker,
+)
 from pyserve.registry import LiveRequest
 
 __all__ = ["ThreadPoolMixIn"]
@@ -148,6 +157,8 @@ class ThreadPoolMixIn(WorkersAccept):
         self._listener_was_blocking = True
         self._listener_fd = -1
         self._in_accept: dict[int, _Worker] = {}
+        self._slots: list[_Slot] = []  # places at the listener (see pool_accept)
+        self._free_slots: list[_Slot] = []
         self._admit_lock = threading.Lock()
         self._admitted: dict[int, LiveRequest] = {}
 
@@ -258,27 +269,38 @@ class ThreadPoolMixIn(WorkersAccept):
             with self._pool_lock:  # normally done already; not if a BaseException hit
                 self._workers.discard(worker)
                 self._in_accept.pop(ident, None)
-            if worker.poller is not None:
-                worker.poller.close()
+                slot, worker.slot = worker.slot, None
+                if slot is not None:
+                    self._return_slot(slot)
 
     def _next_job(self, worker: _Worker) -> Union[_Job, _Action]:
         """The oldest queued request, else accept, park or leave."""
         if self._gate_open and not (self._pending or self._pool_held or self._pool_closed):
             # The common case, without the lock: if the gate closes meanwhile, the
             # worker sees it in its epoll and leaves at once.
-            self._in_accept[threading.get_ident()] = worker
-            return _ACCEPT
+            if worker.slot is None:
+                try:
+                    worker.slot = self._free_slots.pop()
+                except IndexError:
+                    pass  # every slot is held: park (below)
+            if worker.slot is not None:
+                self._in_accept[threading.get_ident()] = worker
+                return _ACCEPT
         with self._pool_lock:
             action: Union[_Job, _Action]
+            slot, worker.slot = worker.slot, None
+            if slot is not None:  # not going to the listener now
+                self._return_slot(slot)
             if self._pending:
                 action = self._pending.popleft()
             elif self._pool_closed:
                 self._workers.discard(worker)
                 action = _EXIT
-            elif self._gate_open:
+            elif self._gate_open and self._free_slots:
+                worker.slot = self._free_slots.pop()
                 self._in_accept[threading.get_ident()] = worker
                 action = _ACCEPT
-            else:
+            else:  # until the gate opens, or nobody is left at the listener
                 self._idle.append(worker)
                 action = _PARK
             if self._pool_held:  # a worker or a queue slot is free again
@@ -310,6 +332,7 @@ class ThreadPoolMixIn(WorkersAccept):
                 thread.join(max(0.0, deadline - time.monotonic()))
         with self._pool_lock:
             gate, self._gate = self._gate, None
+            self._close_free_slots()
         if gate is not None:
             for end in gate:
                 end.close()

@@ -10,7 +10,17 @@ the server's work (the bench's connect-echo-close rate was 2.8x the stdlib with 
 listener themselves*, each in its own ``epoll`` with the listener registered
 ``EPOLLEXCLUSIVE``: the kernel wakes one idle worker per connection, and that
 worker runs the whole path (``get_request`` -> ``verify_request`` ->
-``process_request`` -> the handler) with no hand-off. The loop thread no longer
+``process_request`` -> the handler) with no hand-off.
+
+* Only a few workers wait on the listener at a time: there are ``_accept_slots``
+  (two) epoll instances on it, and a worker holds one while it waits. Each epoll
+  registered on a listener is one more entry the kernel walks, and marks ready,
+  for *every* incoming connection, busy or not: with one per worker, 32 workers
+  cost about a tenth more CPU per short connection than 8 did (measured with
+  bare-thread prototypes on the bench's connect-echo-close load). A worker that
+  takes a connection hands its slot back at once; idle workers beyond the slots
+  park on their own lock, and one is woken when nobody is left waiting on the
+  listener. The loop thread no longer
 watches the listener (it holds it); it keeps pacing ``service_actions()`` and
 waiting for ``shutdown()``.
 
@@ -83,15 +93,26 @@ class _Action:
 _ACCEPT, _PARK, _EXIT = _Action("accept"), _Action("park"), _Action("exit")
 
 
+class _Slot:
+    """A place at the listener: an epoll watching the gate and, with
+    EPOLLEXCLUSIVE, the listener. A worker holds one while it waits to accept."""
+
+    __slots__ = ("listener_fd", "poller")
+
+    def __init__(self, listener_fd: int, gate_fd: int) -> None:
+        self.listener_fd = listener_fd
+        self.poller = _exclusive_poller(listener_fd, gate_fd)
+
+
 class _Worker:
-    __slots__ = ("job", "poller", "thread", "wake")
+    __slots__ = ("job", "slot", "thread", "wake")
 
     def __init__(self) -> None:
         self.wake = threading.Lock()
         self.wake.acquire()  # held: acquiring again parks the worker
         self.job: Optional[_Job] = None
         self.thread: Optional[threading.Thread] = None
-        self.poller: Any = None  # its epoll, made on its first turn at the listener
+        self.slot: Optional[_Slot] = None  # held while it waits on the listener
 
 
 def _exclusive_poller(listener_fd: int, gate_fd: Optional[int]) -> Any:
@@ -128,6 +149,10 @@ class WorkersAccept(_Base):
     _listener_fd: int
     _listener_was_blocking: bool
     _in_accept: dict[int, _Worker]
+    _slots: list[_Slot]
+    _free_slots: list[_Slot]
+    #: How many workers may wait on the listener at once (see the module doc).
+    _accept_slots: int = 2
     _admit_lock: Any
     _admitted: dict[int, LiveRequest]
     _accept_fatal: Optional[OSError] = None
@@ -160,10 +185,6 @@ class WorkersAccept(_Base):
         if not self._workers_can_accept():
             return
         fd = self.fileno()
-        try:
-            _exclusive_poller(fd, None).close()
-        except OSError:  # a kernel older than 4.5: the loop hands requests over
-            return
         with self._pool_lock:
             if self._pool_closed:
                 return
@@ -172,6 +193,14 @@ class WorkersAccept(_Base):
                 receiver.setblocking(False)
                 sender.setblocking(False)
                 self._gate = (receiver, sender)
+            if not self._slots or self._slots[0].listener_fd != fd:  # first run, new socket
+                gate_fd = self._gate[0].fileno()
+                try:
+                    slots = [_Slot(fd, gate_fd) for _ in range(self._accept_slots)]
+                except OSError:  # a kernel older than 4.5: the loop hands requests over
+                    return
+                self._close_free_slots()
+                self._slots, self._free_slots = slots, list(slots)
             self._listener_fd = fd
             self._listener_was_blocking = os.get_blocking(fd)
             os.set_blocking(fd, False)
@@ -227,15 +256,18 @@ class WorkersAccept(_Base):
                     pass
             except OSError:
                 pass  # drained
-            parked, self._idle = self._idle, []
-            for worker in parked:
+            woken = 0
+            while self._idle and woken < len(self._free_slots):
+                worker = self._idle.pop()
                 worker.job = None
                 worker.wake.release()  # it will find the gate open and accept
-            if not parked and not self._in_accept:
+                woken += 1
+            if not woken and not self._in_accept:
                 self._recruit()
 
     def _recruit(self) -> None:
-        """Send a parked worker, or a new one below ``max_workers``, to the listener.
+        """Send a parked worker, or a new one below ``max_workers``, to the listener
+        (it takes a free slot there).
 
         Called with the pool lock held and the gate open.
         """
@@ -259,6 +291,9 @@ class WorkersAccept(_Base):
             )
         else:  # admitted under the limits' lock, as queued
             self._started(entry)
+        slot, worker.slot = worker.slot, None
+        if slot is not None:
+            self._return_slot(slot)
         if not self._in_accept:  # nobody waits on the listener now
             with self._pool_lock:
                 if not self._gate_open:
@@ -293,16 +328,11 @@ class WorkersAccept(_Base):
         process sharing the socket during a prefork roll, say) until the next
         connection arrives. Only after a close is the listener left alone.
         """
-        gate = self._gate
-        if gate is None:
+        slot = worker.slot
+        if slot is None or self._closing():
             return
-        listener = self._listener_fd
-        poller = worker.poller
-        if poller is None:
-            poller = worker.poller = _exclusive_poller(listener, gate[0].fileno())
-        if self._closing():
-            return
-        for fd, _events in poller.poll():
+        listener = slot.listener_fd
+        for fd, _events in slot.poller.poll():
             if fd == listener:
                 break
         else:
@@ -336,6 +366,19 @@ class WorkersAccept(_Base):
         if fatal is not None:
             self._release_accept(_LISTENER_FAILED)
         return fatal
+
+    def _return_slot(self, slot: _Slot) -> None:
+        """Give a slot back (a list append: no lock); a stale one is closed."""
+        if slot in self._slots and not self._pool_closed:
+            self._free_slots.append(slot)
+        else:  # the server closed, or the listener changed, while it was held
+            slot.poller.close()
+
+    def _close_free_slots(self) -> None:
+        """Close the slots nobody holds (the pool lock is held); holders close theirs."""
+        for slot in self._free_slots:
+            slot.poller.close()
+        self._slots, self._free_slots = [], []
 
     def _left_accept(self, ident: int) -> None:
         """A worker left the accept path without taking a request (or the gate

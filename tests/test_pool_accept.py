@@ -126,6 +126,44 @@ def test_pool_grows_to_max_workers_on_demand() -> None:
                 client.close()
 
 
+def epoll_descriptors() -> int:
+    return sum(
+        os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]"
+        for name in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{name}")
+    )
+
+
+def test_idle_workers_beyond_the_accept_slots_park_and_are_recruited_again() -> None:
+    release = threading.Event()
+    held = held_handler(release, b"done")
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=6)
+    slots = server._accept_slots
+    assert slots < 6
+    epolls_before = epoll_descriptors()
+    with serving(server):
+        for turn in (1, 2):
+            release.clear()
+            address = server.server_address
+            clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(6)]
+            try:
+                # Turn 2 reaches six only if the parked workers are sent back.
+                wait_until(lambda: len(server.in_flight()) == 6)
+                assert len(server._workers) == 6
+                release.set()
+                assert [c.recv(10) for c in clients] == [b"done"] * 6
+            finally:
+                release.set()
+                for client in clients:
+                    client.close()
+            wait_until(lambda: server.stats.finished == 6 * turn)
+            # Idle: only `slots` workers wait on the listener; the others park.
+            wait_until(lambda: (len(server._in_accept), len(server._idle)) == (slots, 6 - slots))
+            assert epoll_descriptors() == epolls_before + slots
+        assert round_trip(server.server_address) == b"done"
+    assert epoll_descriptors() == epolls_before  # server_close() closed the slots
+
+
 def serve_in_thread(server) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -252,7 +290,7 @@ class Once(pyserve.BaseRequestHandler):
 
 
 class Woken:
-    """A worker's epoll, as it returns when both the gate and a connection woke it."""
+    """A slot's epoll, as it returns when both the gate and a connection woke it."""
 
     def __init__(self, events) -> None:
         self.events = events
@@ -264,6 +302,12 @@ class Woken:
         pass
 
 
+def woken_slot(server, events) -> pool_accept._Slot:
+    slot = pool_accept._Slot.__new__(pool_accept._Slot)
+    slot.listener_fd, slot.poller = server.fileno(), Woken(events)
+    return slot
+
+
 def test_a_worker_woken_for_a_connection_takes_it_even_if_the_gate_just_closed() -> None:
     # EPOLLEXCLUSIVE woke only this worker: leaving the connection would strand it.
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Once, max_workers=1)
@@ -273,7 +317,7 @@ def test_a_worker_woken_for_a_connection_takes_it_even_if_the_gate_just_closed()
         server._listener_fd = server.fileno()
         worker = pool_accept._Worker()
         both = [(gate[0].fileno(), select.EPOLLIN), (server.fileno(), select.EPOLLIN)]
-        worker.poller = Woken(both)
+        worker.slot = woken_slot(server, both)
         with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
             client.sendall(b"taken")
             server._in_accept[threading.get_ident()] = worker
@@ -281,7 +325,7 @@ def test_a_worker_woken_for_a_connection_takes_it_even_if_the_gate_just_closed()
             assert client.recv(10) == b"taken"
         assert server.stats.finished == 1
         # Woken by the gate alone, a worker takes nothing.
-        worker.poller = Woken([(gate[0].fileno(), select.EPOLLIN)])
+        worker.slot = woken_slot(server, [(gate[0].fileno(), select.EPOLLIN)])
         server._accept_turn(worker)
         assert server.stats.accepted == 1
     finally:
