@@ -156,7 +156,7 @@ def test_idle_workers_beyond_the_accept_slots_park_and_are_recruited_again() -> 
                 release.set()
                 for client in clients:
                     client.close()
-            wait_until(lambda: server.stats.finished == 6 * turn)
+            wait_until(lambda done=6 * turn: server.stats.finished == done)
             # Idle: only `slots` workers wait on the listener; the others park.
             wait_until(lambda: (len(server._in_accept), len(server._idle)) == (slots, 6 - slots))
             assert epoll_descriptors() == epolls_before + slots
