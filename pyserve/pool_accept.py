@@ -20,10 +20,9 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
   bare-thread prototypes on the bench's connect-echo-close load). A worker that
   takes a connection hands its slot back at once; idle workers beyond the slots
   park on their own lock, and one is woken when nobody is left waiting on the
-  listener. The loop thread no longer
-watches the listener (it holds it); it keeps pacing ``service_actions()`` and
-waiting for ``shutdown()``.
-
+  listener.
+* The loop thread no longer watches the listener (it holds it); it keeps pacing
+  ``service_actions()`` and waiting for ``shutdown()``.
 * Backpressure is free: a busy worker does not accept, so when all
   ``max_workers`` are busy nobody accepts and the kernel backlog holds the burst.
   ``queue_size`` is not used in this mode.
