@@ -92,6 +92,23 @@ def held_handler(release: threading.Event, reply: bytes = b"") -> type[pyserve.B
     return Held
 
 
+@contextlib.contextmanager
+def held_clients(
+    address: Any, count: int, release: threading.Event
+) -> Iterator[list[socket.socket]]:
+    """``count`` clients connected to a server whose handler waits for ``release``
+    (see :func:`held_handler`); on leaving, ``release`` is set and they close."""
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            clients.append(socket.create_connection(address, timeout=TIMEOUT))
+        yield clients
+    finally:
+        release.set()
+        for client in clients:
+            client.close()
+
+
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
     """Exactly ``size`` bytes from ``sock``; fail if the peer closes first."""
     data = b""

@@ -8,7 +8,7 @@ import socket
 import threading
 
 import pytest
-from conftest import held_handler, wait_until
+from conftest import held_clients, held_handler, wait_until
 
 import pyserve
 import pyserve.events
@@ -123,16 +123,10 @@ def test_stats_count_active_queued_and_peak() -> None:
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=2, queue_size=4)
     server.workers_accept = False  # the hand-off mode has a queue to count
     with serving(server):
-        address = server.server_address
-        clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(3)]
-        try:
+        with held_clients(server.server_address, 3, release):
             wait_until(lambda: server.stats.accepted == 3)
             stats = server.stats
             assert (stats.active, stats.queued, stats.peak) == (2, 1, 3)
-        finally:
-            release.set()
-            for client in clients:
-                client.close()
         wait_until(lambda: server.stats.finished == 3)
     stats = server.stats
     assert (stats.active, stats.queued, stats.peak, stats.started) == (0, 0, 3, 3)

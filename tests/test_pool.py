@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import Echo, held_handler, round_trip, wait_until
+from conftest import Echo, held_clients, held_handler, round_trip, wait_until
 
 import pyserve
 from pyserve.testing import serving
@@ -96,20 +96,13 @@ def test_full_pool_stops_accepting_and_resumes_when_a_worker_frees() -> None:
     held = held_handler(release, b"done")
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=1, queue_size=1)
     server.workers_accept = False  # the loop hands requests over, through a queue
-    with serving(server):
-        address = server.server_address
-        clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(4)]
-        try:
-            wait_until(lambda: "pool-full" in server._accept_holds)
-            # One running, one queued; the other two wait in the kernel backlog.
-            assert server.stats.accepted == 2
-            assert threading.active_count() <= 3  # main, loop, one worker
-            release.set()
-            assert [c.recv(10) for c in clients] == [b"done"] * 4
-        finally:
-            release.set()
-            for client in clients:
-                client.close()
+    with serving(server), held_clients(server.server_address, 4, release) as clients:
+        wait_until(lambda: "pool-full" in server._accept_holds)
+        # One running, one queued; the other two wait in the kernel backlog.
+        assert server.stats.accepted == 2
+        assert threading.active_count() <= 3  # main, loop, one worker
+        release.set()
+        assert [c.recv(10) for c in clients] == [b"done"] * 4
     assert server.stats.finished == 4
     assert server.stats.rejected == 0
 

@@ -18,7 +18,7 @@ import sys
 import threading
 
 import pytest
-from conftest import Echo, held_handler, round_trip, wait_until
+from conftest import Echo, held_clients, held_handler, round_trip, wait_until
 
 import pyserve
 from pyserve import pool_accept
@@ -89,9 +89,7 @@ def test_busy_workers_leave_new_connections_in_the_backlog() -> None:
     baseline = threading.active_count()
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=1)
     with serving(server):
-        address = server.server_address
-        clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(4)]
-        try:
+        with held_clients(server.server_address, 4, release) as clients:
             wait_until(lambda: len(server.in_flight()) == 1)
             # Its only worker is busy: nobody accepts; three wait in the kernel backlog.
             assert server.stats.accepted == 1
@@ -99,10 +97,6 @@ def test_busy_workers_leave_new_connections_in_the_backlog() -> None:
             assert threading.active_count() <= baseline + 2  # the loop and one worker
             release.set()
             assert [c.recv(10) for c in clients] == [b"done"] * 4
-        finally:
-            release.set()
-            for client in clients:
-                client.close()
         wait_until(lambda: server.stats.finished == 4)
     assert server.stats.rejected == 0
 
@@ -112,18 +106,11 @@ def test_pool_grows_to_max_workers_on_demand() -> None:
 
     held = held_handler(release, b"done")
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=5)
-    with serving(server):
-        address = server.server_address
-        clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(8)]
-        try:
-            wait_until(lambda: len(server.in_flight()) == 5)
-            assert len(server._workers) == 5
-            release.set()
-            assert [c.recv(10) for c in clients] == [b"done"] * 8
-        finally:
-            release.set()
-            for client in clients:
-                client.close()
+    with serving(server), held_clients(server.server_address, 8, release) as clients:
+        wait_until(lambda: len(server.in_flight()) == 5)
+        assert len(server._workers) == 5
+        release.set()
+        assert [c.recv(10) for c in clients] == [b"done"] * 8
 
 
 def epoll_descriptors() -> int:
@@ -144,18 +131,12 @@ def test_idle_workers_beyond_the_accept_slots_park_and_are_recruited_again() -> 
     with serving(server):
         for turn in (1, 2):
             release.clear()
-            address = server.server_address
-            clients = [socket.create_connection(address, timeout=DEADLINE) for _ in range(6)]
-            try:
+            with held_clients(server.server_address, 6, release) as clients:
                 # Turn 2 reaches six only if the parked workers are sent back.
                 wait_until(lambda: len(server.in_flight()) == 6)
                 assert len(server._workers) == 6
                 release.set()
                 assert [c.recv(10) for c in clients] == [b"done"] * 6
-            finally:
-                release.set()
-                for client in clients:
-                    client.close()
             wait_until(lambda done=6 * turn: server.stats.finished == done)
             # Idle: only `slots` workers wait on the listener; the others park.
             wait_until(lambda: (len(server._in_accept), len(server._idle)) == (slots, 6 - slots))
@@ -202,18 +183,10 @@ def test_limits_hold_exactly_when_workers_accept_at_once(attempt: int) -> None:
     held = held_handler(release)
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=8)
     server.max_connections_per_client = 2
-    with serving(server):
-        clients = []
-        try:
-            for _ in range(8):
-                clients.append(socket.create_connection(server.server_address, timeout=DEADLINE))
-            wait_until(lambda: server.stats.accepted == 8)
-            wait_until(lambda: server.stats.rejected == 6)
-            assert len(server.in_flight()) == 2
-        finally:
-            release.set()
-            for client in clients:
-                client.close()
+    with serving(server), held_clients(server.server_address, 8, release):
+        wait_until(lambda: server.stats.accepted == 8)
+        wait_until(lambda: server.stats.rejected == 6)
+        assert len(server.in_flight()) == 2
 
 
 def test_accept_backoff_from_a_worker_pauses_and_recovers(caplog) -> None:
