@@ -3,7 +3,7 @@
     python3 bench/resp_parse.py
 
 Feeds 16-command pipelined batches, as ``redis-benchmark -P 16`` sends them, to
-``handlers.resp_protocol.CommandParser`` and runs them through a session, and
+``handlers.resp.protocol.CommandParser`` and runs them through a session, and
 prints nanoseconds per command for parsing and for executing. It isolates the
 Python work from the network and the threads, which ``bench/run.py``'s
 ``resp-P16`` scenario measures together.
@@ -17,10 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from handlers.resp_commands import open_session
-from handlers.resp_encoding import encode_command
-from handlers.resp_protocol import CommandParser
-from handlers.resp_session import ServerState
+from handlers.resp.commands import open_session
+from handlers.resp.encoding import encode_command
+from handlers.resp.protocol import CommandParser
+from handlers.resp.session import ServerState
 
 BATCH = 16
 CASES = {

@@ -15,8 +15,8 @@ writing one. The modules, from the bottom up:
   handler, and its client helper;
 * :mod:`handlers.chat`: a chat room where a client that stops reading cannot
   hold up the others;
-* :mod:`handlers.resp` (with ``resp_protocol``, ``resp_encoding``, ``resp_store``,
-  ``resp_session``, ``resp_commands``, ``resp_connection``):
+* :mod:`handlers.resp` (with ``resp.protocol``, ``resp.encoding``, ``resp.store``,
+  ``resp.session``, ``resp.commands``, ``resp.connection_commands``):
   a Redis-compatible key-value server for redis-cli, redis-py and redis-benchmark;
 * :mod:`handlers.files`: uploads and downloads under a root directory, atomic and
   confined to it, with client helpers;

@@ -12,7 +12,7 @@ import pytest
 from conftest import recv_exactly, wait_until
 
 from handlers.resp import RespConnection, RespHandler, RespServer, server_state
-from handlers.resp_encoding import encode_command
+from handlers.resp.encoding import encode_command
 from pyserve import ThreadingTCPServer
 from pyserve.testing import read_until_eof
 

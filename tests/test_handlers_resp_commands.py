@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.resp_commands import open_session
-from handlers.resp_session import ServerState, Session
-from handlers.resp_store import KeyValueStore, OutOfMemory, glob_to_regex
+from handlers.resp.commands import open_session
+from handlers.resp.session import ServerState, Session
+from handlers.resp.store import KeyValueStore, OutOfMemory, glob_to_regex
 
 
 def run(session: Session, *args: bytes) -> bytes:

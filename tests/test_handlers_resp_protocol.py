@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.resp_encoding import (
+from handlers.resp.encoding import (
     encode_array,
     encode_bulk,
     encode_command,
@@ -14,8 +14,8 @@ from handlers.resp_encoding import (
     encode_integer,
     encode_simple,
 )
-from handlers.resp_inline import split_inline
-from handlers.resp_protocol import NEED_DATA, CommandParser
+from handlers.resp.inline import split_inline
+from handlers.resp.protocol import NEED_DATA, CommandParser
 from pyserve import ProtocolError
 
 

@@ -3,10 +3,10 @@
 Strings and keys: GET, SET (EX, PX, NX, XX, KEEPTTL, GET), MGET, MSET, DEL,
 UNLINK, EXISTS, TYPE, INCR, DECR, INCRBY, DECRBY, EXPIRE, PEXPIRE, TTL, PTTL,
 PERSIST, KEYS, SCAN (MATCH, COUNT, TYPE), DBSIZE, FLUSHDB and FLUSHALL. Each
-function follows the contract of :mod:`handlers.resp_session` and works on the
-session's :class:`~handlers.resp_store.KeyValueStore`.
+function follows the contract of :mod:`handlers.resp.session` and works on the
+session's :class:`~handlers.resp.store.KeyValueStore`.
 
-:data:`COMMANDS` joins these with :mod:`handlers.resp_connection`'s; it holds
+:data:`COMMANDS` joins these with :mod:`handlers.resp.connection_commands`'s; it holds
 every name in lower and upper case, so the usual spelling costs one dict lookup.
 :func:`open_session` makes a session that uses it.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from handlers.resp_connection import CONNECTION_COMMANDS
-from handlers.resp_encoding import (
+from handlers.resp.connection_commands import CONNECTION_COMMANDS
+from handlers.resp.encoding import (
     EMPTY_ARRAY,
     NULL_BULK,
     OK,
@@ -25,7 +25,7 @@ from handlers.resp_encoding import (
     encode_bulk,
     encode_integer,
 )
-from handlers.resp_session import (
+from handlers.resp.session import (
     NOT_AN_INTEGER,
     SYNTAX_ERROR,
     CommandTable,
@@ -34,7 +34,7 @@ from handlers.resp_session import (
     integer_argument,
     wrong_arity,
 )
-from handlers.resp_store import OutOfMemory
+from handlers.resp.store import OutOfMemory
 
 __all__ = ["COMMANDS", "open_session"]
 

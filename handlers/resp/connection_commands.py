@@ -4,7 +4,7 @@ PING, ECHO, QUIT, SELECT (database 0 only), HELLO (protocol 2 only: ``HELLO 3``
 gets Redis's ``-NOPROTO``), CLIENT (SETNAME, GETNAME, ID, SETINFO, INFO), COMMAND
 (COUNT, DOCS, INFO, and the list: enough for clients that look before they
 talk), CONFIG GET (a few read-only settings, so redis-benchmark can print them)
-and INFO. Each function follows the contract of :mod:`handlers.resp_session`.
+and INFO. Each function follows the contract of :mod:`handlers.resp.session`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from handlers.resp_encoding import (
+from handlers.resp.encoding import (
     EMPTY_ARRAY,
     OK,
     PONG,
@@ -22,7 +22,7 @@ from handlers.resp_encoding import (
     encode_integer,
     encode_simple,
 )
-from handlers.resp_session import (
+from handlers.resp.session import (
     REDIS_VERSION,
     SYNTAX_ERROR,
     CommandTable,
@@ -32,7 +32,7 @@ from handlers.resp_session import (
     text,
     wrong_arity,
 )
-from handlers.resp_store import glob_to_regex
+from handlers.resp.store import glob_to_regex
 
 __all__ = ["CONNECTION_COMMANDS"]
 

@@ -4,18 +4,18 @@ Theory of operation
 -------------------
 A :class:`Session` is one client connection: its id and name, whether it asked to
 QUIT, and the :class:`ServerState` every connection of a server shares (the
-:class:`~handlers.resp_store.KeyValueStore` and the counters ``INFO`` reports).
+:class:`~handlers.resp.store.KeyValueStore` and the counters ``INFO`` reports).
 
 :meth:`Session.execute` runs a batch of commands. Each command's first word,
 as sent or folded to lower case, names an entry of the session's command table
-(built in :mod:`handlers.resp_commands`): the function that runs it and its
+(built in :mod:`handlers.resp.commands`): the function that runs it and its
 *arity* in Redis's convention (``n``: exactly ``n`` words including the name;
 ``-n``: at least ``n``). The whole batch runs with ``store.lock`` held, so each
 command is atomic and a pipelined batch costs one lock acquisition.
 
 A command function returns its reply as bytes. For errors it may return an
 encoded error or raise :class:`ReplyError`; a write that would break the memory
-cap raises :class:`~handlers.resp_store.OutOfMemory`, which becomes Redis's
+cap raises :class:`~handlers.resp.store.OutOfMemory`, which becomes Redis's
 ``-OOM`` reply. The helpers here (argument parsing, the standard error texts) are
 shared by the command modules.
 """
@@ -27,8 +27,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from handlers.resp_encoding import encode_error
-from handlers.resp_store import KeyValueStore, OutOfMemory
+from handlers.resp.encoding import encode_error
+from handlers.resp.store import KeyValueStore, OutOfMemory
 
 __all__ = ["CommandTable", "ReplyError", "ServerState", "Session"]
 

@@ -3,7 +3,7 @@
 Each function returns complete wire bytes. Replies the server sends again and again
 are ready-made constants (``OK``, ``PONG``, ``NULL_BULK``, ...), and small integers
 are encoded once, at import: a reply on the hot path is a lookup, not a format.
-The parser for the other direction is :mod:`handlers.resp_protocol`.
+The parser for the other direction is :mod:`handlers.resp.protocol`.
 """
 
 from __future__ import annotations

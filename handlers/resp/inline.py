@@ -4,7 +4,7 @@
 words are separated by whitespace; ``"double quotes"`` allow spaces and the
 escapes ``\\n \\r \\t \\b \\a \\xHH``; ``'single quotes'`` are literal but
 for ``\\'``. It returns None on bad quoting, which the parser in
-:mod:`handlers.resp_protocol` turns into a protocol error.
+:mod:`handlers.resp.protocol` turns into a protocol error.
 """
 
 from __future__ import annotations

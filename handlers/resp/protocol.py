@@ -27,7 +27,7 @@ and ``max_inline_length`` (Redis's fixed 64 KiB for inline commands and for the
 header lines of the multi-bulk form).
 
 The other direction, encoding replies (and requests, for clients and tests), is
-in :mod:`handlers.resp_encoding`.
+in :mod:`handlers.resp.encoding`.
 
 Speed
 -----
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from handlers.resp_inline import split_inline
+from handlers.resp.inline import split_inline
 from pyserve import ProtocolError
 
 __all__ = ["NEED_DATA", "CommandParser", "NeedData"]
