@@ -1,4 +1,4 @@
-"""The RESP data commands, and the complete command table.
+"""The RESP string and key commands, and the complete command table.
 
 Strings and keys: GET, SET (EX, PX, NX, XX, KEEPTTL, GET), MGET, MSET, DEL,
 UNLINK, EXISTS, TYPE, INCR, DECR, INCRBY, DECRBY, EXPIRE, PEXPIRE, TTL, PTTL,
@@ -6,7 +6,8 @@ PERSIST, KEYS, SCAN (MATCH, COUNT, TYPE), DBSIZE, FLUSHDB and FLUSHALL. Each
 function follows the contract of :mod:`handlers.resp.session` and works on the
 session's :class:`~handlers.resp.store.KeyValueStore`.
 
-:data:`COMMANDS` joins these with :mod:`handlers.resp.connection_commands`'s; it holds
+:data:`COMMANDS` joins these with the tables of the other command modules
+(connection, transactions, lists, sets, hashes, sorted sets); it holds
 every name in lower and upper case, so the usual spelling costs one dict lookup.
 :func:`open_session` makes a session that uses it.
 """
@@ -18,13 +19,14 @@ from typing import Any, Optional
 
 from handlers.resp.connection_commands import CONNECTION_COMMANDS
 from handlers.resp.encoding import (
-    EMPTY_ARRAY,
     NULL_BULK,
     OK,
     encode_array,
     encode_bulk,
     encode_integer,
 )
+from handlers.resp.hash_commands import HASH_COMMANDS
+from handlers.resp.list_commands import LIST_COMMANDS
 from handlers.resp.session import (
     NOT_AN_INTEGER,
     SYNTAX_ERROR,
@@ -32,9 +34,14 @@ from handlers.resp.session import (
     ServerState,
     Session,
     integer_argument,
+    text,
     wrong_arity,
 )
+from handlers.resp.set_commands import SET_COMMANDS
 from handlers.resp.store import OutOfMemory
+from handlers.resp.transactions import TRANSACTION_COMMANDS
+from handlers.resp.values import KEY_OVERHEAD, value_size
+from handlers.resp.zset_commands import ZSET_COMMANDS
 
 __all__ = ["COMMANDS", "open_session"]
 
@@ -98,8 +105,8 @@ def mset(session: Session, args: list[bytes]) -> bytes:
         # All or nothing, as MSET is atomic: refuse before writing any pair.
         growth = 0
         for key, value in pairs.items():
-            old = store.data.get(key)
-            growth += len(value) - (len(old) if old is not None else -len(key))
+            old = store.value(key)
+            growth += len(value) - (KEY_OVERHEAD + len(key) if old is None else value_size(old))
         if growth > 0 and store.used_memory + growth > store.max_memory:
             raise OutOfMemory(args[1])
     for key, value in pairs.items():
@@ -118,7 +125,7 @@ def exists(session: Session, args: list[bytes]) -> bytes:
 
 
 def type_(session: Session, args: list[bytes]) -> bytes:
-    return b"+string\r\n" if session.store.exists(args[1]) else b"+none\r\n"
+    return b"+%s\r\n" % session.store.type_of(args[1]).encode()
 
 
 def _increment(session: Session, key: bytes, delta: int) -> bytes:
@@ -192,6 +199,7 @@ def scan(session: Session, args: list[bytes]) -> bytes:
     if not cursor_arg.isdigit():
         return b"-ERR invalid cursor\r\n"
     pattern: Optional[bytes] = None
+    kind: Optional[str] = None
     count = 10
     i = 2
     while i < len(args):
@@ -205,12 +213,11 @@ def scan(session: Session, args: list[bytes]) -> bytes:
             if count < 1:
                 return SYNTAX_ERROR
         elif option == b"type":
-            if args[i + 1].lower() != b"string":
-                return encode_array([encode_bulk(b"0"), EMPTY_ARRAY])
+            kind = text(args[i + 1]).lower()
         else:
             return SYNTAX_ERROR
         i += 2
-    cursor, found = session.store.scan(int(cursor_arg), pattern, count)
+    cursor, found = session.store.scan(int(cursor_arg), pattern, count, kind)
     return encode_array([
         encode_bulk(b"%d" % cursor), encode_array([encode_bulk(key) for key in found])
     ])
@@ -238,7 +245,10 @@ _DATA_COMMANDS: CommandTable = {
 }
 
 #: Every command: name (lower and upper case) -> (function, arity).
-COMMANDS: CommandTable = {**CONNECTION_COMMANDS, **_DATA_COMMANDS}
+COMMANDS: CommandTable = {
+    **CONNECTION_COMMANDS, **TRANSACTION_COMMANDS, **_DATA_COMMANDS, **LIST_COMMANDS,
+    **SET_COMMANDS, **HASH_COMMANDS, **ZSET_COMMANDS,
+}
 # Clients send upper case (redis-benchmark, redis-py): one dict hit, no lower().
 COMMANDS.update({name.upper(): entry for name, entry in list(COMMANDS.items())})
 

@@ -22,9 +22,11 @@ from handlers.resp.encoding import (
     encode_integer,
     encode_simple,
 )
+from handlers.resp.glob import compile_glob
 from handlers.resp.session import (
     REDIS_VERSION,
     SYNTAX_ERROR,
+    TRANSACTION_CONTROL,
     CommandTable,
     ReplyError,
     Session,
@@ -32,7 +34,6 @@ from handlers.resp.session import (
     text,
     wrong_arity,
 )
-from handlers.resp.store import glob_to_regex
 
 __all__ = ["CONNECTION_COMMANDS"]
 
@@ -158,7 +159,7 @@ def config(session: Session, args: list[bytes]) -> bytes:
         }
         found: list[bytes] = []
         for pattern in args[2:]:
-            match = glob_to_regex(pattern.lower()).fullmatch
+            match = compile_glob(pattern.lower())
             for key, value in settings.items():
                 if match(key):
                     found += [encode_bulk(key), encode_bulk(value)]
@@ -202,7 +203,8 @@ CONNECTION_COMMANDS: CommandTable = {
 # What COMMAND reports about the data commands: write or read-only, key positions.
 _WRITE_COMMANDS = frozenset(
     b"set mset del unlink incr decr incrby decrby expire pexpire persist flushdb flushall"
-    .split()
+    b" lpush rpush lpop rpop lset ltrim sadd srem spop hset hmset hsetnx hdel hincrby"
+    b" zadd zincrby zrem zpopmin zpopmax".split()
 )
 _KEY_POSITIONS = {
     b"get": (1, 1, 1), b"set": (1, 1, 1), b"mget": (1, -1, 1), b"mset": (1, -1, 2),
@@ -211,3 +213,4 @@ _KEY_POSITIONS = {
     b"expire": (1, 1, 1), b"pexpire": (1, 1, 1), b"ttl": (1, 1, 1), b"pttl": (1, 1, 1),
     b"persist": (1, 1, 1),
 }
+TRANSACTION_CONTROL.add(quit_)  # QUIT inside MULTI ends the connection at once

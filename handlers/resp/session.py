@@ -25,10 +25,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from handlers.resp.encoding import encode_error
-from handlers.resp.store import KeyValueStore, OutOfMemory
+from handlers.resp.store import DEFAULT_MAX_MEMORY, KeyValueStore, OutOfMemory, WrongType
 
 __all__ = ["CommandTable", "ReplyError", "ServerState", "Session"]
 
@@ -38,6 +38,8 @@ REDIS_VERSION = "7.0.0"
 SYNTAX_ERROR = b"-ERR syntax error\r\n"
 NOT_AN_INTEGER = b"-ERR value is not an integer or out of range\r\n"
 OOM_ERROR = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+WRONG_TYPE = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+QUEUED = b"+QUEUED\r\n"
 
 
 class ReplyError(Exception):
@@ -51,7 +53,7 @@ class ReplyError(Exception):
 class ServerState:
     """What every connection of one server shares: the store and the counters."""
 
-    def __init__(self, max_memory: int = 0) -> None:
+    def __init__(self, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
         self.store = KeyValueStore(max_memory)
         self.started = time.monotonic()
         self.connected_clients = 0
@@ -77,7 +79,7 @@ CommandTable = dict[bytes, tuple[CommandFunction, int]]
 
 
 class Session:
-    """One connection: its id, name and QUIT flag, and the shared server state."""
+    """One connection: its id, name, QUIT flag, transaction, and the shared state."""
 
     def __init__(self, state: ServerState, commands: CommandTable, address: Any = None) -> None:
         self.state = state
@@ -87,36 +89,107 @@ class Session:
         self.client_id = state.connect()
         self.name = b""
         self.closing = False
+        # MULTI ... EXEC: the queued commands (None: no transaction open), whether
+        # queuing met an error (EXEC then refuses), the WATCHed keys, and whether one
+        # of them changed since (EXEC then answers nil).
+        self.queued: Optional[list[list[bytes]]] = None
+        self.queue_failed = False
+        self.watched: set[bytes] = set()
+        self.watched_changed = False
 
     def close(self) -> None:
+        with self.store.lock:
+            self.unwatch()
         self.state.disconnect()
+
+    def key_changed(self) -> None:
+        """A watched key changed (called by the store)."""
+        self.watched_changed = True
+
+    def unwatch(self) -> None:
+        """Forget every WATCHed key. The caller holds the store lock."""
+        watchers = self.store.watchers
+        for key in self.watched:
+            sessions = watchers.get(key)
+            if sessions is not None:
+                sessions.discard(self)
+                if not sessions:
+                    del watchers[key]
+        self.watched.clear()
+        self.watched_changed = False
 
     def execute(self, commands: list[list[bytes]]) -> bytes:
         """Run a batch of commands (holding the store lock); return every reply."""
+        return self.execute_some(commands)[0]
+
+    def execute_some(
+        self, commands: list[list[bytes]], start: int = 0, budget: int = 0
+    ) -> tuple[bytes, int]:
+        """Run ``commands[start:]`` under the store lock; the replies and where it stopped.
+
+        With a ``budget`` (bytes), it stops after the first command whose reply
+        brings the replies to that size, so a client's pipeline is answered in
+        pieces no bigger than about budget plus one reply, and the lock is
+        released between pieces. It also stops after QUIT.
+        """
         replies: list[bytes] = []
         append = replies.append
         table = self.commands
+        index = start
+        end = len(commands)
+        size = 0
         with self.store.lock:
-            for args in commands:
+            while index < end:
+                args = commands[index]
+                index += 1
                 name = args[0]
                 entry = table.get(name) or table.get(name.lower())
                 if entry is None:
-                    append(unknown_command(args))
-                    continue
-                function, arity = entry
-                if (len(args) != arity) if arity > 0 else (len(args) < -arity):
-                    append(wrong_arity(name))
-                    continue
-                try:
-                    append(function(self, args))
-                except ReplyError as exc:
-                    append(exc.reply)
-                except OutOfMemory:
-                    append(OOM_ERROR)
+                    reply = unknown_command(args)
+                    self.queue_failed = self.queued is not None
+                else:
+                    function, arity = entry
+                    if (len(args) != arity) if arity > 0 else (len(args) < -arity):
+                        reply = wrong_arity(name)
+                        self.queue_failed = self.queued is not None
+                    elif self.queued is not None and function not in TRANSACTION_CONTROL:
+                        self.queued.append(args)
+                        reply = QUEUED
+                    else:
+                        try:
+                            reply = function(self, args)
+                        except ReplyError as exc:
+                            reply = exc.reply
+                        except WrongType:
+                            reply = WRONG_TYPE
+                        except OutOfMemory:
+                            reply = OOM_ERROR
+                append(reply)
+                if budget:
+                    size += len(reply)
+                    if size >= budget:
+                        break
                 if self.closing:
                     break
-            self.state.commands_processed += len(commands)
-        return b"".join(replies)
+            self.state.commands_processed += index - start
+        return b"".join(replies), index
+
+    def call(self, args: list[bytes]) -> bytes:
+        """Run one command now (EXEC runs its queue with this); the lock is held."""
+        function, _arity = self.commands[args[0].lower()]
+        try:
+            return function(self, args)
+        except ReplyError as exc:
+            return exc.reply
+        except WrongType:
+            return WRONG_TYPE
+        except OutOfMemory:
+            return OOM_ERROR
+
+
+#: The functions that run at once inside MULTI instead of being queued (filled
+#: in by :mod:`handlers.resp.transactions`).
+TRANSACTION_CONTROL: set[CommandFunction] = set()
 
 
 def unknown_command(args: list[bytes]) -> bytes:

@@ -1,14 +1,25 @@
-"""The key-value store behind the RESP server: strings, expiry, a memory cap.
+"""The key-value store behind the RESP server: typed values, expiry, an honest memory cap.
 
 Theory of operation
 -------------------
-:class:`KeyValueStore` keeps three things:
+:class:`KeyValueStore` keeps:
 
-* ``data``: a dict from key to value (both ``bytes``: this store holds strings only);
+* ``keyspace``: a :class:`~handlers.resp.keyspace.Keyspace`, the dict from key to
+  value (any kind of :mod:`handlers.resp.values`) with the slot table that makes
+  ``SCAN`` O(COUNT); ``data`` is its dict, for reading;
 * ``expires``: a dict from key to its deadline, for the keys that have one, in
   ``time.monotonic()`` seconds (the wall clock may jump; a TTL must not);
-* ``used_memory``: the bytes of every key plus its value, kept current on each
-  write, so the cap (``max_memory``) is checked in O(1).
+* ``used_memory``: for every key, :data:`~handlers.resp.values.KEY_OVERHEAD` plus
+  its bytes plus its value's size, kept current on each write, so the cap
+  (``max_memory``) is checked in O(1) and bounds what the process really holds.
+
+Strings are written through :meth:`set`/:meth:`put`. Collection commands read
+with :meth:`collection` (which refuses a key of another kind with
+:class:`WrongType`), and count each change of size *before* making it with
+:meth:`prepare` (which also makes a missing key's collection) or :meth:`changed`;
+both refuse growth past the cap (:class:`OutOfMemory`) and tell watchers the key
+changed. An emptied collection
+is removed with :meth:`drop_if_empty`, as Redis never keeps empty ones.
 
 Expired keys are removed in two ways, as Redis does: *lazily*, when a command
 touches the key, and *actively*, from a heap of ``(deadline, key)`` that write
@@ -17,69 +28,99 @@ entries (a key whose TTL changed); they are recognised by comparing with
 ``expires`` and skipped, and the heap is rebuilt when stale entries outnumber live
 ones, so its size stays bounded.
 
-Concurrency: the store does not lock by itself. Every method expects the caller to
-hold ``store.lock``; the RESP handler takes it once per batch of pipelined commands,
-so a batch costs one acquire and commands from different connections never
-interleave inside one another.
+``WATCH`` support: ``watchers`` maps a watched key to the sessions watching it;
+every change of that key (a write, a delete, an expiry, a flush) calls their
+``key_changed()``, so ``EXEC`` knows to fail. With nothing watched this costs one
+test of an empty dict.
 
-Keys for ``KEYS`` and ``SCAN MATCH`` are matched against Redis glob patterns
-(``*``, ``?``, ``[a-z]``, ``[^a]``, ``\\x``) by :func:`glob_to_regex`, which works on
-bytes: keys need not be text.
+Concurrency: the store does not lock by itself. Every method expects the caller to
+hold ``store.lock``; the RESP handler takes it once per chunk of pipelined
+commands, so commands from different connections never interleave inside one
+another.
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
-import re
 import threading
 import time
-import zlib
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["KeyValueStore", "OutOfMemory", "glob_to_regex"]
+from handlers.resp.glob import compile_glob
+from handlers.resp.keyspace import Keyspace
+from handlers.resp.values import KEY_OVERHEAD, Value, type_name, value_size
+
+__all__ = ["KeyValueStore", "OutOfMemory", "WrongType"]
 
 #: INCR and friends work on signed 64-bit integers, as in Redis.
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+
+#: The default cap: 256 MiB of counted memory. A Python server holding more is
+#: better run as Redis; a cap that is on by default keeps a careless or hostile
+#: client from taking the machine's memory.
+DEFAULT_MAX_MEMORY = 256 * 1024 * 1024
 
 
 class OutOfMemory(Exception):
     """A write would take ``used_memory`` past ``max_memory``."""
 
 
-class KeyValueStore:
-    """Strings with optional expiry, under a memory cap. Hold ``lock`` around calls.
+class WrongType(Exception):
+    """The key holds another kind of value than the command works on."""
 
-    ``max_memory``: the most bytes of keys plus values the store may hold (0: no
-    cap). A write that would exceed it raises :class:`OutOfMemory`; deletes and
-    overwrites with smaller values always succeed.
+
+class KeyValueStore:
+    """Typed values with optional expiry, under a memory cap. Hold ``lock`` around calls.
+
+    ``max_memory``: the most bytes the store may count (see :mod:`handlers.resp.values`;
+    0: no cap; default :data:`DEFAULT_MAX_MEMORY`). A write that would exceed it
+    raises :class:`OutOfMemory`; deletes and shrinking writes always succeed.
     """
 
-    def __init__(self, max_memory: int = 0) -> None:
+    def __init__(self, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
         if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 0:
             raise ValueError(f"max_memory must be a non-negative integer, not {max_memory!r}")
         self.max_memory = max_memory
         self.lock = threading.Lock()
-        self.data: dict[bytes, bytes] = {}
+        self.keyspace: Keyspace[Value] = Keyspace()
+        self.data = self.keyspace.values
         self.expires: dict[bytes, float] = {}
         self.used_memory = 0
+        self.watchers: dict[bytes, set[Any]] = {}
         self._deadlines: list[tuple[float, bytes]] = []
 
     # -- reading ---------------------------------------------------------------------
 
-    def get(self, key: bytes) -> Optional[bytes]:
-        """The value of ``key``, or None if it is missing or expired."""
+    def value(self, key: bytes) -> Optional[Value]:
+        """The value of ``key`` of any kind, or None if it is missing or expired."""
         if self.expires and key in self.expires:
             self._expire_if_due(key)
         return self.data.get(key)
 
+    def get(self, key: bytes) -> Optional[bytes]:
+        """The string in ``key``, or None if missing; WrongType for another kind."""
+        value = self.value(key)
+        if value is None or type(value) is bytes:
+            return value
+        raise WrongType(key)
+
+    def collection(self, key: bytes, kind: type) -> Any:
+        """The value of ``key`` if it is a ``kind``, None if missing, else WrongType."""
+        value = self.value(key)
+        if value is None or type(value) is kind:
+            return value
+        raise WrongType(key)
+
     def exists(self, key: bytes) -> bool:
-        return self.get(key) is not None
+        return self.value(key) is not None
+
+    def type_of(self, key: bytes) -> str:
+        return type_name(self.value(key))
 
     def ttl(self, key: bytes) -> Optional[float]:
         """Seconds left, None without expiry. Raises KeyError for a missing key."""
-        if self.get(key) is None:
+        if self.value(key) is None:
             raise KeyError(key)
         deadline = self.expires.get(key)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -92,48 +133,46 @@ class KeyValueStore:
         self.expire_due()
         if pattern == b"*":
             return list(self.data)
-        match = glob_to_regex(pattern).fullmatch
-        return [key for key in self.data if match(key)]
+        return list(filter(compile_glob(pattern), self.data))
 
     def scan(
-        self, cursor: int, pattern: Optional[bytes] = None, count: int = 10
+        self,
+        cursor: int,
+        pattern: Optional[bytes] = None,
+        count: int = 10,
+        kind: Optional[str] = None,
     ) -> tuple[int, list[bytes]]:
         """About ``count`` keys from ``cursor`` on; returns the next cursor (0: done).
 
-        Keys are visited in the order of a hash of their bytes (CRC-32), and the
-        cursor is the next hash to visit. So a key present for the whole iteration
-        is returned exactly once, whatever is added or removed meanwhile (Redis
-        promises "at least once"); each call costs O(n).
+        A key present for the whole walk is returned exactly once, whatever is
+        added or removed meanwhile (see :mod:`handlers.resp.keyspace`); a call
+        costs O(count).
         """
         self.expire_due()
-        pending = [(zlib.crc32(key), key) for key in self.data]
-        pending = [item for item in pending if item[0] >= cursor]
-        if len(pending) <= count:
-            batch, next_cursor = pending, 0
-        else:
-            last_hash = heapq.nsmallest(count, pending)[-1][0]
-            # Every key sharing the last hash goes in this batch, so none is skipped.
-            batch = [item for item in pending if item[0] <= last_hash]
-            next_cursor = last_hash + 1 if len(batch) < len(pending) else 0
-        keys = [key for _h, key in batch]
+        cursor, keys = self.keyspace.scan(cursor, count)
         if pattern is not None and pattern != b"*":
-            match = glob_to_regex(pattern).fullmatch
-            keys = [key for key in keys if match(key)]
-        return next_cursor, keys
+            keys = list(filter(compile_glob(pattern), keys))
+        if kind is not None:
+            keys = [key for key in keys if type_name(self.data.get(key)) == kind]
+        return cursor, keys
 
-    # -- writing -----------------------------------------------------------------------
+    # -- writing strings -----------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes) -> None:
         """``set(key, value)`` without options: the fast path of a plain SET."""
-        if self._deadlines:  # some key has a TTL: take the general path
+        if self._deadlines or self.watchers:  # TTLs or watchers: the general path
             self.set(key, value)
             return
-        data = self.data
-        old = data.get(key)
-        growth = len(value) - (len(old) if old is not None else -len(key))
+        old = self.data.get(key)
+        if old is None:
+            growth = KEY_OVERHEAD + len(key) + len(value)
+        elif type(old) is bytes:
+            growth = len(value) - len(old)
+        else:
+            growth = len(value) - value_size(old)
         if growth > 0 and self.max_memory and self.used_memory + growth > self.max_memory:
             raise OutOfMemory(key)
-        data[key] = value
+        self.keyspace.store(key, value)
         self.used_memory += growth
 
     def set(
@@ -149,26 +188,19 @@ class KeyValueStore:
         """Store ``value``; False if NX/XX prevented it. ``expire_at``: monotonic time."""
         if self._deadlines and self._deadlines[0][0] <= time.monotonic():
             self.expire_due()
-        old = self.get(key)
+        old = self.value(key)
         if (only_if_missing and old is not None) or (only_if_present and old is None):
             return False
-        growth = len(value) - (len(old) if old is not None else -len(key))
-        if growth > 0 and self.max_memory and self.used_memory + growth > self.max_memory:
-            raise OutOfMemory(key)
-        self.data[key] = value
-        self.used_memory += growth
+        if old is None:
+            growth = KEY_OVERHEAD + len(key) + len(value)
+        else:
+            growth = len(value) - value_size(old)
+        self.changed(key, growth)
+        self.keyspace.store(key, value)
         if expire_at is not None:
             self.set_deadline(key, expire_at)
         elif not keep_ttl and self.expires:
             self.expires.pop(key, None)
-        return True
-
-    def delete(self, key: bytes) -> bool:
-        if self.get(key) is None:
-            return False
-        value = self.data.pop(key)
-        self.expires.pop(key, None)
-        self.used_memory -= len(key) + len(value)
         return True
 
     def increment(self, key: bytes, delta: int) -> int:
@@ -190,10 +222,50 @@ class KeyValueStore:
         self.set(key, b"%d" % result, keep_ttl=True)
         return result
 
+    # -- writing collections -------------------------------------------------------------
+
+    def prepare(self, key: bytes, value: Any, kind: type, growth: int) -> Any:
+        """Count ``growth`` bytes for ``key`` (checking the cap); return its collection.
+
+        ``value`` is what :meth:`collection` returned: None makes a new, empty
+        ``kind`` at ``key`` (counted with the key's own overhead). Nothing is
+        created when the cap refuses.
+        """
+        if value is None:
+            self.changed(key, KEY_OVERHEAD + len(key) + growth)
+            value = kind()
+            self.keyspace.store(key, value)
+            return value
+        self.changed(key, growth)
+        return value
+
+    def changed(self, key: bytes, growth: int) -> None:
+        """``key`` is about to change by ``growth`` bytes: check the cap, count it."""
+        if growth > 0 and self.max_memory and self.used_memory + growth > self.max_memory:
+            raise OutOfMemory(key)
+        self.used_memory += growth
+        if self.watchers:
+            self._tell_watchers(key)
+
+    def drop_if_empty(self, key: bytes) -> None:
+        value = self.data.get(key)
+        if value is not None and not value:
+            self._remove(key)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def delete(self, key: bytes) -> bool:
+        if self.value(key) is None:
+            return False
+        self._remove(key)
+        return True
+
     def set_deadline(self, key: bytes, deadline: Optional[float]) -> bool:
         """Give ``key`` an expiry (monotonic time) or, with None, remove it."""
-        if self.get(key) is None:
+        if self.value(key) is None:
             return False
+        if self.watchers:
+            self._tell_watchers(key)
         if deadline is None:
             return self.expires.pop(key, None) is not None
         self.expires[key] = deadline
@@ -207,7 +279,10 @@ class KeyValueStore:
         return True
 
     def flush(self) -> None:
-        self.data.clear()
+        for key in list(self.watchers):
+            if key in self.data:
+                self._tell_watchers(key)
+        self.keyspace.clear()
         self.expires.clear()
         self._deadlines.clear()
         self.used_memory = 0
@@ -230,12 +305,18 @@ class KeyValueStore:
             self._remove(key)
 
     def _remove(self, key: bytes) -> int:
-        value = self.data.pop(key, None)
+        value = self.keyspace.pop(key)
         self.expires.pop(key, None)
         if value is None:
             return 0
-        self.used_memory -= len(key) + len(value)
+        self.used_memory -= KEY_OVERHEAD + len(key) + value_size(value)
+        if self.watchers:
+            self._tell_watchers(key)
         return 1
+
+    def _tell_watchers(self, key: bytes) -> None:
+        for session in self.watchers.get(key, ()):
+            session.key_changed()
 
 
 def _is_canonical_integer(value: bytes) -> bool:
@@ -244,56 +325,3 @@ def _is_canonical_integer(value: bytes) -> bool:
         return False
     digits = value[1:] if value[:1] == b"-" else value
     return digits.isdigit() and (digits[:1] != b"0" or digits == b"0") and value != b"-0"
-
-
-@functools.lru_cache(maxsize=256)
-def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
-    """Compile a Redis glob pattern (bytes) to a regex for ``fullmatch``.
-
-    ``*`` any run, ``?`` one byte, ``[abc]``/``[a-z]``/``[^a]`` a class, ``\\x`` the
-    byte x literally. An unclosed ``[`` matches a literal ``[``, as in Redis.
-    """
-    out = bytearray()
-    i = 0
-    n = len(pattern)
-    while i < n:
-        byte = pattern[i]
-        if byte == 42:  # *
-            out += b".*"
-        elif byte == 63:  # ?
-            out += b"."
-        elif byte == 92 and i + 1 < n:  # backslash escape
-            i += 1
-            out += re.escape(pattern[i : i + 1])
-        elif byte == 91:  # [
-            close = pattern.find(b"]", i + 2 if pattern[i + 1 : i + 2] == b"^" else i + 1)
-            if close < 0:
-                out += b"\\["
-            else:
-                out += _character_class(pattern[i + 1 : close])
-                i = close
-        else:
-            out += re.escape(pattern[i : i + 1])
-        i += 1
-    return re.compile(bytes(out), re.DOTALL)
-
-
-def _character_class(body: bytes) -> bytes:
-    negate = body[:1] == b"^"
-    if negate:
-        body = body[1:]
-    parts = bytearray(b"[^" if negate else b"[")
-    i = 0
-    while i < len(body):
-        if body[i] == 92 and i + 1 < len(body):
-            i += 1
-        if i + 2 < len(body) and body[i + 1] == 45:  # a range such as a-z
-            low, high = sorted((body[i], body[i + 2]))
-            parts += b"\\x%02x-\\x%02x" % (low, high)
-            i += 3
-            continue
-        parts += b"\\x%02x" % body[i]
-        i += 1
-    if len(parts) == (3 if negate else 1):
-        return b"(?!)" if not negate else b"."  # "[]" matches nothing, "[^]" anything
-    return bytes(parts + b"]")
