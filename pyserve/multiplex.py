@@ -222,8 +222,10 @@ class _IOLoop:
             output.popleft()
         if not output and handler._closing:
             self.finish(handler, None)
-        else:
-            self.want(handler)
+            return
+        if not output:
+            self.call(handler, handler.write_buffer_drained)
+        self.want(handler)
 
     def want(self, handler: ConnectionHandler[Any]) -> None:
         """Watch what ``handler`` needs now: output to send, room to read."""

@@ -1,7 +1,23 @@
-"""The network side of the RESP server: the handler forms and the server class.
+"""The network side of the RESP server: the handler forms, the server class, output limits.
 
 Everything else (parser, encoding, store, sessions, command tables) is sans-IO and
 lives beside this module; :mod:`handlers.resp` explains how they cooperate.
+
+Output is bounded per client. A pipeline is answered in pieces
+(``reply_chunk`` bytes of replies at a time, the store lock released between
+them). The multiplexed form stops running a client's commands while more than
+``max_write_buffer`` bytes of its replies wait to be sent (the I/O loop stops
+reading from it too) and resumes in ``write_buffer_drained()``; the threaded form
+blocks in ``sendall()`` between pieces. A single reply that would take a client's
+pending output past ``max_output_buffer`` closes that connection instead (Redis's
+client-output-buffer-limit). So a client that pipelines big GETs and never reads
+costs at most about ``max_write_buffer + max_output_buffer`` bytes, whatever it
+asks for.
+
+Faults of a peer (a protocol error, an output over the limit, silence past the
+idle timeout) are logged on ``pyserve.resp`` with every peer-controlled character
+escaped, at most one line per reason per ``fault_log_interval`` seconds (with the
+number of lines left out).
 """
 
 from __future__ import annotations
@@ -14,8 +30,9 @@ from typing import Any, Optional
 
 from handlers.resp.commands import open_session
 from handlers.resp.encoding import encode_error
-from handlers.resp.protocol import CommandParser
+from handlers.resp.protocol import Command, CommandParser
 from handlers.resp.session import ServerState, Session
+from handlers.resp.store import DEFAULT_MAX_MEMORY
 from pyserve import (
     ConnectionHandler,
     MultiplexingTCPServer,
@@ -31,7 +48,7 @@ _states: weakref.WeakKeyDictionary[Any, ServerState] = weakref.WeakKeyDictionary
 _states_lock = threading.Lock()
 
 
-def server_state(server: Any, max_memory: int = 0) -> ServerState:
+def server_state(server: Any, max_memory: int = DEFAULT_MAX_MEMORY) -> ServerState:
     """The shared state (store and counters) of ``server``, created on first use."""
     state = getattr(server, "resp_state", None)
     if isinstance(state, ServerState):
@@ -45,17 +62,26 @@ def server_state(server: Any, max_memory: int = 0) -> ServerState:
 
 class _RespSettings:
     """What both forms of the handler share: the settings (documented on
-    :class:`RespHandler`) and how a connection starts."""
+    :class:`RespHandler`), how a connection starts, and the peer-fault log."""
 
     server: Any
     client_address: Any
-    max_memory: int = 0
+    max_memory: int = DEFAULT_MAX_MEMORY
     max_bulk_length: int = CommandParser.max_bulk_length
     max_array_length: int = CommandParser.max_array_length
     max_inline_length: int = CommandParser.max_inline_length
     max_command_size: int = CommandParser.max_command_size
     #: 64 KiB holds a few thousand pipelined small commands: one recv per batch.
     receive_size: int = 65536
+    #: Replies sent per piece of a pipeline; the store lock is released between
+    #: pieces. 64 KiB is far above a -P 16 batch of small replies (no cost there).
+    reply_chunk: int = 64 * 1024
+    #: A reply that would take a client's unsent output past this closes the
+    #: connection. 64 MiB: above the largest value (8 MiB) and a KEYS reply over
+    #: a full default store, far below what one client may pin otherwise.
+    max_output_buffer: int = 64 * 1024 * 1024
+    #: At most one log line per fault reason this often (seconds).
+    fault_log_interval: float = 60.0
 
     def _new_parser(self) -> CommandParser:
         return CommandParser(
@@ -68,20 +94,41 @@ class _RespSettings:
     def _open_session(self) -> Session:
         return open_session(server_state(self.server, self.max_memory), self.client_address)
 
+    def _fault(self, reason: str, detail: str) -> None:
+        state = server_state(self.server, self.max_memory)
+        state.faults.warn(self.fault_log_interval, reason, self.client_address, detail)
+
+    def _refusal(self, error: ProtocolError) -> bytes:
+        """Log a peer's protocol error; the reply that goes before closing."""
+        self._fault("protocol error", str(error))
+        return encode_error(f"ERR Protocol error: {error}")
+
+    def _too_big(self, pending: int, reply: int) -> bool:
+        if pending + reply <= self.max_output_buffer:
+            return False
+        self._fault(
+            "output buffer limit",
+            f"a reply of {reply} bytes with {pending} unsent would pass"
+            f" {self.max_output_buffer}",
+        )
+        return True
+
 
 class RespHandler(_RespSettings, StreamRequestHandler[Any]):
     """Serve one Redis client connection, blocking in its own thread.
 
     Class attributes that may be overridden:
 
-    - ``max_memory``: the memory cap (bytes of keys plus values, 0: none) of the
-      store created for a server that does not bring its own (see
-      :class:`RespServer`)
+    - ``max_memory``: the memory cap of the store created for a server that does
+      not bring its own (see :class:`RespServer`; default 256 MiB, 0: none)
     - ``max_bulk_length``, ``max_array_length``, ``max_inline_length``,
       ``max_command_size``: the parser's limits (see
       :class:`~handlers.resp.protocol.CommandParser`)
     - ``receive_size``: the most bytes read per ``recv()``
-    - ``timeout``: seconds a connection may stay silent (None: forever)
+    - ``reply_chunk``, ``max_output_buffer``: output limits (see the module's text)
+    - ``idle_timeout``: seconds a connection may stay silent (None: the server's
+      ``idle_timeout``, else forever)
+    - ``fault_log_interval``: seconds between log lines for one kind of peer fault
     """
 
     # Replies go out in one send per batch; Nagle would only delay them.
@@ -91,6 +138,12 @@ class RespHandler(_RespSettings, StreamRequestHandler[Any]):
         if self.request.family not in (socket.AF_INET, socket.AF_INET6):
             self.disable_nagle_algorithm = False  # no TCP_NODELAY on Unix sockets
         super().setup()
+        idle = self.idle_timeout
+        if idle is None:
+            idle = getattr(self.server, "idle_timeout", None)
+        self.idle: Optional[float] = idle
+        if idle is not None:
+            self.request.settimeout(idle)
         self.session = self._open_session()
 
     def handle(self) -> None:
@@ -98,28 +151,31 @@ class RespHandler(_RespSettings, StreamRequestHandler[Any]):
         parser = self._new_parser()
         recv = self.request.recv
         sendall = self.request.sendall
-        feed = parser.feed
-        drain = parser.drain
-        execute = session.execute
         size = self.receive_size
+        chunk = self.reply_chunk
         while not session.closing:
-            data = recv(size)
+            try:
+                data = recv(size)
+            except socket.timeout:
+                self._fault("idle timeout", f"no data for {self.idle:g} s")
+                return
             if not data:
                 return
-            feed(data)
+            parser.feed(data)
             try:
-                commands = drain()
+                commands = parser.drain()
             except ProtocolError as exc:
-                self._refuse(exc)
+                sendall(self._refusal(exc))
                 return
-            if commands:
-                sendall(execute(commands))
-                if parser.error is not None:  # met after the commands just answered
-                    self._refuse(parser.error)
+            done = 0
+            while done < len(commands) and not session.closing:
+                reply, done = session.execute_some(commands, done, chunk)
+                if self._too_big(0, len(reply)):
                     return
-
-    def _refuse(self, error: ProtocolError) -> None:
-        self.request.sendall(_refusal(self.client_address, error))
+                sendall(reply)
+            if parser.error is not None and not session.closing:
+                sendall(self._refusal(parser.error))  # met after the commands answered
+                return
 
     def finish(self) -> None:
         self.session.close()
@@ -129,8 +185,8 @@ class RespHandler(_RespSettings, StreamRequestHandler[Any]):
 class RespConnection(_RespSettings, ConnectionHandler[Any]):
     """Serve one Redis client on a multiplexing server (see :class:`RespServer`).
 
-    The class attributes of :class:`RespHandler` apply here too (``timeout`` is
-    spelled ``idle_timeout``).
+    The class attributes of :class:`RespHandler` apply here too, and
+    ``max_write_buffer``: unsent output above which the client's commands wait.
     """
 
     def connection_made(self) -> None:
@@ -138,25 +194,53 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.parser = self._new_parser()
         self.session = self._open_session()
+        # Commands parsed but not run yet (their replies would not fit), and the
+        # index of the next one to run.
+        self.pending: list[Command] = []
+        self.next_command = 0
 
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        parser.feed(data)
-        try:
-            commands = parser.drain()
-        except ProtocolError as exc:
-            self._refuse(exc)
-            return
-        if commands:
-            session = self.session
-            self.write(session.execute(commands))
+        self.parser.feed(data)
+        self._answer()
+
+    def write_buffer_drained(self) -> None:
+        if self.next_command < len(self.pending):
+            self._answer()
+
+    def _answer(self) -> None:
+        """Run the client's commands while its unsent output stays under the limit."""
+        session = self.session
+        while not self.closing:
+            pending = self.write_buffer_size
+            if pending > self.max_write_buffer:
+                return  # resumed by write_buffer_drained()
+            if self.next_command >= len(self.pending):
+                try:
+                    self.pending = self.parser.drain()
+                except ProtocolError as exc:
+                    self._refuse(exc)
+                    return
+                self.next_command = 0
+                if not self.pending:
+                    return
+            reply, self.next_command = session.execute_some(
+                self.pending, self.next_command, self.reply_chunk
+            )
+            if self._too_big(pending, len(reply)):
+                self.close()
+                return
+            self.write(reply)
             if session.closing:
                 self.close()
-            elif parser.error is not None:  # met after the commands just answered
-                self._refuse(parser.error)
+                return
+            if self.next_command >= len(self.pending):
+                self.pending = []
+                if self.parser.error is not None:  # met after the commands answered
+                    self._refuse(self.parser.error)
+                return
 
     def _refuse(self, error: ProtocolError) -> None:
-        self.write(_refusal(self.client_address, error))
+        self.write(self._refusal(error))
         self.close()
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
@@ -165,16 +249,10 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
             session.close()
 
 
-def _refusal(client_address: Any, error: ProtocolError) -> bytes:
-    """Log a peer's protocol error once; the reply that goes before closing."""
-    logger.warning("closing RESP connection from %s: protocol error: %s", client_address, error)
-    return encode_error(f"ERR Protocol error: {error}")
-
-
 class RespServer(MultiplexingTCPServer):
     """A TCP server with its own key-value store, serving every client from one thread.
 
-    ``max_memory``: the store's cap in bytes of keys plus values (0: no cap).
+    ``max_memory``: the store's cap in counted bytes (default 256 MiB; 0: none).
     The store is ``server.resp_state.store``.
     """
 
@@ -184,7 +262,7 @@ class RespServer(MultiplexingTCPServer):
         RequestHandlerClass: Any = RespConnection,
         bind_and_activate: bool = True,
         *,
-        max_memory: int = 0,
+        max_memory: int = DEFAULT_MAX_MEMORY,
     ) -> None:
         self.resp_state: Optional[ServerState] = ServerState(max_memory)
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)

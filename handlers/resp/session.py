@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Optional
 
 from handlers.resp.encoding import encode_error
+from handlers.resp.faults import FaultLog
 from handlers.resp.store import DEFAULT_MAX_MEMORY, KeyValueStore, OutOfMemory, WrongType
 
 __all__ = ["CommandTable", "ReplyError", "ServerState", "Session"]
@@ -55,6 +56,7 @@ class ServerState:
 
     def __init__(self, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
         self.store = KeyValueStore(max_memory)
+        self.faults = FaultLog()
         self.started = time.monotonic()
         self.connected_clients = 0
         self.commands_processed = 0
