@@ -247,7 +247,7 @@ register(
 )
 register(
     "resp",
-    tcp="handlers.resp:RespHandler",
+    tcp="handlers.resp:RespConnection",
     description="a Redis-compatible key-value store (RESP2) for redis-cli and redis-py",
 )
 register(

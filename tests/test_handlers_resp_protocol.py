@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,12 +121,42 @@ def test_array_over_the_limit_is_refused() -> None:
 
 
 def test_command_over_the_total_size_limit_is_refused() -> None:
-    parser = CommandParser(max_bulk_length=100, max_command_size=250)
+    # Each argument counts 48 bytes beside its own (ARGUMENT_OVERHEAD): 2 x 148 fit.
+    parser = CommandParser(max_bulk_length=100, max_command_size=350)
     parser.feed(b"*4\r\n" + encode_bulk(b"a" * 100) + encode_bulk(b"b" * 100))
     assert parser.drain() == []
     parser.feed(b"$100\r\n")
-    with pytest.raises(ProtocolError, match="larger than 250"):
+    with pytest.raises(ProtocolError, match="larger than 350"):
         parser.drain()
+
+
+def test_tiny_arguments_count_what_they_cost_in_memory() -> None:
+    # 7 MB on the wire is a million Python objects (49 MB and more): the default
+    # limit (32 MiB of counted size) refuses the command.
+    parser = CommandParser()
+    parser.feed(b"*1000000\r\n" + b"$1\r\na\r\n" * 1_000_000)
+    with pytest.raises(ProtocolError, match="larger than"):
+        parser.drain()
+
+
+def _parse_peak(parser: CommandParser, data: bytes) -> int:
+    """The most memory parsing ``data`` (fed at once) took, up to the refusal."""
+    tracemalloc.start()
+    try:
+        parser.feed(data)
+        with pytest.raises(ProtocolError):
+            parser.drain()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_huge_command_in_one_feed_is_parsed_in_bounded_memory() -> None:
+    # The fast path once split the whole buffer at every CRLF first: 7 MB of tiny
+    # arguments became 2 million pieces (231 MB) before any limit was checked.
+    data = b"*1000000\r\n" + b"$1\r\na\r\n" * 1_000_000
+    peak = _parse_peak(CommandParser(max_command_size=4 * 1024 * 1024), data)
+    assert peak < len(data) + 8 * 1024 * 1024, peak
 
 
 def test_endless_header_line_is_refused() -> None:

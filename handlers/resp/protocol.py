@@ -44,7 +44,7 @@ from typing import Optional, Union
 from handlers.resp.inline import split_inline
 from pyserve import ProtocolError
 
-__all__ = ["NEED_DATA", "CommandParser", "NeedData"]
+__all__ = ["ARGUMENT_OVERHEAD", "NEED_DATA", "Command", "CommandParser", "NeedData"]
 
 
 class NeedData:
@@ -61,6 +61,12 @@ NEED_DATA = NeedData()
 
 #: One command: its name and arguments, exactly as sent.
 Command = list[bytes]
+
+#: What one argument costs beside its bytes: a bytes object's header and a list slot.
+ARGUMENT_OVERHEAD = 48
+# The fast path splits at most this many lines per pass, so a huge command (a
+# million tiny arguments) is never cut into millions of pieces at once.
+_SPLIT_LINES = 4096
 
 # "$0" ... "$1023": the fast path checks bulk headers by lookup (see _parse_simple).
 _BULK_HEADERS = [b"$%d" % n for n in range(1024)]
@@ -85,7 +91,10 @@ class CommandParser:
     max_inline_length: int = 64 * 1024
     #: Most bytes one command may hold in total (Redis's client-query-buffer-limit is
     #: 1 GiB); without it, many bulks each under the bulk limit add up unbounded.
-    max_command_size: int = 64 * 1024 * 1024
+    #: Each argument counts its length plus :data:`ARGUMENT_OVERHEAD`, what a
+    #: Python bytes object and its list slot really cost, so a million one-byte
+    #: arguments count as the 49 MB they take, not 1 MB.
+    max_command_size: int = 32 * 1024 * 1024
 
     def __init__(
         self,
@@ -234,7 +243,7 @@ class CommandParser:
         buffer = self._buffer
         if self._pos:
             buffer = buffer[self._pos :]
-        pieces = buffer.split(b"\r\n")
+        pieces = buffer.split(b"\r\n", _SPLIT_LINES)
         complete = len(pieces) - 1  # the last piece is not terminated yet
         header_for = _BULK_HEADERS.__getitem__
         counts = _ARRAY_HEADERS
@@ -347,7 +356,7 @@ class CommandParser:
             length = int(digits)
             if length > self.max_bulk_length:
                 raise self._fail(f"invalid bulk length {length} (limit {self.max_bulk_length})")
-            if self._partial_size + taken + length > self.max_command_size:
+            if self._partial_size + taken + length + ARGUMENT_OVERHEAD > self.max_command_size:
                 raise self._fail(f"command larger than {self.max_command_size} bytes")
             start = end + 2
             stop = start + length
@@ -357,7 +366,7 @@ class CommandParser:
             if buffer[stop : stop + 2] != b"\r\n":
                 raise self._fail("bulk string not terminated by CRLF")
             append(buffer[start:stop])
-            taken += length
+            taken += length + ARGUMENT_OVERHEAD
             pos = stop + 2
             remaining -= 1
         self._pos = pos

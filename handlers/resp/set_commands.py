@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from handlers.resp.encoding import NULL_BULK, encode_array, encode_bulk, encode_integer
 from handlers.resp.session import CommandTable, ReplyError, Session, integer_argument
-from handlers.resp.values import ELEMENT_OVERHEAD
+from handlers.resp.values import SET_MEMBER_OVERHEAD
 
 __all__ = ["SET_COMMANDS"]
 
@@ -21,7 +21,7 @@ def sadd(session: Session, args: list[bytes]) -> bytes:
     members = set(args[2:])
     existing = store.collection(key, set)
     new = members if existing is None else members - existing
-    growth = sum(map(len, new)) + ELEMENT_OVERHEAD * len(new)
+    growth = sum(map(len, new)) + SET_MEMBER_OVERHEAD * len(new)
     store.prepare(key, existing, set, growth).update(new)
     return encode_integer(len(new))
 
@@ -33,7 +33,7 @@ def srem(session: Session, args: list[bytes]) -> bytes:
     if existing is None:
         return b":0\r\n"
     gone = existing.intersection(args[2:])
-    store.changed(key, -(sum(map(len, gone)) + ELEMENT_OVERHEAD * len(gone)))
+    store.changed(key, -(sum(map(len, gone)) + SET_MEMBER_OVERHEAD * len(gone)))
     existing.difference_update(gone)
     store.drop_if_empty(key)
     return encode_integer(len(gone))
@@ -51,7 +51,7 @@ def spop(session: Session, args: list[bytes]) -> bytes:
     if existing is None:
         return NULL_BULK if count is None else b"*0\r\n"
     taken = [existing.pop() for _ in range(1 if count is None else min(count, len(existing)))]
-    store.changed(key, -(sum(map(len, taken)) + ELEMENT_OVERHEAD * len(taken)))
+    store.changed(key, -(sum(map(len, taken)) + SET_MEMBER_OVERHEAD * len(taken)))
     store.drop_if_empty(key)
     if count is None:
         return encode_bulk(taken[0])

@@ -232,8 +232,8 @@ class KeyValueStore:
         created when the cap refuses.
         """
         if value is None:
-            self.changed(key, KEY_OVERHEAD + len(key) + growth)
             value = kind()
+            self.changed(key, KEY_OVERHEAD + len(key) + value_size(value) + growth)
             self.keyspace.store(key, value)
             return value
         self.changed(key, growth)

@@ -15,7 +15,8 @@ zset     :class:`SortedSet`              score order and O(1) score look-up
 ======== =============================== ==========================================
 
 The store counts memory per key as :data:`KEY_OVERHEAD` plus the key's bytes plus
-:func:`value_size` of its value. The overheads are what CPython really spends
+:func:`value_size` of its value (for a collection: what the empty container
+costs, plus each element's bytes and overhead). The overheads are what CPython really spends
 (measured with ``tracemalloc`` on 3.11: a key in the store's two dicts and slot
 table, a bytes object's header, an element's place in its container), rounded up,
 so ``maxmemory`` bounds the process's real growth instead of only the payload
@@ -35,6 +36,7 @@ __all__ = [
     "FIELD_OVERHEAD",
     "KEY_OVERHEAD",
     "MEMBER_OVERHEAD",
+    "SET_MEMBER_OVERHEAD",
     "SortedSet",
     "Value",
     "type_name",
@@ -44,8 +46,10 @@ __all__ = [
 #: A key: its entries in the values dict and the slot index, its slot, the key
 #: object's header, and the value object's header (about 200 bytes measured).
 KEY_OVERHEAD = 208
-#: A list or set element: its bytes object's header and its place in the container.
+#: A list element: its bytes object's header and its place in the deque.
 ELEMENT_OVERHEAD = 64
+#: A set member: its bytes object's header and its hash-table entry.
+SET_MEMBER_OVERHEAD = 96
 #: A hash field and its value: two bytes objects and a dict entry.
 FIELD_OVERHEAD = 128
 #: A sorted-set member: its bytes, score, dict entry and (score, member) tuple.
@@ -118,13 +122,20 @@ def type_name(value: Optional[Value]) -> str:
     return _TYPE_NAMES[type(value)]
 
 
+#: What an empty container costs (a deque allocates a 64-slot block at once).
+_EMPTY_SIZE = {collections.deque: 640, set: 224, dict: 240, SortedSet: 360}
+
+
 def value_size(value: Value) -> int:
     """The bytes ``value`` is counted for (without its key's overhead)."""
     if isinstance(value, bytes):
         return len(value)
-    if isinstance(value, (collections.deque, set)):
-        return sum(map(len, value)) + ELEMENT_OVERHEAD * len(value)
+    base = _EMPTY_SIZE[type(value)]
+    if isinstance(value, collections.deque):
+        return base + sum(map(len, value)) + ELEMENT_OVERHEAD * len(value)
+    if isinstance(value, set):
+        return base + sum(map(len, value)) + SET_MEMBER_OVERHEAD * len(value)
     if isinstance(value, dict):
         payload = sum(map(len, value)) + sum(map(len, value.values()))
-        return payload + FIELD_OVERHEAD * len(value)
-    return sum(len(member) for member in value.scores) + MEMBER_OVERHEAD * len(value)
+        return base + payload + FIELD_OVERHEAD * len(value)
+    return base + sum(len(member) for member in value.scores) + MEMBER_OVERHEAD * len(value)
