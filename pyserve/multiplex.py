@@ -142,7 +142,9 @@ class _IOLoop:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-        while self.incoming:
+        # Only what was queued before this turn: a callback that queues another (a
+        # long job done in pieces) lets every connection be served in between.
+        for _ in range(len(self.incoming)):
             callback = self.incoming.popleft()
             try:
                 callback()

@@ -5,9 +5,10 @@ lives beside this module; :mod:`handlers.resp` explains how they cooperate.
 
 Output is bounded per client. A pipeline is answered in pieces
 (``reply_chunk`` bytes of replies at a time, the store lock released between
-them). The multiplexed form stops running a client's commands while more than
-``max_write_buffer`` bytes of its replies wait to be sent (the I/O loop stops
-reading from it too) and resumes in ``write_buffer_drained()``; the threaded form
+them). The multiplexed form runs one piece per turn of its I/O loop, so other
+clients are served between the pieces, and stops running a client's commands
+while more than ``max_write_buffer`` bytes of its replies wait to be sent (the
+I/O loop stops reading from it too), resuming in ``write_buffer_drained()``; the threaded form
 blocks in ``sendall()`` between pieces. A single reply that would take a client's
 pending output past ``max_output_buffer`` closes that connection instead (Redis's
 client-output-buffer-limit). So a client that pipelines big GETs and never reads
@@ -198,6 +199,7 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
         # index of the next one to run.
         self.pending: list[Command] = []
         self.next_command = 0
+        self.resume_scheduled = False
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
@@ -208,36 +210,57 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
             self._answer()
 
     def _answer(self) -> None:
-        """Run the client's commands while its unsent output stays under the limit."""
+        """Run the next piece of the client's commands, and send its replies.
+
+        A pipeline whose replies pass ``reply_chunk`` is run one piece per turn of
+        the I/O loop (the next piece is scheduled with ``call_soon``, so every
+        other connection is served in between), and not at all while more than
+        ``max_write_buffer`` bytes of replies wait: ``write_buffer_drained()``
+        resumes it.
+        """
+        if self.next_command >= len(self.pending):
+            try:
+                self.pending = self.parser.drain()
+            except ProtocolError as exc:
+                self._refuse(exc)
+                return
+            self.next_command = 0
+            if not self.pending:
+                return
         session = self.session
-        while not self.closing:
-            pending = self.write_buffer_size
-            if pending > self.max_write_buffer:
-                return  # resumed by write_buffer_drained()
-            if self.next_command >= len(self.pending):
-                try:
-                    self.pending = self.parser.drain()
-                except ProtocolError as exc:
-                    self._refuse(exc)
-                    return
-                self.next_command = 0
-                if not self.pending:
-                    return
-            reply, self.next_command = session.execute_some(
-                self.pending, self.next_command, self.reply_chunk
-            )
-            if self._too_big(pending, len(reply)):
-                self.close()
-                return
-            self.write(reply)
-            if session.closing:
-                self.close()
-                return
-            if self.next_command >= len(self.pending):
-                self.pending = []
-                if self.parser.error is not None:  # met after the commands answered
-                    self._refuse(self.parser.error)
-                return
+        unsent = self.write_buffer_size
+        reply, self.next_command = session.execute_some(
+            self.pending, self.next_command, self.reply_chunk
+        )
+        if self._too_big(unsent, len(reply)):
+            self.close()
+            return
+        self.write(reply)
+        if session.closing:
+            self.close()
+        elif self.next_command < len(self.pending):
+            if self.write_buffer_size <= self.max_write_buffer and not self.resume_scheduled:
+                self.resume_scheduled = True
+                self.server.call_soon(self._resume)
+        else:
+            self.pending = []
+            if self.parser.error is not None:  # met after the commands just answered
+                self._refuse(self.parser.error)
+
+    def _resume(self) -> None:
+        """The next piece of a long pipeline (called by the I/O loop)."""
+        self.resume_scheduled = False
+        if (
+            self.closing
+            or self.next_command >= len(self.pending)
+            or self.write_buffer_size > self.max_write_buffer
+        ):
+            return
+        try:
+            self._answer()
+        except Exception:  # as a callback's error: logged, and this connection ends
+            self.server.handle_error(self.request, self.client_address)
+            self.close()
 
     def _refuse(self, error: ProtocolError) -> None:
         self.write(self._refusal(error))
