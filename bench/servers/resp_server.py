@@ -22,7 +22,9 @@ def find_classes(module, base_server, base_handler):
     for name, obj in vars(module).items():
         if name.startswith("_") or not inspect.isclass(obj):
             continue
-        if getattr(obj, "__module__", "") != module.__name__:
+        defined_in = getattr(obj, "__module__", "")
+        # handlers.resp is a package: its classes live in its submodules.
+        if defined_in != module.__name__ and not defined_in.startswith(module.__name__ + "."):
             continue
         if issubclass(obj, base_handler):
             handlers.append(obj)
