@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
 from pyserve.errors import LineTooLong, ProtocolError, PyserveError, RequestDropped, RequestTimedOut
-from pyserve.events import (
+from pyserve.lifecycle.drain import DrainReport
+from pyserve.lifecycle.events import (
     ACCEPTED,
     DRAINED,
     ERRORED,
@@ -35,9 +36,8 @@ from pyserve.events import (
     ServerEvent,
     Stats,
 )
-from pyserve.lifecycle import DrainReport
-from pyserve.pool import ThreadPoolMixIn
-from pyserve.registry import InFlight
+from pyserve.lifecycle.registry import InFlight
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from pyserve.servers import (
     ThreadingTCPServer,
@@ -74,7 +74,7 @@ if hasattr(socket, "AF_UNIX"):
         ThreadPoolUnixDatagramServer,
         ThreadPoolUnixStreamServer,
     )
-    from pyserve.sockets import UnixDatagramServer, UnixStreamServer
+    from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
     __all__ += [
         "UnixStreamServer",
@@ -91,7 +91,7 @@ if hasattr(socket, "AF_UNIX"):
 __all__ += ["SocketServer", "PyserveError", "ProtocolError", "RequestDropped"]
 
 if hasattr(os, "fork"):
-    from pyserve.prefork import Prefork
+    from pyserve.prefork.supervisor import Prefork
 
     __all__ += ["Prefork"]
 # Production concurrency and lifecycle (thread pool, registry, drain, limits, events).
@@ -105,8 +105,8 @@ __all__ += [
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
 # One I/O thread for many connections: callback handlers that never block.
-from pyserve.connection import ConnectionHandler  # noqa: E402
-from pyserve.multiplex import MultiplexingMixIn  # noqa: E402
+from pyserve.multiplex.connection import ConnectionHandler  # noqa: E402
+from pyserve.multiplex.server import MultiplexingMixIn  # noqa: E402
 from pyserve.servers import MultiplexingTCPServer  # noqa: E402
 
 __all__ += ["ConnectionHandler", "MultiplexingMixIn", "MultiplexingTCPServer"]
@@ -115,15 +115,15 @@ if hasattr(socket, "AF_UNIX"):
 
     __all__ += ["MultiplexingUnixStreamServer"]
 # Network edges (issue 4): multicast, systemd activation, socket options.
-from pyserve import sockopts  # noqa: E402
-from pyserve.activation import ActivationError  # noqa: E402
-from pyserve.multicast import MulticastUDPServer  # noqa: E402
+from pyserve.net import sockopts  # noqa: E402
+from pyserve.net.activation import ActivationError  # noqa: E402
+from pyserve.net.multicast import MulticastUDPServer  # noqa: E402
 
 __all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]
 
 # Network edges (issue 4): TLS and the PROXY protocol.
-from pyserve.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn  # noqa: E402
-from pyserve.proxy_parser import ProxyHeader, ProxyParser  # noqa: E402
+from pyserve.net.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn  # noqa: E402
+from pyserve.net.proxy_header import ProxyHeader, ProxyParser  # noqa: E402
 
 __all__ += [
     "TLSMixIn",
@@ -136,11 +136,11 @@ __all__ += [
 
 
 if TYPE_CHECKING:  # type checkers see the real class; the interpreter loads it lazily
-    from pyserve.tls import TLSMixIn
+    from pyserve.net.tls import TLSMixIn
 
 # TLSMixIn is imported on first use: it needs the ssl module, which costs every
 # process that imports pyserve about 4.5 MiB of memory, TLS or not (PEP 562).
-_LAZY = {"TLSMixIn": "pyserve.tls"}
+_LAZY = {"TLSMixIn": "pyserve.net.tls"}
 
 
 def __getattr__(name: str) -> Any:

@@ -55,9 +55,9 @@ from pyserve.errors import (
     PeerGone,
     RequestDropped,
 )
-from pyserve.events import ACCEPTED
-from pyserve.lifecycle import Lifecycle
-from pyserve.limits import ConnectionLimits
+from pyserve.lifecycle.drain import Lifecycle
+from pyserve.lifecycle.events import ACCEPTED
+from pyserve.lifecycle.limits import ConnectionLimits
 from pyserve.loop import ServeLoop, _Selector
 
 if sys.version_info >= (3, 11):
@@ -99,11 +99,11 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
     - ``_init_dispatch_state()``: cooperative hook to declare strategy state
     - ``_track()``, ``_started()`` (or ``_track_running()``), ``_ended()``: the
       request registry (see
-      :mod:`pyserve.lifecycle`); every strategy reports its requests through them
+      :mod:`pyserve.lifecycle.drain`); every strategy reports its requests through them
 
-    Lifecycle (see :mod:`pyserve.lifecycle` and :mod:`pyserve.events`):
+    Lifecycle (see :mod:`pyserve.lifecycle.drain` and :mod:`pyserve.lifecycle.events`):
     ``in_flight()``, ``stats``, ``add_observer()``, ``drain(grace)``, ``draining``.
-    Connection limits (see :mod:`pyserve.limits`): ``max_connections``,
+    Connection limits (see :mod:`pyserve.lifecycle.limits`): ``max_connections``,
     ``max_connections_per_client``, and the handler protections ``idle_timeout``,
     ``request_deadline``, ``max_line_length``.
 

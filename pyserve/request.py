@@ -40,7 +40,7 @@ import io
 import socket
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
-from pyserve.limits import make_rfile
+from pyserve.lifecycle.limits import make_rfile
 
 __all__ = [
     "BaseRequestHandler",
@@ -141,7 +141,7 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
     - ``disable_nagle_algorithm``: set TCP_NODELAY on the connection
     - ``idle_timeout``, ``request_deadline``, ``max_line_length``: protections
       against slow or abusive peers (None: the server's value, if any; see
-      :mod:`pyserve.limits`)
+      :mod:`pyserve.lifecycle.limits`)
     """
 
     request: socket.socket

@@ -25,7 +25,8 @@ import pytest
 from peers import make_certificates
 
 import pyserve
-from pyserve import cli, cli_build
+from pyserve.cli import build as cli_build
+from pyserve.cli import command as cli
 
 DEADLINE = 10.0
 # Where the pyserve under test lives (the source tree, or site-packages under tox):

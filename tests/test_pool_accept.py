@@ -21,7 +21,7 @@ import pytest
 from conftest import Echo, held_clients, held_handler, round_trip, wait_until
 
 import pyserve
-from pyserve import pool_accept
+from pyserve.pool import accept as pool_accept
 from pyserve.testing import serving
 
 DEADLINE = 10.0

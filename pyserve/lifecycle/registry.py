@@ -11,7 +11,7 @@ people), its state (``queued`` until a handler starts, then ``running``) and whe
 it runs (thread ident and name, process id).
 
 Adding, starting and removing are O(1) dict operations under one lock, and the
-lifetime counters (:class:`~pyserve.events.Stats`) are updated under that same
+lifetime counters (:class:`~pyserve.lifecycle.events.Stats`) are updated under that same
 lock, so counting costs no extra synchronisation. A strategy that runs the
 request in the thread that took it (synchronous serving, a pool worker that
 accepted it) adds it already ``running``, in one step. This is the hot path of a
@@ -24,7 +24,7 @@ reused while the entry lives.
 
 Readers never see the live entries: :meth:`RequestRegistry.snapshot` returns
 immutable :class:`InFlight` records (``server.in_flight()``). Graceful drain
-(:mod:`pyserve.lifecycle`) waits on ``RequestRegistry.wait_empty()`` and cuts
+(:mod:`pyserve.lifecycle.drain`) waits on ``RequestRegistry.wait_empty()`` and cuts
 short what ``RequestRegistry.entries()`` still lists.
 """
 
@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any, NamedTuple, Optional
 
-from pyserve.events import ERRORED, FINISHED, TIMED_OUT, Stats
+from pyserve.lifecycle.events import ERRORED, FINISHED, TIMED_OUT, Stats
 
 _monotonic = time.monotonic
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-:mod:`pyserve.pool` hands each request from the loop to a parked worker. That
+:mod:`pyserve.pool.workers` hands each request from the loop to a parked worker. That
 hand-off costs a thread switch per connection: the loop wakes, accepts,
 wakes a worker, and the worker runs. For short connections that switch is most of
 the server's work (the bench's connect-echo-close rate was 2.8x the stdlib with it,
@@ -45,7 +45,7 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
   workers accepting at once never admit more than the limits allow.
 
 This module holds that mode, as :class:`WorkersAccept`, the base of
-:class:`~pyserve.pool.ThreadPoolMixIn`, which owns the workers and the hand-off.
+:class:`~pyserve.pool.workers.ThreadPoolMixIn`, which owns the workers and the hand-off.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from pyserve.base import BaseServer
-from pyserve.registry import LiveRequest
+from pyserve.lifecycle.registry import LiveRequest
 
 __all__ = ["WorkersAccept"]
 
@@ -131,7 +131,7 @@ class WorkersAccept(_Base):
     """Idle pool workers wait on the listener (see the module documentation).
 
     The state and the worker machinery it uses belong to
-    :class:`~pyserve.pool.ThreadPoolMixIn`.
+    :class:`~pyserve.pool.workers.ThreadPoolMixIn`.
     """
 
     workers_accept: bool = True

@@ -1,6 +1,6 @@
 """From command-line words to servers: bind strings, targets, and server classes.
 
-The ``pyserve`` command (:mod:`pyserve.cli`) turns each ``--bind`` into a
+The ``pyserve`` command (:mod:`pyserve.cli.command`) turns each ``--bind`` into a
 :class:`Bind`, the positional TARGET into a :class:`Target`, and the two into a
 server with :func:`build_server`. Everything here raises :class:`CliError`
 (carrying the exit code the command will return) or ``OSError`` from the socket
@@ -16,8 +16,8 @@ exactly as one would by hand (``class Server(Feature..., Strategy, Transport)``)
 * the *strategy* from ``--concurrency``: none (``sync``), ``ThreadingMixIn``
   (``thread``), ``ThreadPoolMixIn`` (``pool``), ``ForkingMixIn`` (``fork``),
   ``MultiplexingMixIn`` (``multiplex``); without the option, ``multiplex`` for a
-  :class:`~pyserve.connection.ConnectionHandler` and ``thread`` for the rest;
-* each *feature* option is one small function in :mod:`pyserve.cli_features`
+  :class:`~pyserve.multiplex.connection.ConnectionHandler` and ``thread`` for the rest;
+* each *feature* option is one small function in :mod:`pyserve.cli.features`
   that returns the mix-ins and class attributes it needs (``explain`` for
   ``--trace``, the access log).
 """
@@ -32,18 +32,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from handlers import registry
-from pyserve import activation
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
-from pyserve.connection import ConnectionHandler
-from pyserve.multiplex import MultiplexingMixIn, finish_request_overriders
-from pyserve.pool import ThreadPoolMixIn
-from pyserve.proxy import ProxyProtocolMixIn
+from pyserve.multiplex.connection import ConnectionHandler
+from pyserve.multiplex.server import MultiplexingMixIn, finish_request_overriders
+from pyserve.net import activation
+from pyserve.net.proxy import ProxyProtocolMixIn
+from pyserve.net.tls import TLSMixIn
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.sockets import TCPServer, UDPServer
-from pyserve.tls import TLSMixIn
 
 if hasattr(socket, "AF_UNIX"):
-    from pyserve.sockets import UnixDatagramServer, UnixStreamServer
+    from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
 __all__ = [
     "Bind",
@@ -228,7 +228,7 @@ def transport_class(bind: Bind) -> type:
 def strategy_for(concurrency: Optional[str], handler: Any) -> str:
     """``--concurrency`` checked against the handler, or the handler's default.
 
-    A :class:`~pyserve.connection.ConnectionHandler` is called by one I/O thread and
+    A :class:`~pyserve.multiplex.connection.ConnectionHandler` is called by one I/O thread and
     runs only multiplexed; every other handler blocks and runs anywhere else.
     """
     callbacks = isinstance(handler, type) and issubclass(handler, ConnectionHandler)
@@ -319,7 +319,7 @@ def adopt(
     target: Target, bind: Bind, concurrency: Optional[str], features: list[Features]
 ) -> tuple[BaseServer, Bind]:
     """``fd://N`` and ``systemd``: serve a socket someone else opened
-    (:mod:`pyserve.activation`)."""
+    (:mod:`pyserve.net.activation`)."""
     try:
         if bind.transport == "fd":
             sock = socket.socket(fileno=bind.address)

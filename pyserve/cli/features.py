@@ -1,12 +1,12 @@
 """The command's options as server features: the mix-ins and attributes each needs.
 
-:func:`pyserve.cli_build.server_class` composes ``class Server(*features,
+:func:`pyserve.cli.build.server_class` composes ``class Server(*features,
 strategy, transport)``; every function here turns one option (or a pair that
 belongs together) into its part of that class: a tuple of mix-ins and a dict of
-class attributes (:data:`~pyserve.cli_build.Features`). Class attributes rather
+class attributes (:data:`~pyserve.cli.build.Features`). Class attributes rather
 than constructor arguments, so the same class also works where a server is built
 for us (prefork workers build theirs after the fork). A contradiction between
-options raises :class:`~pyserve.cli_build.CliError`.
+options raises :class:`~pyserve.cli.build.CliError`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import time
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from pyserve.base import BaseServer
-from pyserve.cli_build import EXIT_TLS, EXIT_USAGE, CliError, Features
+from pyserve.cli.build import EXIT_TLS, EXIT_USAGE, CliError, Features
 from pyserve.errors import ProtocolError
-from pyserve.proxy import ProxyProtocolMixIn, _parse_trusted
-from pyserve.proxy_parser import ProxyHeader
-from pyserve.tls import TLSMixIn
+from pyserve.net.proxy import ProxyProtocolMixIn, _parse_trusted
+from pyserve.net.proxy_header import ProxyHeader
+from pyserve.net.tls import TLSMixIn
 
 __all__ = [
     "AccessLogMixIn",
@@ -47,7 +47,7 @@ def pool_feature(concurrency: str, max_workers: Optional[int]) -> Features:
 
 def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]) -> Features:
     """``--idle-timeout`` and ``--max-connections``: the per-connection protections
-    of :mod:`pyserve.limits`, as server attributes (every stream handler obeys them)."""
+    of :mod:`pyserve.lifecycle.limits`, as server attributes (every stream handler obeys them)."""
     attributes: dict[str, Any] = {}
     if idle_timeout is not None:
         attributes["idle_timeout"] = idle_timeout
@@ -57,7 +57,7 @@ def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]
 
 
 def tls_feature(cert: Optional[str], key: Optional[str]) -> Features:
-    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.tls`) with that pair."""
+    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.net.tls`) with that pair."""
     if cert is None:
         if key is not None:
             raise CliError("--tls-key needs --tls-cert", EXIT_USAGE)
@@ -86,7 +86,7 @@ class ProxyVersionMixIn(ProxyProtocolMixIn):
 
 def proxy_feature(mode: Optional[str], trusted: list[str]) -> Features:
     """``--proxy-protocol v1|v2|auto`` with ``--trusted-proxy``: real client addresses
-    from a load balancer's PROXY header (:mod:`pyserve.proxy`)."""
+    from a load balancer's PROXY header (:mod:`pyserve.net.proxy`)."""
     if mode is None:
         if trusted:
             raise CliError("--trusted-proxy needs --proxy-protocol", EXIT_USAGE)

@@ -11,8 +11,8 @@ strategy calls three small methods on the request path:
   in the thread that took it), and
   ``_ended(entry, exc)`` when the request is over, classifying the ending as
   finished, errored or timed out. They keep the registry
-  (:mod:`pyserve.registry`) and the counters, and tell observers
-  (:mod:`pyserve.events`).
+  (:mod:`pyserve.lifecycle.registry`) and the counters, and tell observers
+  (:mod:`pyserve.lifecycle.events`).
 
 On top of the registry sits **graceful drain**, :meth:`Lifecycle.drain`:
 
@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from pyserve.events import (
+from pyserve.lifecycle.events import (
     DRAINED,
     ERRORED,
     FINISHED,
@@ -55,7 +55,7 @@ from pyserve.events import (
     ServerEvent,
     Stats,
 )
-from pyserve.registry import InFlight, LiveRequest, RequestRegistry
+from pyserve.lifecycle.registry import InFlight, LiveRequest, RequestRegistry
 
 __all__ = ["DrainReport", "Lifecycle"]
 
@@ -126,7 +126,7 @@ class Lifecycle:
         return self._registry.stats()
 
     def add_observer(self, observer: Observer) -> None:
-        """Call ``observer(event)`` on every lifecycle event (see :mod:`pyserve.events`)."""
+        """Call ``observer(event)`` on every lifecycle event (:mod:`pyserve.lifecycle.events`)."""
         if not callable(observer):
             raise TypeError(f"observer must be callable, got {observer!r}")
         self._observers = [*self._observers, observer]  # copy: emitters iterate freely

@@ -29,7 +29,7 @@ threads: no polling. SIGTERM or SIGINT starts a graceful stop of every server
 at once (``server.drain(grace)`` where the server has it, else ``shutdown()``
 then ``server_close()``, which waits for requests in flight), bounded by
 ``--drain-timeout``; a second signal, or the deadline passing, ends the process
-at once. With ``--processes N`` the prefork supervisor (:mod:`pyserve.prefork`)
+at once. With ``--processes N`` the prefork supervisor (:mod:`pyserve.prefork.supervisor`)
 runs instead and handles the signals itself (SIGHUP rolls the workers).
 
 Exit codes
@@ -64,8 +64,9 @@ import sys
 from typing import Any, Callable, Optional
 
 import pyserve
-from pyserve import cli_build, cli_features
-from pyserve.cli_build import (
+from pyserve.cli import build as cli_build
+from pyserve.cli import features as cli_features
+from pyserve.cli.build import (
     EXIT_SOCKET,
     EXIT_TARGET,
     EXIT_TLS,
@@ -78,8 +79,8 @@ from pyserve.cli_build import (
     parse_bind,
     resolve_target,
 )
-from pyserve.cli_run import EXIT_CRASHED, EXIT_FORCED, EXIT_OK, serve_until_signalled
-from pyserve.prefork import Prefork
+from pyserve.cli.run import EXIT_CRASHED, EXIT_FORCED, EXIT_OK, serve_until_signalled
+from pyserve.prefork.supervisor import Prefork
 
 __all__ = ["main"]
 

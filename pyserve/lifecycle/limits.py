@@ -5,7 +5,7 @@ Theory of operation
 A threaded server spends a thread (or a pool worker) per connection, so a peer
 that connects and then dawdles costs real capacity. Two kinds of guard exist,
 all off by default (the stdlib's behaviour) and on, with safe values, in pyserve's
-own thread-pool servers (:mod:`pyserve.pool`):
+own thread-pool servers (:mod:`pyserve.pool.workers`):
 
 **On the server** (:class:`ConnectionLimits`, inherited by every server), checked
 in the loop right after ``verify_request()``:

@@ -28,7 +28,7 @@ Workers accept
 --------------
 While ``serve_forever()`` runs on Linux, idle workers wait on the listener
 themselves and run the whole request path, with no hand-off: see
-:mod:`pyserve.pool_accept`. ``workers_accept = False`` restores the hand-off;
+:mod:`pyserve.pool.accept`. ``workers_accept = False`` restores the hand-off;
 it is also used where epoll's ``EPOLLEXCLUSIVE`` is missing, for datagram
 servers, for a listener with a timeout, and for ``handle_request()``. There, when
 the listener is readable, the loop accepts up to ``accept_batch`` connections
@@ -37,9 +37,9 @@ listener's blocking mode is untouched).
 
 Workers are daemon threads: a pool never keeps a process alive by itself.
 ``server_close()`` waits at most ``close_timeout`` for requests in flight (see
-:mod:`pyserve.lifecycle`), then stops and joins the workers.
+:mod:`pyserve.lifecycle.drain`), then stops and joins the workers.
 
-The pool servers protect themselves by default (see :mod:`pyserve.limits`): a
+The pool servers protect themselves by default (see :mod:`pyserve.lifecycle.limits`): a
 pool has few threads, so a client that dawdles must not keep one.
 """
 
@@ -53,7 +53,8 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
-from pyserve.pool_accept import (
+from pyserve.lifecycle.registry import LiveRequest
+from pyserve.pool.accept import (
     _ACCEPT,
     _EXIT,
     _PARK,
@@ -63,7 +64,6 @@ from pyserve.pool_accept import (
     _Slot,
     _Worker,
 )
-from pyserve.registry import LiveRequest
 
 __all__ = ["ThreadPoolMixIn"]
 
