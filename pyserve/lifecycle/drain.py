@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pyserve.lifecycle.events import (
     DRAINED,
@@ -108,8 +108,9 @@ class Lifecycle:
 
     accept_gate: AcceptGate
 
-    def shutdown(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by ServeLoop, beside this class in BaseServer
+
+        def shutdown(self) -> None: ...
 
     def _init_lifecycle_state(self) -> None:
         self._registry = RequestRegistry()

@@ -54,7 +54,7 @@ import io
 import logging
 import socket
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.errors import LineTooLong, RequestTimedOut
 from pyserve.lifecycle.registry import LiveRequest, RequestRegistry
@@ -93,15 +93,18 @@ class ConnectionLimits:
     #: A flood of rejections is summarised: one line per reason per minute at most.
     rejection_log_interval: float = 60.0
 
-    # Provided by Lifecycle.
-    def _rejected(self, client_address: Any, reason: str) -> None:
-        raise NotImplementedError
+    # Provided by Lifecycle, beside this class in BaseServer.
+    _registry: RequestRegistry
+    _rejection_log: dict[str, tuple[float, int]]
+
+    if TYPE_CHECKING:
+
+        def _rejected(self, client_address: Any, reason: str) -> None: ...
 
     def _admit(self, request: Any, client_address: Any) -> Optional[LiveRequest]:
         """Enter a request just accepted in the registry if it fits the limits;
         else reject it (counted, logged rate-limited) and return None."""
-        registry: RequestRegistry = self._registry  # type: ignore[attr-defined]
-        admitted = registry.admit(
+        admitted = self._registry.admit(
             request, client_address, self.max_connections, self.max_connections_per_client
         )
         if isinstance(admitted, str):
@@ -123,7 +126,7 @@ class ConnectionLimits:
 
     def _over_limit(self, client_address: Any, reason: str) -> None:
         self._rejected(client_address, reason)
-        log_state: dict[str, tuple[float, int]] = self._rejection_log  # type: ignore[attr-defined]
+        log_state = self._rejection_log
         now = time.monotonic()
         last, suppressed = log_state.get(reason, (-_NEVER, 0))
         if now - last >= self.rejection_log_interval:
