@@ -132,7 +132,7 @@ def _wait_and_stop(
             for key, _ in ready:
                 data = key.fileobj.recv(64)  # type: ignore[union-attr]
                 if key.data == "signal":
-                    # One byte per signal: two quick Ctrl-Cs may arrive as one read.
+                    # One byte per signal: two signals may arrive as one read.
                     if stopping_since is not None or len(data) > 1:
                         logger.warning("second signal: forcing the stop")
                         return _force()
