@@ -1,10 +1,10 @@
-"""From command-line words to servers: bind strings, targets, and server classes.
+"""From command-line words to servers: bind strings and server classes.
 
 The ``pyserve`` command (:mod:`pyserve.cli.command`) turns each ``--bind`` into a
-:class:`Bind`, the positional TARGET into a :class:`Target`, and the two into a
-server with :func:`build_server`. Everything here raises :class:`CliError`
-(carrying the exit code the command will return) or ``OSError`` from the socket
-calls themselves; nothing prints or exits.
+:class:`Bind` and, with the TARGET (a :class:`~pyserve.cli.target.Target`), into a
+server with :func:`build_server`. Everything here raises
+:class:`~pyserve.cli.exits.CliError` (carrying the exit code the command will
+return) or ``OSError`` from the socket calls themselves; nothing prints or exits.
 
 How a server class is made
 --------------------------
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from pyserve.base import BaseServer
-from pyserve.cli.exits import EXIT_SOCKET, EXIT_TARGET, EXIT_TLS, EXIT_USAGE, CliError
-from pyserve.cli.target import Target, resolve_target
+from pyserve.cli.exits import EXIT_SOCKET, EXIT_TARGET, EXIT_USAGE, CliError
+from pyserve.cli.target import Target
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
 from pyserve.multiplex.connection import ConnectionHandler
 from pyserve.multiplex.server import MultiplexingMixIn, finish_request_overriders
@@ -43,18 +43,11 @@ if hasattr(socket, "AF_UNIX"):
     from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
 __all__ = [
-    "EXIT_SOCKET",
-    "EXIT_TARGET",
-    "EXIT_TLS",
-    "EXIT_USAGE",
     "Bind",
-    "CliError",
     "Features",
-    "Target",
     "build_server",
     "format_address",
     "parse_bind",
-    "resolve_target",
     "server_class",
     "strategy_for",
 ]
@@ -88,7 +81,7 @@ class Bind:
 def parse_bind(text: str) -> Bind:
     """Parse ``HOST:PORT``, ``[::1]:PORT``, ``tcp://``/``udp://HOST:PORT``,
     ``unix:/path``, ``unixgram:/path``, ``fd://N``, ``systemd`` or
-    ``systemd:NAME``; :class:`CliError` says what is wrong."""
+    ``systemd:NAME``; :class:`~pyserve.cli.exits.CliError` says what is wrong."""
     if text == "systemd" or text.startswith("systemd:"):
         return Bind(text, "systemd", text.partition(":")[2] or None)
     if text.startswith("fd://"):

@@ -6,7 +6,7 @@ belongs together) into its part of that class: a tuple of mix-ins and a dict of
 class attributes (:data:`~pyserve.cli.build.Features`). Class attributes rather
 than constructor arguments, so the same class also works where a server is built
 for us (prefork workers build theirs after the fork). A contradiction between
-options raises :class:`~pyserve.cli.build.CliError`.
+options raises :class:`~pyserve.cli.exits.CliError`.
 """
 
 from __future__ import annotations

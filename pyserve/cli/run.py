@@ -161,7 +161,7 @@ def _in_flight(servers: list[Any]) -> str:
 
 
 def drain_summary(name: str, report: Any) -> str:
-    """One readable line for a :class:`~pyserve.DrainReport`."""
+    """One readable line for a :class:`~pyserve.lifecycle.drain.DrainReport`."""
     stragglers = len(report.stragglers)
     return (
         f"{name} drained in {report.elapsed:.2f} s: {report.completed} finished, "

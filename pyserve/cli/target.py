@@ -19,7 +19,7 @@ import runs in the main thread under a watchdog: if it has not returned after
 :data:`IMPORT_WATCHDOG_SECONDS`, one line on stderr says which module and why
 that usually happens (its top level starts a server: the main guard is missing).
 A Ctrl-C during the import, a module that does not compile or raises, and a
-target of the wrong kind each become one :class:`CliError` line, exit code 3.
+target of the wrong kind each become one :class:`~pyserve.cli.exits.CliError` line, exit code 3.
 
 Two packages named ``handlers``
 -------------------------------
