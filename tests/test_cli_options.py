@@ -25,7 +25,6 @@ import pytest
 from peers import Certificates, make_certificates, require_binary
 from test_cli import (
     DEADLINE,
-    ROOT,
     Command,
     _one_error_line,
     _read_all,
@@ -100,7 +99,8 @@ def test_the_drain_report_is_one_readable_line(start: Any) -> None:
     assert "DrainReport(" not in command.stderr
     [line] = [text for text in command.stderr.splitlines() if " drained in " in text]
     assert re.search(
-        rf"{re.escape(address)} drained in \d+\.\d\d s: 0 finished, 0 forced, 0 still running",
+        # The echo's request thread may still be closing when the signal lands.
+        rf"{re.escape(address)} drained in \d+\.\d\d s: [01] finished, 0 forced, 0 still running",
         line,
     ), line
 
@@ -309,7 +309,7 @@ def test_socket_mode_errors_exit_2(args: tuple[str, ...], message: str) -> None:
 
 
 def test_the_documented_exit_codes_are_the_commands() -> None:
-    page = ROOT / "docs" / "cli.rst"
+    page = Path(__file__).resolve().parent.parent / "docs" / "cli.rst"  # the checkout
     if not page.exists():
         pytest.skip("docs/ is not installed with the package (source checkout only)")
     table = page.read_text().split("Exit codes")[-1]
