@@ -42,6 +42,7 @@ code  meaning
 ====  =====================================================================
 0     stopped cleanly after SIGTERM/SIGINT
 1     stop forced: a second signal, or requests still running at the deadline
+      (or Ctrl-C before the servers listen)
 2     bad command line, including a malformed ``--bind``
 3     TARGET names nothing servable (unknown name, import error, wrong kind,
       Ctrl-C while importing it)
