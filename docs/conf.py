@@ -55,7 +55,7 @@ nitpick_ignore_regex = [
     (r"py:.*", rf"(?:{_external_pattern})(?:\..+)?"),
     # Private helper classes show up as bases ("Bases: _UnixSocketFile"); they are
     # documented in their module's source, not in the reference.
-    (r"py:class", r"(?:pyserve|handlers)\.\w+\._\w+"),
+    (r"py:class", r"(?:pyserve|handlers)(?:\.\w+)+\._\w+"),
     # Standard-library names that Python's own inventory does not list.
     (r"py:class", r"re\.Pattern"),
 ]

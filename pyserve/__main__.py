@@ -1,7 +1,7 @@
-"""``python -m pyserve``: the command line (see :mod:`pyserve.cli`)."""
+"""``python -m pyserve``: the command line (see :mod:`pyserve.cli.command`)."""
 
 import sys
 
-from pyserve.cli import main
+from pyserve.cli.command import main
 
 sys.exit(main())

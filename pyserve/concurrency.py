@@ -25,7 +25,7 @@ TCPServer)``) that overrides ``process_request()`` to run the request elsewhere 
 Each strategy declares its state in ``_init_dispatch_state()`` (see
 :mod:`pyserve.base` for why not in ``__init__``), and enters every request in the
 server's registry of live requests (``_track``/``_started``/``_ended``, see
-:mod:`pyserve.lifecycle`): a request thread reports for itself, a forked child is
+:mod:`pyserve.lifecycle.drain`): a request thread reports for itself, a forked child is
 reported by the parent when it forks and when it reaps.
 
 Closing is bounded: ``server_close()`` waits for running requests at most

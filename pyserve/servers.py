@@ -12,8 +12,8 @@ import os
 import socket
 
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
-from pyserve.multiplex import MultiplexingMixIn
-from pyserve.pool import ThreadPoolMixIn
+from pyserve.multiplex.server import MultiplexingMixIn
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.sockets import TCPServer, UDPServer
 
 __all__ = [
@@ -56,7 +56,7 @@ if hasattr(os, "fork"):
 
 
 if hasattr(socket, "AF_UNIX"):
-    from pyserve.sockets import UnixDatagramServer, UnixStreamServer
+    from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
     __all__ += [
         "MultiplexingUnixStreamServer",

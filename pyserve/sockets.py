@@ -34,19 +34,19 @@ Defaults that differ from the stdlib, each for a reason:
   file of another kind;
 * the address family follows the address: ``TCPServer(("::1", 0), H)`` serves
   IPv6 (the stdlib fails), unless the class sets ``address_family`` itself (the
-  rules are in :mod:`pyserve.addresses`).
+  rules are in :mod:`pyserve.net.addresses`).
 
 Where the socket comes from
 ---------------------------
 ``__init__`` creates the socket, unless the server is *adopting* one that was
 bound elsewhere (``from_socket()``, ``from_fd()``, ``from_systemd()``, from
-:mod:`pyserve.activation`). An adopted socket goes through the same
+:mod:`pyserve.net.activation`). An adopted socket goes through the same
 ``server_bind()``/``server_activate()`` hooks, so subclasses extending them
 (``http.server.HTTPServer`` reads its name there) keep working; but
 ``server_bind()`` only reads the address back, and a Unix server never deletes a
 socket file it did not create.
 
-Socket options are data (:mod:`pyserve.sockopts`): ``listen_socket_options`` are
+Socket options are data (:mod:`pyserve.net.sockopts`): ``listen_socket_options`` are
 set in ``server_bind()`` before ``bind()``; ``accepted_socket_options`` on each
 accepted connection, at the cost of one truth test when there are none.
 """
@@ -56,29 +56,27 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from pyserve.activation import SocketAdoption
-from pyserve.addresses import family_for_address
 from pyserve.base import BaseServer
 from pyserve.errors import RequestDropped
-from pyserve.sockopts import (
+from pyserve.net.activation import SocketAdoption
+from pyserve.net.addresses import family_for_address
+from pyserve.net.sockopts import (
     SocketOption,
     apply_socket_options,
     check_socket_options,
     probe_socket_options,
 )
-from pyserve.unix import UnixDatagramReplies, UnixSocketFile
 
 __all__ = [
     "SocketServer",
     "TCPServer",
     "UDPServer",
-    "UnixDatagramServer",
-    "UnixStreamServer",
 ]
 
 logger = logging.getLogger("pyserve")
@@ -92,7 +90,7 @@ class SocketServer(SocketAdoption, BaseServer):
     ``dualstack_ipv6``, ``listen_socket_options``.
 
     For the caller, besides the constructor: ``from_socket()``, ``from_fd()`` and
-    ``from_systemd()`` (see :class:`~pyserve.activation.SocketAdoption`).
+    ``from_systemd()`` (see :class:`~pyserve.net.activation.SocketAdoption`).
 
     IPv6 needs nothing but the address; set ``address_family`` in a subclass only
     to insist on one family::
@@ -178,7 +176,45 @@ class SocketServer(SocketAdoption, BaseServer):
 
     def server_close(self) -> None:
         """Close the socket. May be extended."""
+        self.accept_gate.close("server_close")
         self.socket.close()
+
+    #: The most connections a drain takes from the kernel's queue before it closes
+    #: the listener: they completed their handshake, so the client believes it is
+    #: being served (a listen backlog is rarely deeper).
+    _drain_backlog_limit = 4096
+
+    def _withdraw_listener(self) -> int:
+        """Serve what the kernel already queued, then close the listener (drain).
+
+        Closing makes new connection attempts fail at once (refused), which a
+        load balancer retries elsewhere; the connections already queued completed
+        their handshake, so they are taken and served rather than reset. A
+        listener shared with other processes (prefork) is closed in this process
+        only; the others keep serving it.
+        """
+        listener = self.socket
+        if listener.fileno() < 0:
+            return 0
+        taken_on = 0
+        if (
+            listener.type == socket.SOCK_STREAM
+            # A synchronous server serves in the loop thread only, never beside it.
+            and type(self).process_request is not BaseServer.process_request
+            # Never block in accept() on a queue another process may empty first.
+            and not (self.socket_adopted and os.get_blocking(listener.fileno()))
+        ):
+            poller = select.poll()
+            poller.register(listener.fileno(), select.POLLIN)
+            for _ in range(self._drain_backlog_limit):
+                if not poller.poll(0):
+                    break
+                taken = self._accept_and_admit()
+                if taken is not None:
+                    taken_on += 1
+                    self._serve_accepted(*taken)
+        listener.close()
+        return taken_on
 
     def fileno(self) -> int:
         """The socket's descriptor, for selectors."""
@@ -333,37 +369,3 @@ class UDPServer(SocketServer):
 
 # Whose address_family is only a default, to be replaced by the address's family.
 _FAMILY_FOLLOWS_ADDRESS = frozenset({SocketServer, TCPServer, UDPServer})
-
-if hasattr(socket, "AF_UNIX"):
-
-    class UnixStreamServer(UnixSocketFile, TCPServer):
-        """A stream server on a Unix-domain socket path.
-
-        Class attributes beyond :class:`TCPServer`'s: ``socket_mode``,
-        ``socket_owner``, ``socket_group``. A str or bytes address starting with a
-        NUL byte is in Linux's abstract namespace: no file, gone with the socket::
-
-            class Control(ThreadingUnixStreamServer):
-                socket_mode = 0o660          # only owner and group may connect
-                socket_group = "adm"
-
-            server = Control("/run/myapp/control.sock", Handler)
-            private = UnixStreamServer("\\0myapp-control", Handler)  # abstract
-        """
-
-        address_family = socket.AF_UNIX
-
-    class UnixDatagramServer(UnixDatagramReplies, UnixSocketFile, UDPServer):
-        """A datagram server on a Unix-domain socket path.
-
-        Class attributes beyond :class:`UDPServer`'s: ``socket_mode``,
-        ``socket_owner``, ``socket_group``. Replies go to the client's own socket
-        path, so a client that wants one binds its socket first; a reply to one
-        that did not fails with one log line (see :mod:`pyserve.unix`)::
-
-            client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            client.bind(os.path.join(tmpdir, "client.sock"))  # where replies go
-            client.sendto(b"ping", server.server_address)
-        """
-
-        address_family = socket.AF_UNIX

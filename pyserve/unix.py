@@ -34,7 +34,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from pyserve.addresses import is_filesystem_path
+from pyserve.net.addresses import is_filesystem_path
 
 try:  # POSIX only: user and group names
     import grp
@@ -42,8 +42,10 @@ try:  # POSIX only: user and group names
 except ImportError:  # pragma: no cover - Windows has neither, nor socket files
     grp = pwd = None  # type: ignore[assignment]
 
+from pyserve.sockets import TCPServer, UDPServer
+
 if TYPE_CHECKING:
-    from pyserve.sockets import SocketServer, UDPServer
+    from pyserve.sockets import SocketServer
 
     _FileBase = SocketServer
     _ReplyBase = UDPServer
@@ -52,7 +54,9 @@ else:
 
 __all__ = [
     "UnixDatagramReplies",
+    "UnixDatagramServer",
     "UnixSocketFile",
+    "UnixStreamServer",
     "clear_stale_socket",
     "set_socket_file_access",
 ]
@@ -216,3 +220,38 @@ def _is_unreplyable(exc: Optional[BaseException], client_address: Any) -> bool:
         return isinstance(exc, (TypeError, OSError))
     # The client closed and removed its socket before the reply was sent.
     return isinstance(exc, (FileNotFoundError, ConnectionRefusedError))
+
+
+if hasattr(socket, "AF_UNIX"):
+
+    class UnixStreamServer(UnixSocketFile, TCPServer):
+        """A stream server on a Unix-domain socket path.
+
+        Class attributes beyond :class:`~pyserve.sockets.TCPServer`'s: ``socket_mode``,
+        ``socket_owner``, ``socket_group``. A str or bytes address starting with a
+        NUL byte is in Linux's abstract namespace: no file, gone with the socket::
+
+            class Control(ThreadingUnixStreamServer):
+                socket_mode = 0o660          # only owner and group may connect
+                socket_group = "adm"
+
+            server = Control("/run/myapp/control.sock", Handler)
+            private = UnixStreamServer("\\0myapp-control", Handler)  # abstract
+        """
+
+        address_family = socket.AF_UNIX
+
+    class UnixDatagramServer(UnixDatagramReplies, UnixSocketFile, UDPServer):
+        """A datagram server on a Unix-domain socket path.
+
+        Class attributes beyond :class:`~pyserve.sockets.UDPServer`'s: ``socket_mode``,
+        ``socket_owner``, ``socket_group``. Replies go to the client's own socket
+        path, so a client that wants one binds its socket first; a reply to one
+        that did not fails with one log line (see :class:`UnixDatagramReplies`)::
+
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            client.bind(os.path.join(tmpdir, "client.sock"))  # where replies go
+            client.sendto(b"ping", server.server_address)
+        """
+
+        address_family = socket.AF_UNIX

@@ -30,11 +30,11 @@ from pyserve import (
     ThreadingMixIn,
     UDPServer,
 )
-from pyserve.activation import ActivationError, listen_fds, systemd_socket
-from pyserve.pool import ThreadPoolMixIn
+from pyserve.net.activation import ActivationError, listen_fds, systemd_socket
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import DatagramRequestHandler
-from pyserve.sockets import UnixStreamServer
 from pyserve.testing import serving
+from pyserve.unix import UnixStreamServer
 
 TIMEOUT = 10.0
 ROOT = str(Path(pyserve.__file__).resolve().parent.parent)
@@ -208,7 +208,7 @@ CHILD = """
 import os, sys
 import pyserve
 from pyserve import StreamRequestHandler
-from pyserve.sockets import UnixStreamServer
+from pyserve.unix import UnixStreamServer
 
 VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 

@@ -31,9 +31,8 @@ def automodules() -> dict[str, bool]:
 def public_modules() -> list[str]:
     found = []
     for package in (pyserve, handlers):
-        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
-            leaf = info.name.rsplit(".", 1)[1]
-            if not leaf.startswith("_"):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not any(part.startswith("_") for part in info.name.split(".")):
                 found.append(info.name)
     return sorted(found)
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import held_clients, held_handler, wait_until
 
 import pyserve
-import pyserve.events
+import pyserve.lifecycle.events
 from pyserve.testing import serving
 
 DEADLINE = 10.0
@@ -173,6 +173,6 @@ def test_logging_observer_logs_one_line_per_event(caplog) -> None:
 
 
 def test_events_module_example_runs() -> None:
-    failures, tests = doctest.testmod(pyserve.events)
+    failures, tests = doctest.testmod(pyserve.lifecycle.events)
     assert tests > 0
     assert failures == 0

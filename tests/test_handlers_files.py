@@ -190,4 +190,4 @@ def test_file_server_needs_an_existing_root(tmp_path: Path) -> None:
     [("chat", "handlers.chat"), ("resp", "handlers.resp"), ("files", "handlers.files")],
 )
 def test_registry_names_the_application_handlers(name: str, module: str) -> None:
-    assert registry.get(name, "tcp").__module__ == module
+    assert registry.get(name, "tcp").__module__.split(".")[:2] == module.split(".")

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import pytest
 
 from pyserve import ForkingMixIn, StreamRequestHandler, TCPServer, ThreadingMixIn, UDPServer
-from pyserve.pool import ThreadPoolMixIn
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import DatagramRequestHandler
 from pyserve.testing import serving
 

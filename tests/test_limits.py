@@ -147,7 +147,8 @@ def test_over_long_line_closes_the_connection_with_one_logged_reason(caplog) -> 
 
 
 def test_lines_within_the_limit_and_explicit_sizes_pass() -> None:
-    reader = pyserve.limits.LineLimitedReader(io.BytesIO(b"abc\n" + b"y" * 20 + b"\n"), 64, 8)
+    data = io.BytesIO(b"abc\n" + b"y" * 20 + b"\n")
+    reader = pyserve.lifecycle.limits.LineLimitedReader(data, 64, 8)
     assert reader.readline() == b"abc\n"
     assert reader.readline(3) == b"yyy"
     with pytest.raises(pyserve.LineTooLong):

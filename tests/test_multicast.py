@@ -17,8 +17,8 @@ from typing import Any, Optional
 import pytest
 
 from pyserve import ForkingMixIn, ThreadingMixIn
-from pyserve.multicast import MulticastUDPServer
-from pyserve.pool import ThreadPoolMixIn
+from pyserve.net.multicast import MulticastUDPServer
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import DatagramRequestHandler
 from pyserve.testing import serving
 

@@ -26,9 +26,9 @@ import pytest
 
 import pyserve
 from pyserve import TCPServer, ThreadingTCPServer
-from pyserve.prefork import Prefork
-from pyserve.prefork_backoff import RestartSchedule
-from pyserve.prefork_sockets import Listeners
+from pyserve.prefork.backoff import RestartSchedule
+from pyserve.prefork.sockets import Listeners
+from pyserve.prefork.supervisor import Prefork
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
 

@@ -17,10 +17,10 @@ from peers import make_certificates
 
 import pyserve
 from pyserve import StreamRequestHandler, TCPServer, ThreadingMixIn, ThreadPoolMixIn
-from pyserve.proxy import ProxiedAddress, ProxyProtocolMixIn
-from pyserve.proxy_parser import PP2_TYPE_AUTHORITY, V2_SIGNATURE
+from pyserve.net.proxy import ProxiedAddress, ProxyProtocolMixIn
+from pyserve.net.proxy_header import PP2_TYPE_AUTHORITY, V2_SIGNATURE
+from pyserve.net.tls import TLSMixIn
 from pyserve.testing import serving
-from pyserve.tls import TLSMixIn
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,8 @@ import pytest
 from peers import ProxyProcess, start_haproxy, start_nginx
 
 from pyserve import StreamRequestHandler, TCPServer, ThreadingMixIn
-from pyserve.proxy import ProxiedAddress, ProxyProtocolMixIn
-from pyserve.proxy_parser import PP2_TYPE_UNIQUE_ID
+from pyserve.net.proxy import ProxiedAddress, ProxyProtocolMixIn
+from pyserve.net.proxy_header import PP2_TYPE_UNIQUE_ID
 from pyserve.testing import serving
 
 pytestmark = pytest.mark.timeout(90)

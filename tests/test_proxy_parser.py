@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyserve.errors import ProtocolError
-from pyserve.proxy_parser import (
+from pyserve.net.proxy_header import (
     NEED_DATA,
     PP2_TYPE_ALPN,
     PP2_TYPE_AUTHORITY,

@@ -24,10 +24,10 @@ from pyserve import (
     UDPServer,
     sockopts,
 )
-from pyserve.pool import ThreadPoolMixIn
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import DatagramRequestHandler
-from pyserve.sockets import UnixStreamServer
 from pyserve.testing import serving
+from pyserve.unix import UnixStreamServer
 
 TIMEOUT = 10.0
 LINUX = sys.platform.startswith("linux")

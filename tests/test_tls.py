@@ -20,8 +20,8 @@ import pytest
 from peers import Certificates, make_certificates
 
 from pyserve import StreamRequestHandler, TCPServer, ThreadingMixIn, ThreadPoolMixIn
+from pyserve.net.tls import TLSMixIn
 from pyserve.testing import serving
-from pyserve.tls import TLSMixIn
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,10 +20,10 @@ from typing import Any, Optional
 import pytest
 
 from pyserve import ForkingMixIn, StreamRequestHandler, ThreadingMixIn
-from pyserve.pool import ThreadPoolMixIn
+from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import DatagramRequestHandler
-from pyserve.sockets import UnixDatagramServer, UnixStreamServer
 from pyserve.testing import serving
+from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
 TIMEOUT = 10.0
 LINUX = sys.platform.startswith("linux")

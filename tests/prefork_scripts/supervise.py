@@ -31,7 +31,7 @@ from pyserve import (
     UDPServer,
     UnixStreamServer,
 )
-from pyserve.prefork import Prefork
+from pyserve.prefork.supervisor import Prefork
 
 
 class Handler(StreamRequestHandler[Any]):

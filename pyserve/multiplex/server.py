@@ -18,7 +18,7 @@ to the handler. While many connections are busy, one wait returns many of them,
 and no thread switch happens between them.
 
 The handler is therefore a different kind of object: a
-:class:`~pyserve.connection.ConnectionHandler` is *called*, it does not run.
+:class:`~pyserve.multiplex.connection.ConnectionHandler` is *called*, it does not run.
 It gets ``connection_made()``, then ``data_received(data)`` for every chunk that
 arrives, ``eof_received()`` when the peer has finished sending, and
 ``connection_lost(exc)`` once at the end. It answers with ``write(data)`` and
@@ -57,10 +57,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.base import BaseServer
-from pyserve.connection import ConnectionHandler
 from pyserve.errors import RequestTimedOut
-from pyserve.limits import handler_setting
-from pyserve.registry import LiveRequest
+from pyserve.lifecycle.limits import handler_setting
+from pyserve.lifecycle.registry import LiveRequest
+from pyserve.multiplex.connection import ConnectionHandler
 
 __all__ = ["MultiplexingMixIn", "finish_request_overriders"]
 
@@ -310,7 +310,7 @@ def _nothing() -> None:
 class MultiplexingMixIn(_Base):
     """Serve every connection from one I/O thread (see the module documentation).
 
-    The handler class must be a :class:`~pyserve.connection.ConnectionHandler`.
+    The handler class must be a :class:`~pyserve.multiplex.connection.ConnectionHandler`.
     For stream sockets only.
 
     Class attributes that may be overridden:

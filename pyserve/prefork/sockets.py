@@ -1,4 +1,4 @@
-"""The listening sockets of :mod:`pyserve.prefork`: made by the supervisor, shared by workers.
+"""The listening sockets of a prefork server: made by the supervisor, shared by workers.
 
 Theory of operation
 -------------------
@@ -31,7 +31,7 @@ import os
 import socket
 from typing import Any, Callable, Optional, Union
 
-from pyserve.addresses import is_filesystem_path
+from pyserve.net.addresses import is_filesystem_path
 from pyserve.unix import clear_stale_socket
 
 __all__ = ["Listeners", "adopt_listener"]

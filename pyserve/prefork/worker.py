@@ -1,4 +1,4 @@
-"""The worker side of :mod:`pyserve.prefork`: one forked process serving one socket.
+"""The worker side of :mod:`pyserve.prefork.supervisor`: one forked process serving one socket.
 
 Theory of operation
 -------------------
@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any, Callable, NoReturn, Optional
 
-from pyserve.prefork_sockets import Listeners
+from pyserve.prefork.sockets import Listeners
 
 __all__ = ["READY", "become_worker", "serve_in_worker"]
 

@@ -3,7 +3,7 @@
 A load balancer such as HAProxy or nginx that forwards a TCP connection can
 prepend one *PROXY header* saying who the real client is; the server reads it
 before anything else. This module only parses: it never touches a socket, so it
-is tested and fuzzed byte by byte, and :mod:`pyserve.proxy` drives it over a
+is tested and fuzzed byte by byte, and :mod:`pyserve.net.proxy` drives it over a
 connection.
 
 The contract (the same for every parser in pyserve)

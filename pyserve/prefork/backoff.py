@@ -1,4 +1,4 @@
-"""The restart back-off of :mod:`pyserve.prefork`: when each worker slot (re)starts.
+"""The restart back-off of :mod:`pyserve.prefork.supervisor`: when each worker slot (re)starts.
 
 Theory of operation
 -------------------

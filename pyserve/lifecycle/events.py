@@ -8,7 +8,7 @@ listens about each of them:
 =============  ===============================================================
 ``accepted``   ``get_request()`` returned a connection or datagram
 ``rejected``   refused before a handler ran: ``verify_request()`` said no, or a
-               connection limit (see :mod:`pyserve.limits`) was reached
+               connection limit (see :mod:`pyserve.lifecycle.limits`) was reached
 ``started``    a handler began (in whatever thread or process runs it)
 ``finished``   the handler returned
 ``errored``    the handler raised (the exception went to ``handle_error()``)
@@ -16,7 +16,7 @@ listens about each of them:
 ``drained``    a ``drain()`` ended; ``reason`` summarises its report
 =============  ===============================================================
 
-Counting costs nothing extra: the request registry (:mod:`pyserve.registry`)
+Counting costs nothing extra: the request registry (:mod:`pyserve.lifecycle.registry`)
 already takes one lock per request to add and remove it, and counts under that
 same lock. ``server.stats`` copies the numbers into a frozen :class:`Stats`.
 
@@ -140,7 +140,7 @@ class LoggingObserver:
     """An observer that logs every event: a ready example of the interface.
 
     ``LoggingObserver(logger=None, level=logging.INFO)`` logs to
-    ``pyserve.events`` by default, one line per event, e.g.
+    ``pyserve.lifecycle.events`` by default, one line per event, e.g.
     ``finished ('127.0.0.1', 51234) request 7``.
     """
 

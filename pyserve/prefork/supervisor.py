@@ -11,7 +11,7 @@ sockets and the worker processes, and turns signals into lifecycle changes::
 ``SO_REUSEPORT``, else one shared by all: the constructor creates them, so
 ``server_address`` (port 0 resolved) is known before any fork, and they outlive
 the workers, so a queue survives a crashed or rolled worker. How and why is in
-:mod:`pyserve.prefork_sockets`.
+:mod:`pyserve.prefork.sockets`.
 
 **Workers build their server after the fork, from a factory.** A server built
 before the fork would carry the parent's threads, locks and wake-up pipe into
@@ -41,9 +41,9 @@ the supervisor's single ``select()`` sees signals, readiness bytes and child exi
   reads at start, not the Python code already imported.)
 * a worker that exits on its own is restarted after a back-off that doubles on
   each consecutive failure up to ``restart_backoff_max``
-  (:mod:`pyserve.prefork_backoff`).
+  (:mod:`pyserve.prefork.backoff`).
 
-The worker side (signals, readiness, drain) lives in :mod:`pyserve.prefork_worker`.
+The worker side (signals, readiness, drain) lives in :mod:`pyserve.prefork.worker`.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ import time
 from types import FrameType, TracebackType
 from typing import Any, Callable, Optional
 
-from pyserve.prefork_backoff import RestartSchedule
-from pyserve.prefork_sockets import Listeners, adopt_listener
-from pyserve.prefork_worker import READY, become_worker
+from pyserve.prefork.backoff import RestartSchedule
+from pyserve.prefork.sockets import Listeners, adopt_listener
+from pyserve.prefork.worker import READY, become_worker
 
 __all__ = ["Prefork"]
 

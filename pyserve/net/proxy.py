@@ -11,12 +11,12 @@ Its parts, in the order a connection meets them:
 
 1. ``verify_request()`` (in the accept loop; no I/O): the connecting peer must be
    one of ``trusted_proxies``. Anyone else could claim any address in a header,
-   so other peers are refused with one WARNING line on the ``pyserve.proxy``
+   so other peers are refused with one WARNING line on the ``pyserve.net.proxy``
    logger and counted in ``proxy_rejected``.
 2. ``finish_request()`` (in the worker: a thread, a pool worker, a forked child):
    read the header under ``proxy_header_timeout`` (a total deadline, so a proxy
    trickling bytes cannot hold a worker longer). The header is read *exactly*:
-   the parser (:mod:`pyserve.proxy_parser`) is fed a ``MSG_PEEK`` of what has
+   the parser (:mod:`pyserve.net.proxy_header`) is fed a ``MSG_PEEK`` of what has
    arrived, and only the bytes that belong to the header are then consumed, so
    the application's first bytes stay in the socket for the handler. A missing,
    malformed or late header closes the connection with one INFO line and counts
@@ -24,13 +24,13 @@ Its parts, in the order a connection meets them:
 3. The handler runs with ``client_address`` set to a :class:`ProxiedAddress`: the
    real client's ``(host, port)`` (a tuple, so ``client_address[0]`` and every
    stdlib handler work unchanged) that also carries ``proxy_address`` (the
-   connection's own peer) and ``header`` (the :class:`~pyserve.proxy_parser.ProxyHeader`, TLVs
+   connection's own peer) and ``header`` (the :class:`~pyserve.net.proxy_header.ProxyHeader`, TLVs
    included). For the LOCAL command (proxy health checks) and UNKNOWN
    connections, the address is the proxy's own. A Unix-socket client arrives as
    a :class:`ProxiedPath` (a ``str`` with the same two attributes).
 
 With TLS, the PROXY header comes first, in clear, so this mix-in goes *before*
-:class:`~pyserve.tls.TLSMixIn`::
+:class:`~pyserve.net.tls.TLSMixIn`::
 
     class Server(ProxyProtocolMixIn, TLSMixIn, ThreadingMixIn, TCPServer): ...
 
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
 from pyserve.errors import ProtocolError
-from pyserve.proxy_parser import (
+from pyserve.net.proxy_header import (
     DEFAULT_MAX_V2_LENGTH,
     NEED_DATA,
     ProxyHeader,
@@ -82,7 +82,7 @@ class ProxiedAddress(tuple):  # type: ignore[type-arg]
 
     It is a plain tuple to every reader (``host, port = client_address`` works),
     plus ``proxy_address`` (the peer that actually connected: the proxy) and
-    ``header`` (the :class:`~pyserve.proxy_parser.ProxyHeader` it sent)::
+    ``header`` (the :class:`~pyserve.net.proxy_header.ProxyHeader` it sent)::
 
         class Handler(StreamRequestHandler):
             def handle(self):

@@ -1,6 +1,6 @@
 """The handler of a multiplexing server: callbacks that never block.
 
-A :class:`ConnectionHandler` is what :class:`~pyserve.multiplex.MultiplexingMixIn`
+A :class:`ConnectionHandler` is what :class:`~pyserve.multiplex.server.MultiplexingMixIn`
 runs for each connection. Unlike a request handler it does not *run*: the
 server's I/O thread calls it when something happens (``connection_made()``,
 ``data_received(data)`` for every chunk that arrives, ``eof_received()``,
@@ -8,7 +8,7 @@ server's I/O thread calls it when something happens (``connection_made()``,
 that had to wait is all sent), and it answers with ``write(data)`` and ends the
 connection with ``close()``. None of these may block: a callback
 that waits stalls every connection of the server. How the I/O thread drives
-them is in :mod:`pyserve.multiplex`.
+them is in :mod:`pyserve.multiplex.server`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any, Generic, Optional
 
-from pyserve.registry import LiveRequest
+from pyserve.lifecycle.registry import LiveRequest
 from pyserve.request import ServerT_co
 
 if TYPE_CHECKING:
-    from pyserve.multiplex import _IOLoop
+    from pyserve.multiplex.server import _IOLoop
 
 __all__ = ["ConnectionHandler"]
 

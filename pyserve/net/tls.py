@@ -16,7 +16,7 @@ synchronous default, ``ThreadingMixIn``, a thread pool, ``ForkingMixIn``):
   ``ssl.SSLSocket`` as its ``request``: ``StreamRequestHandler``'s ``rfile`` and
   ``wfile`` work over it unchanged.
 * A failed handshake (a plain-text client, an untrusted certificate, a timeout,
-  a reset) is one INFO line on the ``pyserve.tls`` logger and one more in the
+  a reset) is one INFO line on the ``pyserve.net.tls`` logger and one more in the
   ``tls_handshake_failures`` counter; the handler does not run. No traceback:
   a scanner must not be able to flood the log.
 * ``shutdown_request()`` is given the *plain* socket by the strategy, but

@@ -1,0 +1,14 @@
+"""One I/O thread for many connections, and the callback handlers it drives.
+
+* :mod:`pyserve.multiplex.connection`:
+  :class:`~pyserve.multiplex.connection.ConnectionHandler`, the handler a user writes
+  (callbacks that never block, ``write()`` and ``close()``);
+* :mod:`pyserve.multiplex.server`: :class:`~pyserve.multiplex.server.MultiplexingMixIn`, the
+  server side: the accept loop hands each connection to the I/O thread, which reads, writes
+  and times out every connection with one selector.
+"""
+
+from pyserve.multiplex.connection import ConnectionHandler
+from pyserve.multiplex.server import MultiplexingMixIn, finish_request_overriders
+
+__all__ = ["ConnectionHandler", "MultiplexingMixIn", "finish_request_overriders"]
