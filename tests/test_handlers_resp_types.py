@@ -10,7 +10,7 @@ import pytest
 from handlers.resp.commands import open_session
 from handlers.resp.session import ServerState, Session
 from handlers.resp.store import KeyValueStore
-from handlers.resp.values import value_size
+from handlers.resp.values import KEY_OVERHEAD, value_size
 
 WRONGTYPE = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
 
@@ -26,8 +26,6 @@ def session() -> Session:
 
 def counted_memory(store: KeyValueStore) -> int:
     """What used_memory should be: recomputed from every key's contents."""
-    from handlers.resp.values import KEY_OVERHEAD
-
     return sum(KEY_OVERHEAD + len(key) + value_size(value) for key, value in store.data.items())
 
 
@@ -63,7 +61,8 @@ def test_set_commands(session: Session) -> None:
     assert run(session, b"SISMEMBER", b"s", b"c") == b":1\r\n"
     assert run(session, b"SREM", b"s", b"c", b"zz") == b":1\r\n"
     members = run(session, b"SMEMBERS", b"s")
-    assert members.startswith(b"*2\r\n") and b"$1\r\na\r\n" in members
+    assert members.startswith(b"*2\r\n")
+    assert b"$1\r\na\r\n" in members
     popped = run(session, b"SPOP", b"s")
     assert popped in (b"$1\r\na\r\n", b"$1\r\nb\r\n")
     run(session, b"SPOP", b"s")
@@ -111,7 +110,9 @@ def test_sorted_set_commands_and_score_format(session: Session) -> None:
         [b"GET", b"h"], [b"HGET", b"k", b"f"], [b"ZPOPMIN", b"k"], [b"SPOP", b"k"],
     ],
 )
-def test_wrong_kind_of_key_is_refused_in_redis_words(session: Session, command: list[bytes]) -> None:
+def test_wrong_kind_of_key_is_refused_in_redis_words(
+    session: Session, command: list[bytes]
+) -> None:
     run(session, b"SET", b"k", b"string")
     run(session, b"HSET", b"h", b"f", b"v")
     assert session.execute([command]) == WRONGTYPE

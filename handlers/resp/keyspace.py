@@ -32,21 +32,19 @@ table keeps about 16 bytes per slot of its peak, until ``FLUSHDB``.
 from __future__ import annotations
 
 import array
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Optional
 
 __all__ = ["Keyspace"]
-
-ValueT = TypeVar("ValueT")
 
 #: Empty slots one SCAN call may pass per key asked for (Redis uses 10 too).
 EMPTY_VISITS_PER_KEY = 10
 
 
-class Keyspace(Generic[ValueT]):
+class Keyspace:
     """Key -> value, with stable slots for SCAN. Not thread-safe (the store locks)."""
 
     def __init__(self) -> None:
-        self.values: dict[bytes, ValueT] = {}
+        self.values: dict[bytes, Any] = {}
         self._slot_of: dict[bytes, int] = {}
         self._slots: list[Optional[bytes]] = []
         # Positions of empty slots, possibly stale (beyond the end after a cut).
@@ -58,17 +56,17 @@ class Keyspace(Generic[ValueT]):
     def __contains__(self, key: Any) -> bool:
         return key in self.values
 
-    def get(self, key: bytes) -> Optional[ValueT]:
+    def get(self, key: bytes) -> Any:
         return self.values.get(key)
 
-    def store(self, key: bytes, value: ValueT) -> None:
+    def store(self, key: bytes, value: Any) -> None:
         """Set ``key`` to ``value`` (a new key takes a slot)."""
         values = self.values
         if key not in values:
             self._place(key)
         values[key] = value
 
-    def pop(self, key: bytes) -> Optional[ValueT]:
+    def pop(self, key: bytes) -> Any:
         """Remove ``key``; its value, or None if it was missing."""
         value = self.values.pop(key, None)
         if value is None:

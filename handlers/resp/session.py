@@ -31,7 +31,7 @@ from handlers.resp.encoding import encode_error
 from handlers.resp.faults import FaultLog
 from handlers.resp.store import DEFAULT_MAX_MEMORY, KeyValueStore, OutOfMemory, WrongType
 
-__all__ = ["CommandTable", "ReplyError", "ServerState", "Session"]
+__all__ = ["TRANSACTION_CONTROL", "CommandTable", "ReplyError", "ServerState", "Session"]
 
 #: The version clients are told. 7.0 is what the commands here behave like.
 REDIS_VERSION = "7.0.0"

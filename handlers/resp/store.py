@@ -4,22 +4,23 @@ Theory of operation
 -------------------
 :class:`KeyValueStore` keeps:
 
-* ``keyspace``: a ``Keyspace`` (``handlers.resp.keyspace``), the dict from key to
-  value (any kind of ``handlers.resp.values``) with the slot table that makes
+* ``keyspace``: a :class:`~handlers.resp.keyspace.Keyspace`, the dict from key to
+  value (any kind of :mod:`handlers.resp.values`) with the slot table that makes
   ``SCAN`` O(COUNT); ``data`` is its dict, for reading;
 * ``expires``: a dict from key to its deadline, for the keys that have one, in
   ``time.monotonic()`` seconds (the wall clock may jump; a TTL must not);
-* ``used_memory``: for every key, ``KEY_OVERHEAD`` plus
+* ``used_memory``: for every key, :data:`~handlers.resp.values.KEY_OVERHEAD` plus
   its bytes plus its value's size, kept current on each write, so the cap
   (``max_memory``) is checked in O(1) and bounds what the process really holds.
 
-Strings are written through :meth:`KeyValueStore.set`/:meth:`KeyValueStore.put`. Collection commands read
-with :meth:`KeyValueStore.collection` (which refuses a key of another kind with
+Strings are written through :meth:`KeyValueStore.set` and
+:meth:`KeyValueStore.put`. Collection commands read with
+:meth:`KeyValueStore.collection` (which refuses a key of another kind with
 :class:`WrongType`), and count each change of size *before* making it with
-:meth:`KeyValueStore.prepare` (which also makes a missing key's collection) or :meth:`KeyValueStore.changed`;
-both refuse growth past the cap (:class:`OutOfMemory`) and tell watchers the key
-changed. An emptied collection
-is removed with :meth:`KeyValueStore.drop_if_empty`, as Redis never keeps empty ones.
+:meth:`KeyValueStore.prepare` (which also makes a missing key's collection) or
+:meth:`KeyValueStore.changed`; both refuse growth past the cap
+(:class:`OutOfMemory`) and tell watchers the key changed. An emptied collection is
+removed with :meth:`KeyValueStore.drop_if_empty`, as Redis never keeps empty ones.
 
 Expired keys are removed in two ways, as Redis does: *lazily*, when a command
 touches the key, and *actively*, from a heap of ``(deadline, key)`` that write
@@ -48,7 +49,7 @@ from typing import Any, Optional
 
 from handlers.resp.glob import compile_glob
 from handlers.resp.keyspace import Keyspace
-from handlers.resp.values import KEY_OVERHEAD, Value, type_name, value_size
+from handlers.resp.values import KEY_OVERHEAD, type_name, value_size
 
 __all__ = ["DEFAULT_MAX_MEMORY", "KeyValueStore", "OutOfMemory", "WrongType"]
 
@@ -73,7 +74,7 @@ class WrongType(Exception):
 class KeyValueStore:
     """Typed values with optional expiry, under a memory cap. Hold ``lock`` around calls.
 
-    ``max_memory``: the most bytes the store may count (see ``handlers.resp.values``;
+    ``max_memory``: the most bytes the store may count (see :mod:`handlers.resp.values`;
     0: no cap; default :data:`DEFAULT_MAX_MEMORY`). A write that would exceed it
     raises :class:`OutOfMemory`; deletes and shrinking writes always succeed.
     """
@@ -83,7 +84,7 @@ class KeyValueStore:
             raise ValueError(f"max_memory must be a non-negative integer, not {max_memory!r}")
         self.max_memory = max_memory
         self.lock = threading.Lock()
-        self.keyspace: Keyspace[Value] = Keyspace()
+        self.keyspace = Keyspace()
         self.data = self.keyspace.values
         self.expires: dict[bytes, float] = {}
         self.used_memory = 0
@@ -145,7 +146,7 @@ class KeyValueStore:
         """About ``count`` keys from ``cursor`` on; returns the next cursor (0: done).
 
         A key present for the whole walk is returned exactly once, whatever is
-        added or removed meanwhile (see ``handlers.resp.keyspace``); a call
+        added or removed meanwhile (see :mod:`handlers.resp.keyspace`); a call
         costs O(count).
         """
         self.expire_due()

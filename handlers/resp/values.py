@@ -38,7 +38,6 @@ __all__ = [
     "MEMBER_OVERHEAD",
     "SET_MEMBER_OVERHEAD",
     "SortedSet",
-    "Value",
     "type_name",
     "value_size",
 ]
