@@ -302,6 +302,23 @@ def test_the_resp_service_is_the_multiplexed_connection() -> None:
     assert registry.get("resp") is RespConnection
 
 
+class IdleHandler(RespHandler):
+    idle_timeout = 0.5
+
+
+def test_threaded_form_closes_an_idle_client_with_one_log_line(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = serve(ThreadingTCPServer(("127.0.0.1", 0), IdleHandler))
+    with caplog.at_level(logging.WARNING, logger="pyserve"), connect(server) as client:
+        client.sendall(b"PING\r\n")
+        assert recv_exactly(client, 7) == b"+PONG\r\n"
+        assert read_until_eof(client) == b""
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("pyserve")]
+    assert len(lines) == 1, lines
+    assert "idle timeout" in lines[0]
+
+
 def test_pyserve_resp_closes_a_client_idle_past_the_idle_timeout() -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "pyserve", "resp", "--bind", "127.0.0.1:0",

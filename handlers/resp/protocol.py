@@ -89,11 +89,9 @@ class CommandParser:
     max_array_length: int = 1024 * 1024
     #: Longest inline command or header line: Redis's fixed 64 KiB.
     max_inline_length: int = 64 * 1024
-    #: Most bytes one command may hold in total (Redis's client-query-buffer-limit is
-    #: 1 GiB); without it, many bulks each under the bulk limit add up unbounded.
-    #: Each argument counts its length plus :data:`ARGUMENT_OVERHEAD`, what a
-    #: Python bytes object and its list slot really cost, so a million one-byte
-    #: arguments count as the 49 MB they take, not 1 MB.
+    #: Most bytes one command may hold (Redis's client-query-buffer-limit: 1 GiB),
+    #: each argument counted with :data:`ARGUMENT_OVERHEAD`: a million one-byte
+    #: arguments count as the 49 MB they take in Python, not 1 MB.
     max_command_size: int = 32 * 1024 * 1024
 
     def __init__(

@@ -6,18 +6,23 @@ A :class:`Session` is one client connection: its id and name, whether it asked t
 QUIT, and the :class:`ServerState` every connection of a server shares (the
 :class:`~handlers.resp.store.KeyValueStore` and the counters ``INFO`` reports).
 
-:meth:`Session.execute` runs a batch of commands. Each command's first word,
-as sent or folded to lower case, names an entry of the session's command table
-(built in :mod:`handlers.resp.commands`): the function that runs it and its
+:meth:`Session.execute_some` runs a client's commands. Each command's first
+word, as sent or folded to lower case, names an entry of the session's command
+table (built in :mod:`handlers.resp.commands`): the function that runs it and its
 *arity* in Redis's convention (``n``: exactly ``n`` words including the name;
-``-n``: at least ``n``). The whole batch runs with ``store.lock`` held, so each
-command is atomic and a pipelined batch costs one lock acquisition.
+``-n``: at least ``n``). Commands run with ``store.lock`` held, so each is atomic
+and a pipelined batch costs one lock acquisition; with a *budget* it stops once
+the replies reach that many bytes, so a long pipeline is answered in pieces and
+the lock is released between them. Inside ``MULTI`` commands are queued instead
+(see :mod:`handlers.resp.transactions`). :meth:`Session.execute` runs them all.
 
 A command function returns its reply as bytes. For errors it may return an
 encoded error or raise :class:`ReplyError`; a write that would break the memory
 cap raises :class:`~handlers.resp.store.OutOfMemory`, which becomes Redis's
-``-OOM`` reply. The helpers here (argument parsing, the standard error texts) are
-shared by the command modules.
+``-OOM`` reply, and a key of the wrong kind raises
+:class:`~handlers.resp.store.WrongType`, which becomes ``-WRONGTYPE``. The
+helpers here (argument parsing, the standard error texts) are shared by the
+command modules.
 """
 
 from __future__ import annotations
