@@ -33,6 +33,17 @@ def _write_fields(session: Session, key: bytes, pairs: dict[bytes, bytes]) -> in
 
 
 def hset(session: Session, args: list[bytes]) -> bytes:
+    if len(args) == 4:  # one field: the common case, kept short
+        store = session.store
+        key, field, value = args[1], args[2], args[3]
+        existing = store.collection(key, dict)
+        old = None if existing is None else existing.get(field)
+        if old is None:
+            growth = FIELD_OVERHEAD + len(field) + len(value)
+        else:
+            growth = len(value) - len(old)
+        store.prepare(key, existing, dict, growth)[field] = value
+        return b":1\r\n" if old is None else b":0\r\n"
     if len(args) % 2:
         return wrong_arity(args[0])
     return encode_integer(_write_fields(session, args[1], dict(zip(args[2::2], args[3::2]))))

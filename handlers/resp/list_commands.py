@@ -43,9 +43,18 @@ def index_range(start: int, stop: int, length: int) -> tuple[int, int]:
 def _push(session: Session, args: list[bytes], left: bool) -> bytes:
     store = session.store
     key = args[1]
+    if len(args) == 3:  # one element: the common case, kept short
+        item = args[2]
+        values = store.collection(key, collections.deque)
+        values = store.prepare(key, values, collections.deque, len(item) + ELEMENT_OVERHEAD)
+        if left:
+            values.appendleft(item)
+        else:
+            values.append(item)
+        return encode_integer(len(values))
     items = args[2:]
     growth = sum(map(len, items)) + ELEMENT_OVERHEAD * len(items)
-    values: collections.deque[bytes] = store.prepare(
+    values = store.prepare(
         key, store.collection(key, collections.deque), collections.deque, growth
     )
     if left:
@@ -64,23 +73,29 @@ def rpush(session: Session, args: list[bytes]) -> bytes:
 
 
 def _pop(session: Session, args: list[bytes], left: bool) -> bytes:
-    if len(args) > 3:
-        raise ReplyError(b"-ERR syntax error\r\n")
-    count = integer_argument(args[2]) if len(args) == 3 else None
-    if count is not None and count < 0:
-        return _OUT_OF_RANGE
     store = session.store
     key = args[1]
+    if len(args) == 2:  # one element: the common case, kept short
+        values = store.collection(key, collections.deque)
+        if values is None:
+            return NULL_BULK
+        item = values.popleft() if left else values.pop()
+        store.changed(key, -len(item) - ELEMENT_OVERHEAD)
+        if not values:
+            store.drop_if_empty(key)
+        return b"$%d\r\n%b\r\n" % (len(item), item)
+    if len(args) > 3:
+        raise ReplyError(b"-ERR syntax error\r\n")
+    count = integer_argument(args[2])
+    if count < 0:
+        return _OUT_OF_RANGE
     values = store.collection(key, collections.deque)
     if values is None:
-        return NULL_BULK if count is None else NULL_ARRAY
-    taken_count = 1 if count is None else min(count, len(values))
+        return NULL_ARRAY
     take = values.popleft if left else values.pop
-    taken = [take() for _ in range(taken_count)]
+    taken = [take() for _ in range(min(count, len(values)))]
     store.changed(key, -(sum(map(len, taken)) + ELEMENT_OVERHEAD * len(taken)))
     store.drop_if_empty(key)
-    if count is None:
-        return encode_bulk(taken[0])
     return encode_array([encode_bulk(item) for item in taken])
 
 

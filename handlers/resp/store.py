@@ -108,7 +108,9 @@ class KeyValueStore:
 
     def collection(self, key: bytes, kind: type) -> Any:
         """The value of ``key`` if it is a ``kind``, None if missing, else WrongType."""
-        value = self.value(key)
+        if self.expires and key in self.expires:  # value(), inline: a hot path
+            self._expire_if_due(key)
+        value = self.data.get(key)
         if value is None or type(value) is kind:
             return value
         raise WrongType(key)
