@@ -241,6 +241,42 @@ def test_a_flood_of_pipelined_keys_does_not_starve_another_client(
     assert loaded < 2 * quiet + 0.1, (quiet, loaded)
 
 
+def _big_get_replies(count: int, size: int) -> bytes:
+    return (b"$%d\r\n" % size + b"v" * size + b"\r\n") * count
+
+
+@both_forms
+def test_a_half_closed_client_still_gets_every_reply_of_a_long_pipeline(
+    serve: Serve, make: Any
+) -> None:
+    # Replies of 3 MB pass the output pause: the commands after it must still run
+    # once the client, having sent everything and half-closed, reads.
+    server = serve(make(("127.0.0.1", 0)))
+    with connect(server) as client:
+        client.sendall(encode_command(b"SET", b"big", b"v" * 100_000))
+        assert recv_exactly(client, 5) == b"+OK\r\n"
+        client.sendall(encode_command(b"GET", b"big") * 30 + b"PING\r\n")
+        client.shutdown(socket.SHUT_WR)
+        assert read_until_eof(client) == _big_get_replies(30, 100_000) + b"+PONG\r\n"
+
+
+@both_forms
+def test_commands_sent_while_a_long_pipeline_waits_are_answered(
+    serve: Serve, make: Any
+) -> None:
+    server = serve(make(("127.0.0.1", 0)))
+    state = server_state(server)
+    with connect(server) as client:
+        client.sendall(encode_command(b"SET", b"big", b"v" * 100_000))
+        assert recv_exactly(client, 5) == b"+OK\r\n"
+        before = state.commands_processed
+        client.sendall(encode_command(b"GET", b"big") * 100)
+        wait_until(lambda: state.commands_processed > before)  # it runs, then waits
+        client.sendall(b"PING\r\n")  # arrives while the pipeline waits for a reader
+        expected = _big_get_replies(100, 100_000) + b"+PONG\r\n"
+        assert recv_exactly(client, len(expected)) == expected
+
+
 class LimitedConnection(RespConnection):
     max_output_buffer = 256 * 1024
 

@@ -38,10 +38,8 @@ def hset(session: Session, args: list[bytes]) -> bytes:
         key, field, value = args[1], args[2], args[3]
         existing = store.collection(key, dict)
         old = None if existing is None else existing.get(field)
-        if old is None:
-            growth = FIELD_OVERHEAD + len(field) + len(value)
-        else:
-            growth = len(value) - len(old)
+        new_field = FIELD_OVERHEAD + len(field) + len(value)
+        growth = new_field if old is None else len(value) - len(old)
         store.prepare(key, existing, dict, growth)[field] = value
         return b":1\r\n" if old is None else b":0\r\n"
     if len(args) % 2:

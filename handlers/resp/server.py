@@ -200,13 +200,20 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
         self.pending: list[Command] = []
         self.next_command = 0
         self.resume_scheduled = False
+        self.peer_done = False  # the peer half-closed: close once all is answered
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
         self._answer()
 
+    def eof_received(self) -> None:
+        # The peer sent everything (a half-close): answer what is still waiting,
+        # then close (in _answer), instead of dropping the commands not yet run.
+        self.peer_done = True
+        self._answer()
+
     def write_buffer_drained(self) -> None:
-        if self.next_command < len(self.pending):
+        if self.next_command < len(self.pending) or self.parser.buffered or self.peer_done:
             self._answer()
 
     def _answer(self) -> None:
@@ -218,6 +225,8 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
         ``max_write_buffer`` bytes of replies wait: ``write_buffer_drained()``
         resumes it.
         """
+        if self.write_buffer_size > self.max_write_buffer:
+            return  # resumed by write_buffer_drained()
         if self.next_command >= len(self.pending):
             try:
                 self.pending = self.parser.drain()
@@ -226,6 +235,8 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
                 return
             self.next_command = 0
             if not self.pending:
+                if self.peer_done:
+                    self.close()
                 return
         session = self.session
         unsent = self.write_buffer_size
@@ -238,23 +249,28 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
         self.write(reply)
         if session.closing:
             self.close()
-        elif self.next_command < len(self.pending):
-            if self.write_buffer_size <= self.max_write_buffer and not self.resume_scheduled:
-                self.resume_scheduled = True
-                self.server.call_soon(self._resume)
-        else:
-            self.pending = []
-            if self.parser.error is not None:  # met after the commands just answered
-                self._refuse(self.parser.error)
+            return
+        if self.next_command < len(self.pending):
+            self._schedule()
+            return
+        self.pending = []
+        if self.parser.error is not None:  # met after the commands just answered
+            self._refuse(self.parser.error)
+        elif self.parser.buffered:
+            self._schedule()  # bytes that arrived while a long pipeline ran
+        elif self.peer_done:
+            self.close()
+
+    def _schedule(self) -> None:
+        """Run the next piece on the I/O loop's next turn (or when output drains)."""
+        if not self.resume_scheduled and self.write_buffer_size <= self.max_write_buffer:
+            self.resume_scheduled = True
+            self.server.call_soon(self._resume)
 
     def _resume(self) -> None:
         """The next piece of a long pipeline (called by the I/O loop)."""
         self.resume_scheduled = False
-        if (
-            self.closing
-            or self.next_command >= len(self.pending)
-            or self.write_buffer_size > self.max_write_buffer
-        ):
+        if self.closing:
             return
         try:
             self._answer()
