@@ -184,6 +184,65 @@ def test_scan_over_an_emptied_table_does_bounded_work_per_call() -> None:
     assert found == [b"99999"]
 
 
+# -- KEYS over a large keyspace -----------------------------------------------------------
+
+
+def test_keys_over_a_large_keyspace_runs_in_steps_that_release_the_store() -> None:
+    state = ServerState(max_memory=0)
+    mine, theirs = open_session(state), open_session(state)
+    for i in range(50_000):
+        state.store.put(b"k%d" % i, b"")
+    command = [[b"KEYS", b"k1*"]]
+    reply, done = mine.execute_some(command, 0, 65536)
+    steps = 1
+    while done < 1:
+        assert not state.store.lock.locked()  # released between steps
+        run(theirs, b"DEL", b"k%d" % (10_000 + steps))  # others write meanwhile
+        reply, done = mine.execute_some(command, done, 65536)
+        steps += 1
+    assert steps >= 3
+    expected = {b"k%d" % i for i in range(50_000) if (b"%d" % i).startswith(b"1")}
+    found = set(reply.split(b"\r\n")[2::2])
+    assert found >= expected - {b"k%d" % (10_000 + n) for n in range(steps)}
+    assert found <= expected
+
+
+def test_keys_in_steps_gives_the_whole_answer_to_execute_and_exec() -> None:
+    session = open_session(ServerState(max_memory=0))
+    for i in range(30_000):
+        session.store.put(b"k%d" % i, b"")
+    assert run(session, b"KEYS", b"*").startswith(b"*30000\r\n")
+    replies = session.execute([[b"MULTI"], [b"KEYS", b"k2999?"], [b"EXEC"]])
+    assert b"*1\r\n*10\r\n" in replies  # EXEC's array of one reply: KEYS's 10 keys
+
+
+@both_forms
+def test_keys_over_a_large_keyspace_does_not_starve_another_client(
+    serve: Serve, make: Any
+) -> None:
+    server = serve(make(("127.0.0.1", 0)))
+    store = server_state(server).store
+    with store.lock:
+        for i in range(400_000):
+            store.put(b"key:%06d" % i, b"")
+    def slowest_ping(client: socket.socket) -> float:
+        slowest = 0.0
+        for _ in range(10):
+            started = time.perf_counter()
+            client.sendall(b"PING\r\n")
+            assert recv_exactly(client, 7) == b"+PONG\r\n"
+            slowest = max(slowest, time.perf_counter() - started)
+        return slowest
+
+    reply_size = len(b"*400000\r\n") + 400_000 * len(b"$10\r\nkey:000000\r\n")
+    with connect(server) as other, connect(server) as asker:
+        quiet = slowest_ping(other)
+        asker.sendall(b"KEYS *\r\n")
+        during = slowest_ping(other)  # while the KEYS runs (it takes a second)
+        assert recv_exactly(asker, reply_size).startswith(b"*400000\r\n$10\r\n")
+    assert during < 2 * quiet + 0.15, (quiet, during)
+
+
 # -- bounded output ------------------------------------------------------------------------
 
 

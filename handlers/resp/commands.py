@@ -15,6 +15,7 @@ every name in lower and upper case, so the usual spelling costs one dict lookup.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, Optional
 
 from handlers.resp.connection_commands import CONNECTION_COMMANDS
@@ -25,6 +26,7 @@ from handlers.resp.encoding import (
     encode_bulk,
     encode_integer,
 )
+from handlers.resp.glob import compile_glob
 from handlers.resp.hash_commands import HASH_COMMANDS
 from handlers.resp.list_commands import LIST_COMMANDS
 from handlers.resp.session import (
@@ -38,7 +40,7 @@ from handlers.resp.session import (
     wrong_arity,
 )
 from handlers.resp.set_commands import SET_COMMANDS
-from handlers.resp.store import OutOfMemory
+from handlers.resp.store import KeyValueStore, OutOfMemory
 from handlers.resp.transactions import TRANSACTION_COMMANDS
 from handlers.resp.values import KEY_OVERHEAD, value_size
 from handlers.resp.zset_commands import ZSET_COMMANDS
@@ -190,8 +192,36 @@ def persist(session: Session, args: list[bytes]) -> bytes:
     return encode_integer(session.store.set_deadline(args[1], None))
 
 
-def keys(session: Session, args: list[bytes]) -> bytes:
-    return encode_array([encode_bulk(key) for key in session.store.keys(args[1])])
+#: KEYS over more keys than this runs in steps of this many, with the store lock
+#: released between them (a step costs a few milliseconds), instead of holding
+#: every other client for the whole walk. Its answer then has SCAN's guarantee:
+#: every key present throughout is in it.
+KEYS_STEP = 20_000
+
+
+def keys(session: Session, args: list[bytes]) -> Any:
+    store = session.store
+    if len(store.data) <= KEYS_STEP:
+        return encode_array([encode_bulk(key) for key in store.keys(args[1])])
+    return _keys_in_steps(store, args[1])
+
+
+def _keys_in_steps(store: KeyValueStore, pattern: bytes) -> Iterator[Optional[bytes]]:
+    match = None if pattern == b"*" else compile_glob(pattern)
+    parts: list[bytes] = []
+    found = 0
+    cursor = 0
+    while True:
+        store.expire_due()
+        cursor, batch = store.keyspace.scan(cursor, KEYS_STEP)
+        if match is not None:
+            batch = list(filter(match, batch))
+        found += len(batch)
+        parts.append(b"".join([b"$%d\r\n%b\r\n" % (len(key), key) for key in batch]))
+        if cursor == 0:
+            break
+        yield None
+    yield b"*%d\r\n" % found + b"".join(parts)
 
 
 def scan(session: Session, args: list[bytes]) -> bytes:

@@ -13,7 +13,9 @@ table (built in :mod:`handlers.resp.commands`): the function that runs it and it
 ``-n``: at least ``n``). Commands run with ``store.lock`` held, so each is atomic
 and a pipelined batch costs one lock acquisition; with a *budget* it stops once
 the replies reach that many bytes, so a long pipeline is answered in pieces and
-the lock is released between them. Inside ``MULTI`` commands are queued instead
+the lock is released between them. A command that could hold the lock long
+(``KEYS`` over a large keyspace) returns an iterator of steps instead of its
+reply, and each call runs one step. Inside ``MULTI`` commands are queued instead
 (see :mod:`handlers.resp.transactions`). :meth:`Session.execute` runs them all.
 
 A command function returns its reply as bytes. For errors it may return an
@@ -30,7 +32,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Iterator
+from typing import Any, Callable, Optional, cast
 
 from handlers.resp.encoding import encode_error
 from handlers.resp.faults import FaultLog
@@ -79,8 +82,10 @@ class ServerState:
             self.connected_clients -= 1
 
 
-#: A command's implementation: (session, words including the name) -> reply bytes.
-CommandFunction = Callable[["Session", list[bytes]], bytes]
+#: A command's implementation: (session, words including the name) -> reply bytes,
+#: or, for a long command, an iterator of steps: None after each step but the
+#: last, which is the reply. The store lock is released between steps.
+CommandFunction = Callable[["Session", list[bytes]], Any]
 #: Command name -> (function, arity in Redis's convention).
 CommandTable = dict[bytes, tuple[CommandFunction, int]]
 
@@ -103,6 +108,8 @@ class Session:
         self.queue_failed = False
         self.watched: set[bytes] = set()
         self.watched_changed = False
+        # A command running in steps (KEYS over a large keyspace): its generator.
+        self.stepping: Optional[Iterator[Optional[bytes]]] = None
 
     def close(self) -> None:
         with self.store.lock:
@@ -126,8 +133,15 @@ class Session:
         self.watched_changed = False
 
     def execute(self, commands: list[list[bytes]]) -> bytes:
-        """Run a batch of commands (holding the store lock); return every reply."""
-        return self.execute_some(commands)[0]
+        """Run a batch of commands to the end; return every reply."""
+        replies, index = self.execute_some(commands)
+        if index >= len(commands) or self.closing:
+            return replies
+        parts = [replies]
+        while index < len(commands) and not self.closing:  # a command run in steps
+            replies, index = self.execute_some(commands, index)
+            parts.append(replies)
+        return b"".join(parts)
 
     def execute_some(
         self, commands: list[list[bytes]], start: int = 0, budget: int = 0
@@ -146,46 +160,60 @@ class Session:
         end = len(commands)
         size = 0
         with self.store.lock:
+            if self.stepping is not None:  # a long command, one more step
+                reply = next(self.stepping)
+                if reply is None:
+                    return b"", index
+                self.stepping = None
+                append(reply)
+                index += 1
+                size = len(reply)
+            # The loop is written out (no call per command): it is the hot path.
             while index < end:
                 args = commands[index]
                 index += 1
                 name = args[0]
                 entry = table.get(name) or table.get(name.lower())
-                if entry is None:
-                    reply = unknown_command(args)
-                    self.queue_failed = self.queued is not None
+                if entry is None or (
+                    (len(args) != entry[1]) if entry[1] > 0 else (len(args) < -entry[1])
+                ):
+                    reply = self._refuse(args, entry is None)
+                elif self.queued is not None and entry[0] not in TRANSACTION_CONTROL:
+                    self.queued.append(args)
+                    reply = QUEUED
                 else:
-                    function, arity = entry
-                    if (len(args) != arity) if arity > 0 else (len(args) < -arity):
-                        reply = wrong_arity(name)
-                        self.queue_failed = self.queued is not None
-                    elif self.queued is not None and function not in TRANSACTION_CONTROL:
-                        self.queued.append(args)
-                        reply = QUEUED
-                    else:
-                        try:
-                            reply = function(self, args)
-                        except ReplyError as exc:
-                            reply = exc.reply
-                        except WrongType:
-                            reply = WRONG_TYPE
-                        except OutOfMemory:
-                            reply = OOM_ERROR
-                append(reply)
-                if budget:
-                    size += len(reply)
-                    if size >= budget:
+                    try:
+                        reply = entry[0](self, args)
+                    except ReplyError as exc:
+                        reply = exc.reply
+                    except WrongType:
+                        reply = WRONG_TYPE
+                    except OutOfMemory:
+                        reply = OOM_ERROR
+                    if type(reply) is not bytes:  # steps: the next call goes on
+                        self.stepping = cast(Iterator[Optional[bytes]], reply)
+                        index -= 1
                         break
-                if self.closing:
+                append(reply)
+                size += len(reply)
+                if (budget and size >= budget) or self.closing:
                     break
             self.state.commands_processed += index - start
         return b"".join(replies), index
+
+    def _refuse(self, args: list[bytes], unknown: bool) -> bytes:
+        """The error for an unknown command or a wrong number of arguments."""
+        self.queue_failed = self.queued is not None  # EXEC will refuse to run
+        return unknown_command(args) if unknown else wrong_arity(args[0])
 
     def call(self, args: list[bytes]) -> bytes:
         """Run one command now (EXEC runs its queue with this); the lock is held."""
         function, _arity = self.commands[args[0].lower()]
         try:
-            return function(self, args)
+            reply = function(self, args)
+            if type(reply) is not bytes:  # in steps: all of them, here
+                reply = next(step for step in reply if step is not None)
+            return cast(bytes, reply)
         except ReplyError as exc:
             return exc.reply
         except WrongType:
