@@ -355,6 +355,17 @@ def test_a_reply_past_the_output_limit_closes_that_client_with_one_log_line(
     assert "output buffer limit" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_output_buffer", 0), ("reply_chunk", -1), ("max_command_size", "big"),
+     ("fault_log_interval", -5)],
+)
+def test_nonsense_limits_are_refused_when_the_server_is_built(name: str, value: Any) -> None:
+    handler = type("Odd", (RespConnection,), {name: value})
+    with pytest.raises(ValueError, match=f"Odd.{name} must be .*{value!r}"):
+        RespServer(("127.0.0.1", 0), handler)
+
+
 # -- memory cap ------------------------------------------------------------------------------
 
 

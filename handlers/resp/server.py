@@ -303,5 +303,20 @@ class RespServer(MultiplexingTCPServer):
         *,
         max_memory: int = DEFAULT_MAX_MEMORY,
     ) -> None:
+        _check_settings(RequestHandlerClass)
         self.resp_state: Optional[ServerState] = ServerState(max_memory)
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
+
+
+def _check_settings(handler_class: Any) -> None:
+    """Refuse a handler class whose limits make no sense, naming the bad value."""
+    for name in ("reply_chunk", "max_output_buffer", "receive_size", "max_bulk_length",
+                 "max_array_length", "max_inline_length", "max_command_size"):
+        value = getattr(handler_class, name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{handler_class.__name__}.{name} must be a positive integer,"
+                             f" not {value!r}")
+    interval = getattr(handler_class, "fault_log_interval", 0.0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+        raise ValueError(f"{handler_class.__name__}.fault_log_interval must be a"
+                         f" non-negative number, not {interval!r}")
