@@ -58,6 +58,7 @@ from typing import Any, Optional, Protocol, Union
 from pyserve import ProtocolError, StreamRequestHandler
 
 __all__ = [
+    "BYTE_ORDERS",
     "DEFAULT_FRAMING",
     "DEFAULT_MAX_SIZE",
     "NEED_DATA",
@@ -67,6 +68,7 @@ __all__ = [
     "LengthPrefixDecoder",
     "LengthPrefixed",
     "MessageHandler",
+    "NativeOrderEchoHandler",
     "NeedData",
     "NetstringDecoder",
     "Netstrings",
@@ -204,15 +206,17 @@ class LengthPrefixed:
     """Frames of ``struct`` header (an unsigned length) then that many bytes.
 
     ``header_format`` is a ``struct`` format of one unsigned integer with an
-    explicit byte order (``"!I"``: 4 bytes, network order; ``"<H"``, ``">Q"``...).
+    explicit byte order (``"!I"``: 4 bytes, network order; ``"<H"``, ``">Q"``...;
+    ``"=I"``: the machine's own order, what ``struct.pack('I', n)`` sends).
     ``max_size`` defaults to the smaller of :data:`DEFAULT_MAX_SIZE` and the
     largest length the header can express.
     """
 
     def __init__(self, header_format: str = "!I", max_size: Optional[int] = None) -> None:
-        if not isinstance(header_format, str) or header_format[:1] not in ("!", "<", ">"):
+        if not isinstance(header_format, str) or header_format[:1] not in ("!", "<", ">", "="):
             raise ValueError(
-                f"header_format {header_format!r} must start with a byte order: '!', '<' or '>'"
+                f"header_format {header_format!r} must start with a byte order: "
+                "'!', '<', '>' or '='"
             )
         # One unsigned integer code, nothing else: "!i" cannot carry the largest
         # length, "!f" and "!?" do not give it back, and interpreters disagree on
@@ -329,6 +333,12 @@ class Netstrings:
 #: The framing used when none is named: a 4-byte network-order length, 1 MiB max.
 DEFAULT_FRAMING: Framing = LengthPrefixed()
 
+#: ``byte_order`` names and the ``struct`` prefix of each. "native" is the order of
+#: the machine the *server* runs on: right for a client on the same machine (or
+#: the same architecture) that packs with ``struct.pack('I', n)``, as the socket
+#: tutorials' clients do; "network" (big-endian) is right between any machines.
+BYTE_ORDERS = {"network": "!", "big": ">", "little": "<", "native": "="}
+
 
 class MessageHandler(StreamRequestHandler[Any]):
     """A stream handler that receives and answers whole messages.
@@ -346,9 +356,23 @@ class MessageHandler(StreamRequestHandler[Any]):
     """
 
     framing: Framing = DEFAULT_FRAMING
+    #: Set in a subclass to one of :data:`BYTE_ORDERS` for a 4-byte length prefix in
+    #: that byte order (1 MiB max): shorthand for ``framing = LengthPrefixed("=I")``
+    #: and the like, checked when the class is defined.
+    byte_order: Optional[str] = None
     #: Bytes requested per read: large enough that a burst of small messages costs
     #: one system call, small enough to bound the memory one connection holds.
     read_size: int = 65536
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        order = cls.__dict__.get("byte_order")
+        if order is not None:
+            if order not in BYTE_ORDERS:
+                raise ValueError(
+                    f"{cls.__name__}.byte_order {order!r} must be one of {sorted(BYTE_ORDERS)}"
+                )
+            cls.framing = LengthPrefixed(BYTE_ORDERS[order] + "I")
 
     def setup(self) -> None:
         super().setup()
@@ -410,10 +434,24 @@ class MessageHandler(StreamRequestHandler[Any]):
 
 
 class EchoMessageHandler(MessageHandler):
-    """Sends every message back unchanged (a ready service and a test peer)."""
+    """Sends every message back unchanged (a ready service and a test peer).
+
+    Its length prefix is in network order, as :func:`send_message` sends it.
+    """
 
     def handle_message(self, payload: bytes) -> Optional[bytes]:
         return payload
+
+
+class NativeOrderEchoHandler(EchoMessageHandler):
+    """:class:`EchoMessageHandler` with the length in the server machine's byte order.
+
+    The registry's ``message-echo``: the socket tutorials' clients frame their
+    ``struct`` messages with ``struct.pack('I', len(data))``, native order, which
+    a network-order server would read as a length of megabytes.
+    """
+
+    byte_order = "native"
 
 
 # -- client helpers ------------------------------------------------------------------

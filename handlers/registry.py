@@ -237,6 +237,12 @@ register(
 )
 register(
     "message-echo",
+    tcp="handlers.framing:NativeOrderEchoHandler",
+    description="echoes length-prefixed messages (4-byte length in this machine's byte order,"
+    " as struct.pack('I', n) sends it)",
+)
+register(
+    "message-echo-network",
     tcp="handlers.framing:EchoMessageHandler",
     description="echoes length-prefixed messages (4-byte big-endian length)",
 )
