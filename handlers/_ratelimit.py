@@ -11,6 +11,10 @@ key such as ``"bad frame"``) at once, then at most one line per reason per
 were not logged meanwhile ("... (and 4,211 more since the last report)"). The
 count survives until the next report, so nothing is lost, only summarised.
 
+Each server has its own logs (:func:`fault_log`, keyed by the server and a
+handler name in a weak mapping, so the server class is not modified and the
+logs die with it): one noisy server does not silence another's reports.
+
 The table of reasons is bounded (``max_reasons``): reasons are fixed strings
 chosen by the handler, never peer bytes, so it stays tiny; the bound is a guard
 against a programming mistake, not against peers.
@@ -29,9 +33,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
-__all__ = ["PeerFaultLog", "escaped"]
+__all__ = ["PeerFaultLog", "escaped", "fault_log"]
 
 #: Longest escaped text put in a log line: enough to recognise, too little to flood.
 MAX_SHOWN = 80
@@ -75,7 +80,7 @@ class PeerFaultLog:
         #: reason -> [time of the last line logged, faults suppressed since then]
         self._reasons: dict[str, list[float]] = {}
 
-    def warning(self, reason: str, message: str, *args: Any) -> bool:
+    def report(self, reason: str, message: str, *args: Any) -> bool:
         """Log ``message % args`` as a WARNING unless ``reason`` was logged recently.
 
         ``reason`` is a fixed key chosen by the handler; ``args`` that came from the
@@ -100,3 +105,23 @@ class PeerFaultLog:
     def _forget_oldest(self) -> None:
         oldest = min(self._reasons, key=lambda reason: self._reasons[reason][0])
         del self._reasons[oldest]
+
+
+_logs_lock = threading.Lock()
+_logs: weakref.WeakKeyDictionary[Any, dict[str, PeerFaultLog]] = weakref.WeakKeyDictionary()
+#: For a server that cannot be weakly referenced (``__slots__`` without
+#: ``__weakref__``): one shared set of logs, still bounded.
+_shared: dict[str, PeerFaultLog] = {}
+
+
+def fault_log(server: Any, name: str, logger: logging.Logger) -> PeerFaultLog:
+    """The :class:`PeerFaultLog` of handler ``name`` on ``server`` (made on first use)."""
+    with _logs_lock:
+        try:
+            logs = _logs.setdefault(server, {})
+        except TypeError:
+            logs = _shared
+        log = logs.get(name)
+        if log is None:
+            log = logs[name] = PeerFaultLog(logger)
+        return log

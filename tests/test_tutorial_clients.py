@@ -15,18 +15,29 @@ which changes three things from the outside, never the code itself:
 from __future__ import annotations
 
 import builtins
+import logging
 import socket
 import struct
+import time
 import types
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import pytest
 
 from handlers import registry
-from pyserve import ThreadingTCPServer
+from handlers.auth_classic import ClassicHMACAuthMixIn
+from handlers.auth_classic import authenticate as classic_authenticate
+from pyserve import StreamRequestHandler, ThreadingTCPServer
 from pyserve.testing import serving
 
 TIMEOUT = 10.0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.005)
 
 
 class _Done(Exception):
@@ -254,3 +265,70 @@ auth(sk)
 sk.send(b'upload') #正常的和server端进行通信
 sk.close()
 """
+
+
+class Recorder(StreamRequestHandler):
+    """Keeps what the client sends after the handshake (the tutorial prints it)."""
+
+    received: list[bytes]
+
+    def handle(self) -> None:
+        self.received.append(self.rfile.read())
+
+
+class TutorialAuth(ClassicHMACAuthMixIn, Recorder):
+    # What tutorial 004's client needs, each relaxed by name: its key and MD5.
+    auth_key = b"wangwang"
+    auth_digest = "md5"
+    auth_min_key_size = 8
+    received: ClassVar[list[bytes]] = []
+
+
+def test_tutorial_004_client_authenticates_and_its_message_reaches_the_handler() -> None:
+    TutorialAuth.received = []
+    with serving(ThreadingTCPServer(("127.0.0.1", 0), TutorialAuth)) as server:
+        run_client(TUTORIAL_004_CLIENT, "('127.0.0.1', 8520)", server.server_address)
+        wait_until(lambda: TutorialAuth.received)
+    assert TutorialAuth.received == [b"upload"]
+
+
+def test_tutorial_004_client_with_the_wrong_key_never_reaches_the_handler(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pyserve")
+    TutorialAuth.received = []
+    wrong = TUTORIAL_004_CLIENT.replace("key =b'wangwang'", "key =b'wangwanG'")
+    with serving(ThreadingTCPServer(("127.0.0.1", 0), TutorialAuth)) as server:
+        run_client(wrong, "('127.0.0.1', 8520)", server.server_address)
+        wait_until(lambda: any("wrong answer" in r.getMessage() for r in caplog.records))
+    assert TutorialAuth.received == []
+
+
+def test_the_tutorials_key_and_digest_are_refused_unless_relaxed_by_name() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes, not 8 bytes"):
+
+        class Strict(ClassicHMACAuthMixIn, Recorder):
+            auth_key = b"wangwang"
+
+    with pytest.raises(ValueError, match="auth_digest 'md6'"):
+
+        class Unknown(ClassicHMACAuthMixIn, Recorder):
+            auth_digest = "md6"
+
+    with pytest.raises(ValueError, match="auth_min_key_size 4 is below 8"):
+
+        class Tiny(ClassicHMACAuthMixIn, Recorder):
+            auth_min_key_size = 4
+
+
+def test_classic_default_is_sha256_with_the_client_helper() -> None:
+    class Strong(ClassicHMACAuthMixIn, Recorder):
+        auth_key = b"a key of sixteen bytes or more"
+        received: ClassVar[list[bytes]] = []
+
+    server = ThreadingTCPServer(("127.0.0.1", 0), Strong)
+    with serving(server), socket.create_connection(server.server_address, timeout=TIMEOUT) as sock:
+        classic_authenticate(sock, Strong.auth_key)
+        sock.sendall(b"after")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(10) == b""
+        wait_until(lambda: Strong.received)
+    assert Strong.received == [b"after"]
