@@ -45,7 +45,8 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from handlers.framing import NEED_DATA, MessageHandler, NeedData
+from handlers.framing import NEED_DATA, NeedData
+from handlers.messages import MessageHandler
 from pyserve import ProtocolError
 
 __all__ = [

@@ -237,13 +237,13 @@ register(
 )
 register(
     "message-echo",
-    tcp="handlers.framing:NativeOrderEchoHandler",
+    tcp="handlers.messages:NativeOrderEchoHandler",
     description="echoes length-prefixed messages (4-byte length in this machine's byte order,"
     " as struct.pack('I', n) sends it)",
 )
 register(
     "message-echo-network",
-    tcp="handlers.framing:EchoMessageHandler",
+    tcp="handlers.messages:EchoMessageHandler",
     description="echoes length-prefixed messages (4-byte big-endian length)",
 )
 register(
