@@ -49,8 +49,8 @@ way, even one swapped in after the first check, makes the open fail instead of
 leaving the root.
 
 Atomic writes (:mod:`handlers.files_storage`): an upload goes to a hidden
-temporary file in the target's directory; when the last byte has arrived it is ``fsync``-ed and renamed over the
-target with ``os.replace``, and the directory is ``fsync``-ed. A connection that
+temporary file in the target's directory; when the last byte has arrived it is
+``fsync``-ed and renamed over the target with ``os.replace``, and the directory is ``fsync``-ed. A connection that
 drops mid-upload removes its temporary file (``finish``), so the target is
 either the old file or the complete new one, never a partial one.
 
