@@ -50,9 +50,10 @@ leaving the root.
 
 Atomic writes (:mod:`handlers.files_storage`): an upload goes to a hidden
 temporary file in the target's directory; when the last byte has arrived it is
-``fsync``-ed and renamed over the target with ``os.replace``, and the directory is ``fsync``-ed. A connection that
-drops mid-upload removes its temporary file (``finish``), so the target is
-either the old file or the complete new one, never a partial one.
+``fsync``-ed and renamed over the target with ``os.replace``, and the directory
+is ``fsync``-ed. A connection that drops mid-upload removes its temporary file
+(``finish``), so the target is either the old file or the complete new one,
+never a partial one.
 
 Client helpers: :func:`upload` and :func:`download` speak the protocol over a
 connected socket and check the SHA-256 checksum the server reports.
