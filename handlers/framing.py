@@ -46,7 +46,7 @@ Error handling: a peer's bad frame makes the handler log one WARNING line on the
 ``pyserve.handlers`` logger ("closing connection from ADDRESS: REASON") and end
 the connection; the server and its other clients are untouched. A stream of bad
 frames is summarised: one line per reason per minute per server and handler
-class, with a count (:mod:`handlers._ratelimit`); reasons quote peer bytes only
+class, with a count (``handlers._ratelimit``); reasons quote peer bytes only
 through ``repr``. A programmer's
 bad argument (an unsigned-integer header format that is not one, a payload larger
 than the framing allows) raises :class:`ValueError` naming the value.

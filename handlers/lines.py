@@ -10,7 +10,7 @@ The pieces, from the bottom up:
   a peer that never sends a newline costs at most one maximum line of memory.
 * :class:`Lines` is the framing object (decoder factory plus encoder), usable with
   :func:`handlers.framing.send_message` / :func:`~handlers.framing.recv_message`.
-* :class:`LineHandler` is a :class:`handlers.framing.MessageHandler` that decodes
+* :class:`LineHandler` is a :class:`handlers.messages.MessageHandler` that decodes
   each line as text and calls ``handle_line(line)``; the returned string is sent
   back with the configured newline. ``close()`` ends the connection after the
   current line, ``send_line(text)`` sends at any time (a greeting from

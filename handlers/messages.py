@@ -17,7 +17,7 @@ tutorials' ``struct.pack('I', n)`` clients frame).
 Error handling: a peer's bad frame (``pyserve.ProtocolError`` from the decoder
 or ``handle_message``) ends that connection with a WARNING on the
 ``pyserve.handlers`` logger, at most one line per reason per minute per server
-and handler class, with a count of the others (:mod:`handlers._ratelimit`).
+and handler class, with a count of the others (``handlers._ratelimit``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ class MessageHandler(StreamRequestHandler[Any]):
 class EchoMessageHandler(MessageHandler):
     """Sends every message back unchanged (a ready service and a test peer).
 
-    Its length prefix is in network order, as :func:`send_message` sends it.
+    Its length prefix is in network order, as
+    :func:`handlers.framing.send_message` sends it.
     """
 
     def handle_message(self, payload: bytes) -> Optional[bytes]:
