@@ -6,18 +6,19 @@ every adaptation is named in a comment). It runs through :func:`run_client`,
 which changes three things from the outside, never the code itself:
 
 * the tutorial's address literal is replaced by the test server's address;
-* ``socket.socket`` gets a 10 s timeout (every client socket in a test has one)
-  and is closed afterwards, even if the code stops half-way;
+* the ``socket`` module it imports has a ``socket`` class with a 10 s timeout
+  (every client socket in a test has one), and those sockets are closed
+  afterwards, even if the code stops half-way;
 * ``print`` and ``input`` are the test's: prints are collected, inputs scripted
   (when the script is exhausted the client's endless loop ends with ``_Done``).
 """
 
 from __future__ import annotations
 
-import builtins
 import logging
 import socket
 import struct
+import sys
 import time
 import types
 from typing import Any, Callable, ClassVar, Optional
@@ -65,10 +66,6 @@ def run_client(
     fake_socket = types.ModuleType("socket")
     fake_socket.__dict__.update(socket.__dict__)
     fake_socket.socket = TimedSocket  # type: ignore[misc]
-    real_import = builtins.__import__
-
-    def importer(name: str, *args: Any, **kwargs: Any) -> Any:
-        return fake_socket if name == "socket" else real_import(name, *args, **kwargs)
 
     def scripted_input(prompt: str = "") -> str:
         if not script:
@@ -78,18 +75,26 @@ def run_client(
     def collect(*values: Any, **_: Any) -> None:
         printed.append(values[0] if len(values) == 1 else values)
 
+    # print and input as globals: they shadow the builtins on every interpreter
+    # (PyPy ignores a __builtins__ mapping given to exec). The client's own
+    # `import socket` finds the wrapped module in sys.modules for the duration;
+    # code that imported socket before keeps its reference to the real one.
     namespace: dict[str, Any] = {
-        "__builtins__": {**vars(builtins), "__import__": importer, "print": collect,
-                         "input": scripted_input},
+        "print": collect,
+        "input": scripted_input,
         "ADDRESS": tuple(address[:2]),
     }
+    real_socket = sys.modules["socket"]
+    sys.modules["socket"] = fake_socket
     try:
         exec(code.replace(literal, "ADDRESS"), namespace)
     except _Done:
         pass
     finally:
+        sys.modules["socket"] = real_socket
         for sock in opened:
             sock.close()
+    assert opened, "the client's sockets did not come from the wrapped module"
     return printed
 
 
