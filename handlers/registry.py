@@ -272,12 +272,14 @@ register(
     description="RFC 868: seconds since 1900 as 4 bytes (rdate's protocol)",
 )
 register(
-    "uppercase", tcp="handlers.lines:UpperCaseHandler", description="echoes each line in upper case"
+    "uppercase",
+    tcp="handlers.lines:UpperCaseHandler",
+    description="echoes each message in upper case (tutorial 001's server)",
 )
 register(
     "welcome",
     tcp="handlers.lines:WelcomeHandler",
-    description="greets 'Success!', answers 'Welcome! NAME!', closes on 'exit'",
+    description="tutorial 000's server: greets 'Success!', answers 'Welcom! NAME!', ends on 'exit'",
 )
 register(
     "message-echo",
@@ -293,7 +295,7 @@ register(
 register(
     "chat",
     tcp="handlers.chat:ChatHandler",
-    description="a chat room (/nick, /who, /quit); a client that stops reading is dropped",
+    description="a chat room (/nick, /who, /quit); slow readers and flooders are dropped",
 )
 register(
     "resp",
@@ -303,5 +305,5 @@ register(
 register(
     "files",
     tcp="handlers.files:FileHandler",
-    description="uploads and downloads under the current directory (length-prefixed frames)",
+    description="downloads under the current directory (read-only; length-prefixed frames)",
 )
