@@ -119,7 +119,7 @@ from pyserve.net import sockopts  # noqa: E402
 from pyserve.net.activation import ActivationError  # noqa: E402
 from pyserve.net.multicast import MulticastUDPServer  # noqa: E402
 
-__all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]
+__all__ += ["MulticastUDPServer", "ActivationError"]  # sockopts: a module, not in *
 
 # Network edges (issue 4): TLS and the PROXY protocol.
 from pyserve.net.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn  # noqa: E402
