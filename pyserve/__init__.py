@@ -115,7 +115,7 @@ if hasattr(socket, "AF_UNIX"):
 
     __all__ += ["MultiplexingUnixStreamServer"]
 # Network edges (issue 4): multicast, systemd activation, socket options.
-from pyserve.net import sockopts  # noqa: E402
+from pyserve.net import sockopts as sockopts  # noqa: E402 - an attribute, not in *
 from pyserve.net.activation import ActivationError  # noqa: E402
 from pyserve.net.multicast import MulticastUDPServer  # noqa: E402
 

@@ -154,10 +154,15 @@ class SocketServer(SocketAdoption, BaseServer):
         return owner not in _FAMILY_FOLLOWS_ADDRESS
 
     def server_bind(self) -> None:
-        """Set the options and bind (an adopted socket: read its address). May be extended."""
-        if self.listen_socket_options:
-            options = check_socket_options(self.listen_socket_options, "listen_socket_options")
-            apply_socket_options(self.socket, options, "listen_socket_options")
+        """Set the options and bind (an adopted socket: read its address). May be extended.
+
+        Like the stdlib's, it calls no other class's ``server_bind()``: code that
+        writes ``UnixStreamServer.server_bind(self)`` in a class that also inherits
+        ``http.server.HTTPServer`` (to skip its host-name lookup) gets the socket
+        bound and nothing more. What a transport adds happens in the private steps
+        ``_configure_socket()`` and ``_bind()``, which mix-ins extend instead.
+        """
+        self._configure_socket()
         if self.socket_adopted:
             self.server_address = self.socket.getsockname()
             return
@@ -167,11 +172,18 @@ class SocketServer(SocketAdoption, BaseServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if self.dualstack_ipv6:
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self._bind()
+
+    def _configure_socket(self) -> None:
+        """Set options on the socket, adopted or not, before binding. Extend; call super()."""
+        if self.listen_socket_options:
+            options = check_socket_options(self.listen_socket_options, "listen_socket_options")
+            apply_socket_options(self.socket, options, "listen_socket_options")
+
+    def _bind(self) -> None:
+        """Bind to ``server_address`` and read the real address back. Extend; call super()."""
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        """Make the socket ready for requests. May be overridden."""
 
     def server_close(self) -> None:
         """Close the socket. May be extended."""
@@ -288,11 +300,10 @@ class UDPServer(SocketServer):
         self.datagrams_truncated = 0
         self._truncation_logged_at: Optional[float] = None
 
-    def server_bind(self) -> None:
-        """Set SO_BROADCAST if ``allow_broadcast``, then bind. May be extended."""
+    def _configure_socket(self) -> None:
         if self.allow_broadcast:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        super().server_bind()
+        super()._configure_socket()
 
     def get_request(self) -> tuple[tuple[bytes, socket.socket], Any]:
         """Receive one datagram of at most :attr:`max_packet_size` bytes.

@@ -154,15 +154,15 @@ class UnixSocketFile(_FileBase):
         # (st_dev, st_ino, pid) of the file we created; None if we created none.
         self._socket_file: Optional[tuple[int, int, int]] = None
 
-    def server_bind(self) -> None:
+    def _bind(self) -> None:
         path = self.server_address
-        on_disk = is_filesystem_path(path) and not self.socket_adopted
+        on_disk = is_filesystem_path(path)
         access = (self.socket_mode, self.socket_owner, self.socket_group)
-        if not on_disk and access != (None, None, None) and not self.socket_adopted:
+        if not on_disk and access != (None, None, None):
             raise ValueError(f"socket_mode/owner/group need a socket file, not {path!r}")
         if on_disk:
             clear_stale_socket(path, self.socket_type)
-        super().server_bind()
+        super()._bind()
         if on_disk:
             info = os.stat(path)
             self._socket_file = (info.st_dev, info.st_ino, os.getpid())
