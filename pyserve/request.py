@@ -12,8 +12,8 @@ constructor runs the whole request: ``setup()``, then ``handle()``, then always
   ``self.rfile`` (buffered reads: ``readline()``, ``read(n)``) and ``self.wfile``
   (every ``write()`` is sent in full before it returns).
 * :class:`DatagramRequestHandler` presents one datagram as ``self.rfile`` and
-  collects the reply in ``self.wfile``, sent when the handler finishes (only if it
-  wrote something: an empty reply is not a reply).
+  collects the reply in ``self.wfile``, sent when the handler finishes (if it
+  wrote, even ``b""``; a handler that never wrote sends nothing).
 
 Why the stream files are faster than the stdlib's
 -------------------------------------------------
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
 from pyserve.lifecycle.limits import make_rfile
@@ -186,12 +187,32 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
         self.rfile.close()
 
 
+class _ReplyBuffer(io.BytesIO):
+    """``wfile`` of a datagram handler: a ``BytesIO`` that knows whether it was written.
+
+    An empty reply is a reply (an echo of an empty datagram), but a handler that
+    never wrote has nothing to say; the buffer's contents alone cannot tell the two
+    apart.
+    """
+
+    written = False
+
+    def write(self, data: Buffer) -> int:
+        self.written = True
+        return super().write(data)
+
+    def writelines(self, lines: Iterable[Buffer]) -> None:
+        self.written = True
+        super().writelines(lines)
+
+
 class DatagramRequestHandler(BaseRequestHandler[ServerT_co]):
     """A handler for one datagram: read it from ``rfile``, write the reply to ``wfile``.
 
-    The reply is sent to the client when the handler finishes, unless nothing was
-    written (the stdlib sends an empty datagram then). ``self.packet`` is the data,
-    ``self.socket`` the server's socket.
+    The reply is sent to the client when the handler finishes if the handler
+    wrote to ``wfile``, even ``b""`` (an empty datagram); a handler that never
+    wrote sends nothing (the stdlib sends an empty datagram then).
+    ``self.packet`` is the data, ``self.socket`` the server's socket.
     """
 
     request: tuple[bytes, socket.socket]
@@ -199,9 +220,10 @@ class DatagramRequestHandler(BaseRequestHandler[ServerT_co]):
     def setup(self) -> None:
         self.packet, self.socket = self.request
         self.rfile = io.BytesIO(self.packet)
-        self.wfile = io.BytesIO()
+        self.wfile = _ReplyBuffer()
 
     def finish(self) -> None:
         reply = self.wfile.getvalue()
-        if reply:
+        # getattr: a handler may have replaced wfile with a plain BytesIO.
+        if reply or getattr(self.wfile, "written", False):
             self.socket.sendto(reply, self.client_address)
