@@ -59,6 +59,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -208,6 +209,17 @@ class TCPServer(SocketServer):
     allow_reuse_address = os.name != "nt"
     #: ``(level, option, value)`` triples set on every accepted connection.
     accepted_socket_options: Sequence[SocketOption] = ()
+    #: Seconds a TLS handshake may take inside ``get_request()`` when the listener
+    #: itself is an ``ssl.SSLSocket`` (the stdlib's HTTPS recipe, which shakes
+    #: hands in the accept loop): bounded, so one silent client stalls the loop
+    #: for this long at most rather than for ever. TLSMixIn avoids the stall.
+    ssl_listener_handshake_timeout: float = 10.0
+
+    def _init_dispatch_state(self) -> None:
+        super()._init_dispatch_state()
+        #: Handshakes that failed on an SSL-wrapped listener (TLSMixIn counts its
+        #: own here too).
+        self.tls_handshake_failures = 0
 
     def server_activate(self) -> None:
         """Listen with a backlog of :attr:`~SocketServer.request_queue_size`.
@@ -236,7 +248,7 @@ class TCPServer(SocketServer):
         """
         listener = self.socket
         if type(listener) is not socket.socket:
-            request = listener.accept()
+            request = self._accept_other(listener)
         else:
             kind = self._accept_kind
             if kind is None or kind[0] is not listener:
@@ -250,6 +262,38 @@ class TCPServer(SocketServer):
         if self.accepted_socket_options:
             self._set_accepted_options(request)
         return request
+
+    def _accept_other(self, listener: socket.socket) -> tuple[socket.socket, Any]:
+        """Accept from a socket subclass; on an ``ssl.SSLSocket``, shake hands here.
+
+        ``SSLSocket.accept()`` would report a client's failed handshake (a
+        plain-text client, a scanner, a reset) as an error of the listener, which
+        ends in ``handle_error(None, None)`` and a traceback per client. Here the
+        kernel's accept and the handshake are two steps: a failure of the first is
+        the listener's, of the second the client's: one DEBUG line, a count in
+        ``tls_handshake_failures``, and the loop moves on.
+        """
+        ssl = sys.modules.get("ssl")  # an SSLSocket means ssl is imported already
+        if ssl is None or not isinstance(listener, ssl.SSLSocket):
+            return listener.accept()
+        connection, address = socket.socket.accept(listener)
+        handshake_now = listener.do_handshake_on_connect
+        try:
+            if handshake_now:
+                connection.settimeout(self.ssl_listener_handshake_timeout)
+            tls = listener.context.wrap_socket(
+                connection,
+                server_side=True,
+                do_handshake_on_connect=handshake_now,
+                suppress_ragged_eofs=listener.suppress_ragged_eofs,
+            )
+        except OSError as exc:  # ssl.SSLError, a reset, a timeout
+            connection.close()
+            self.tls_handshake_failures += 1
+            logger.debug("TLS handshake with %s failed in accept: %s", escape(address), exc)
+            raise RequestDropped(exc.errno, str(exc)) from exc
+        tls.settimeout(socket.getdefaulttimeout())  # as accept() leaves a socket
+        return tls, address
 
     def _set_accepted_options(self, request: tuple[socket.socket, Any]) -> None:
         try:
