@@ -88,7 +88,14 @@ class BaseRequestHandler(Generic[ServerT_co]):
 
 
 class _SocketReader(io.RawIOBase):
-    """The raw layer under ``rfile``: reads go straight to ``socket.recv_into``."""
+    """The raw layer under ``rfile``: reads go straight to ``socket.recv_into``.
+
+    It answers what ``socket.SocketIO`` (the stdlib's raw layer) answers, so code
+    inspecting ``rfile.raw``, ``rfile.name`` or ``rfile.mode`` works unchanged.
+    """
+
+    #: The mode ``makefile()`` would have been given.
+    mode = "rb"
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
@@ -101,6 +108,11 @@ class _SocketReader(io.RawIOBase):
         return True
 
     def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def name(self) -> int:
+        """The socket's descriptor (-1 once closed), as ``SocketIO.name`` is."""
         return self._sock.fileno()
 
 
