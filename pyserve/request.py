@@ -115,6 +115,10 @@ class _SocketReader(io.RawIOBase):
         """The socket's descriptor (-1 once closed), as ``SocketIO.name`` is."""
         return self._sock.fileno()
 
+    def write(self, data: Buffer) -> int:
+        """Refuse, as a read-only ``SocketIO`` does (PyPy's RawIOBase has no write)."""
+        raise io.UnsupportedOperation("rfile is not writable")
+
 
 class _SocketWriter(io.BufferedIOBase):
     """``wfile``: each ``write()`` sends everything before returning.
