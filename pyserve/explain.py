@@ -82,6 +82,7 @@ ENVIRONMENT_VARIABLE = "PYSERVE_EXPLAIN"
 LOOP_HOOKS = ("serve_forever", "handle_request", "_handle_request_noblock", "service_actions")
 SERVER_HOOKS = (
     *LOOP_HOOKS,
+    "_child_exited",  # ForkingMixIn: the loop saw a child's pidfd become readable
     "get_request",
     "verify_request",
     "process_request",
@@ -102,7 +103,7 @@ HANDLER_HOOKS = (
     "connection_lost",
 )
 # Hooks whose first argument is the request: their lines carry its number.
-_REQUEST_FIRST = frozenset(SERVER_HOOKS) - frozenset(LOOP_HOOKS) - {"get_request"}
+_REQUEST_FIRST = frozenset(SERVER_HOOKS) - frozenset(LOOP_HOOKS) - {"get_request", "_child_exited"}
 
 _POOL_NOTE = "hands it to a worker: an idle one, a new one (up to max_workers), or the queue"
 
@@ -123,6 +124,7 @@ _NOTES = {
     ("service_actions", "ForkingMixIn"): (
         "end of a turn; reaps children here only where pidfds are missing"
     ),
+    ("_child_exited", "ForkingMixIn"): "a child's pidfd is readable: reap it (waitpid)",
     ("process_request", "BaseServer"): "runs it here, synchronously",
     ("process_request", "ThreadingMixIn"): "starts a thread for it",
     ("process_request", "ForkingMixIn"): "forks a child for it",

@@ -74,7 +74,8 @@ def number(line: str) -> str:
     return line.split(" | ", 1)[0].rsplit(maxsplit=1)[-1]
 
 
-LOOP = {"serve_forever", "handle_request", "_handle_request_noblock", "service_actions"}
+LOOP = {"serve_forever", "handle_request", "_handle_request_noblock", "service_actions",
+        "_child_exited"}
 
 
 def request_lines(lines: list[str]) -> list[str]:
@@ -160,6 +161,10 @@ def test_forking_server_explains_the_child_from_its_own_pid() -> None:
         with serving(Server(("127.0.0.1", 0), Echo)) as server:
             one_echo(server)
             seen = request_lines(lines.wait_for(2, "close_request"))  # child's, parent's
+            if hasattr(os, "pidfd_open"):  # the loop reaps the child when its pidfd fires
+                reaped = lines.wait_for(1, "_child_exited")
+                assert next(line for line in reaped if "_child_exited" in line).endswith(
+                    "[ForkingMixIn] a child's pidfd is readable: reap it (waitpid)")
     finally:
         stream.close()  # EOF for the relay once the (reaped) child's copy is gone too
         relay_thread.join(DEADLINE)
