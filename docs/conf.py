@@ -76,6 +76,9 @@ autodoc_default_options = {"show-inheritance": True}
 # sideways; alabaster's fixed 940 px column hid everything past ~70 characters.
 html_theme = "furo"
 html_title = f"pyserve {release}"
+# A wider article on wide screens (the reason is in the file).
+html_static_path = ["_static"]
+html_css_files = ["pyserve.css"]
 
 # Doctests in the docs run against the installed package.
 doctest_global_setup = "import pyserve"

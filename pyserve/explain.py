@@ -26,8 +26,8 @@ what it did. One request through a ``TCPServer`` with a
 line, longer than this page is wide, is left out; docs/internals shows every
 strategy in full)::
 
-    4242 MainThread      -   | serve_forever [ServeLoop] the loop starts: ...
-    4242 MainThread      -   |   _handle_request_noblock [BaseServer] the listener is readable
+    4242 MainThread      -   | serve_forever [ServeLoop] loop starts: select(listener, wake-up pair)
+    4242 MainThread      -   |   _handle_request_noblock [BaseServer] listener readable
     4242 MainThread      #1  |     get_request [TCPServer] -> request from ('127.0.0.1', 44292)
     4242 MainThread      #1  |     verify_request [BaseServer] -> True
     4242 MainThread      #1  |     process_request [BaseServer] runs it here, synchronously
@@ -105,26 +105,26 @@ HANDLER_HOOKS = (
 # Hooks whose first argument is the request: their lines carry its number.
 _REQUEST_FIRST = frozenset(SERVER_HOOKS) - frozenset(LOOP_HOOKS) - {"get_request", "_child_exited"}
 
-_POOL_NOTE = "hands it to a worker: an idle one, a new one (up to max_workers), or the queue"
+_POOL_NOTE = "hands it to a worker or the queue"
 
 # What a hook does, by (hook, providing class): what a learner needs to read.
 _NOTES = {
     ("serve_forever", "ServeLoop"): (
-        "the loop starts: select() on the listener and the wake-up pair"
+        "loop starts: select(listener, wake-up pair)"
     ),
     ("serve_forever", "WorkersAccept"): (
-        "the loop starts; idle pool workers accept, the loop only paces service_actions"
+        "loop starts; idle workers accept"
     ),
     ("handle_request", "BaseServer"): "waits for one request, at most timeout seconds",
-    ("_handle_request_noblock", "BaseServer"): "the listener is readable",
+    ("_handle_request_noblock", "BaseServer"): "listener readable",
     ("_handle_request_noblock", "ThreadPoolMixIn"): (
-        "the listener is readable: accept while it stays ready (accept_batch)"
+        "listener readable: accept while ready"
     ),
     ("service_actions", "ServeLoop"): "end of a turn that handled a request",
     ("service_actions", "ForkingMixIn"): (
-        "end of a turn; reaps children here only where pidfds are missing"
+        "end of the turn (reaps only without pidfds)"
     ),
-    ("_child_exited", "ForkingMixIn"): "a child's pidfd is readable: reap it (waitpid)",
+    ("_child_exited", "ForkingMixIn"): "pidfd readable: reap the child",
     ("process_request", "BaseServer"): "runs it here, synchronously",
     ("process_request", "ThreadingMixIn"): "starts a thread for it",
     ("process_request", "ForkingMixIn"): "forks a child for it",
@@ -135,7 +135,7 @@ _NOTES = {
     ("connection_lost", "ConnectionHandler"): "the connection is closed",
     ("process_request_thread", "ThreadingMixIn"): "in the new thread",
     ("process_request_thread", "ThreadPoolMixIn"): (
-        "in this pool worker: finish_request, then shutdown_request"
+        "in the pool worker"
     ),
     ("shutdown_request", "TCPServer"): "SHUT_WR, then close",
     ("shutdown_request", "UDPServer"): "nothing to shut down",
@@ -254,7 +254,7 @@ class Explainer:
             elif (name, provider) == ("process_request", "ThreadPoolMixIn") and not (
                 getattr(self._local, "serving", False)
             ):
-                note = "this worker accepted it: runs it here"
+                note = "runs it in this worker"
             request = args[0] if args and name in _REQUEST_FIRST else None
             try:
                 return self._call(name, provider, call, note, number=self._number_of(request))
@@ -277,7 +277,7 @@ class Explainer:
         if name == "_handle_request_noblock":
             local.handled = True
             if provider == "ThreadPoolMixIn" and not getattr(local, "serving", False):
-                note = "this worker was woken at the listener: one request"
+                note = "woken at the listener"
             local.depth = getattr(local, "depth", 0)  # a worker at the listener: top level
         if name in ("serve_forever", "handle_request"):
             was_serving = getattr(local, "serving", False)
