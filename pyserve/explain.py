@@ -42,7 +42,8 @@ strategy in full)::
 ``service_actions()`` runs on every turn of the loop, also the idle ones that
 ``poll_interval`` paces; it is shown only on a turn in which the same thread
 handled a request, so an idle server prints nothing. A pool whose workers accept
-never shows it (the loop thread handles no request there).
+never shows it (the loop thread handles no request there). A forking server also
+shows the loop reaping a child when the child's pidfd fires (``_child_exited``).
 
 How it works (and why it costs nothing when off)
 ------------------------------------------------
