@@ -9,8 +9,10 @@ compared with those before and reported as ``HANDLERS restored|changed``.
 Stream protocol (TCP: a threading server, or a pool with ``--kind pool``; Unix: a
 one-request-at-a-time server, or a one-worker pool with ``--kind unix-pool``),
 one line per command: ``pid`` -> this worker's pid; ``hold`` -> ``holding``, then
-waits for any line and answers ``released``. UDP (one-at-a-time server): the
-datagram ``pid`` is answered with this worker's pid.
+waits for any line and answers ``released``; ``slow`` -> waits 50 ms, answers
+``done <pid>``; ``forever`` -> ``stuck``, then never ends (it ignores EOF: a
+handler only a deadline can stop). UDP (one-at-a-time server): the datagram
+``pid`` is answered with this worker's pid.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from pyserve import (
@@ -44,6 +47,13 @@ class Handler(StreamRequestHandler[Any]):
                 self.wfile.write(b"holding\n")
                 self.rfile.readline()
                 self.wfile.write(b"released\n")
+            elif command == b"slow":
+                time.sleep(0.05)
+                self.wfile.write(b"done %d\n" % os.getpid())
+            elif command == b"forever":
+                self.wfile.write(b"stuck\n")
+                for _ in range(3600):  # bounded: the supervisor kills us long before
+                    time.sleep(1)
 
 
 class PidDatagramHandler(DatagramRequestHandler[Any]):
@@ -71,6 +81,7 @@ def main() -> int:
         "--kind", choices=("tcp", "udp", "unix", "pool", "unix-pool"), default="tcp"
     )
     parser.add_argument("--path", help="the Unix socket path (--kind unix)")
+    parser.add_argument("--shared", action="store_true", help="one socket (no SO_REUSEPORT)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="LOG %(message)s")
     watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -94,6 +105,7 @@ def main() -> int:
         workers=args.workers,
         drain_timeout=args.drain_timeout,
         make_server=broken_factory if args.broken else None,
+        reuse_port=False if args.shared else None,
         restart_backoff_initial=0.05,
         restart_backoff_max=args.backoff_max,
     )
