@@ -49,6 +49,7 @@ import time
 from typing import Any, Optional
 
 from pyserve.errors import LineTooLong, RequestTimedOut
+from pyserve.lifecycle.registry import LiveRequest, RequestRegistry
 
 __all__ = ["ConnectionLimits", "LineLimitedReader", "client_host"]
 
@@ -88,21 +89,17 @@ class ConnectionLimits:
     def _rejected(self, client_address: Any, reason: str) -> None:
         raise NotImplementedError
 
-    def _within_limits(self, client_address: Any, request: Any = None) -> bool:
-        """True if one more request from ``client_address`` fits; else reject it.
-
-        ``request`` is for strategies that must register it in the same step.
-        """
-        registry = self._registry  # type: ignore[attr-defined]
-        limit = self.max_connections
-        if limit is not None and len(registry) >= limit:
-            self._over_limit(client_address, f"max_connections={limit} reached")
-            return False
-        limit = self.max_connections_per_client
-        if limit is not None and registry.from_host(client_host(client_address)) >= limit:
-            self._over_limit(client_address, f"max_connections_per_client={limit} reached")
-            return False
-        return True
+    def _admit(self, request: Any, client_address: Any) -> Optional[LiveRequest]:
+        """Enter a request just accepted in the registry if it fits the limits;
+        else reject it (counted, logged rate-limited) and return None."""
+        registry: RequestRegistry = self._registry  # type: ignore[attr-defined]
+        admitted = registry.admit(
+            request, client_address, self.max_connections, self.max_connections_per_client
+        )
+        if isinstance(admitted, str):
+            self._over_limit(client_address, admitted)
+            return None
+        return admitted
 
     def _over_limit(self, client_address: Any, reason: str) -> None:
         self._rejected(client_address, reason)

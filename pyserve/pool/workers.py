@@ -24,16 +24,27 @@ and the kernel's backlog absorbs the burst. The first worker to free a slot
 releases the hold. So the number of threads never exceeds ``max_workers``, and no
 accepted connection is ever dropped: at worst, new ones wait in the backlog.
 
-Workers accept
---------------
-While ``serve_forever()`` runs on Linux, idle workers wait on the listener
-themselves and run the whole request path, with no hand-off: see
-:mod:`pyserve.pool.accept`. ``workers_accept = False`` restores the hand-off;
-it is also used where epoll's ``EPOLLEXCLUSIVE`` is missing, for datagram
-servers, for a listener with a timeout, and for ``handle_request()``. There, when
-the listener is readable, the loop accepts up to ``accept_batch`` connections
-before it sleeps again (checking readiness with a zero-timeout poll, so the
-listener's blocking mode is untouched).
+Workers accept (opt-in)
+-----------------------
+By default the loop thread accepts, and every hook on the accept path
+(``get_request``, ``verify_request``, ``handle_error``) runs in that one thread,
+as in the stdlib. When the listener is readable the loop accepts up to
+``accept_batch`` connections before it sleeps again (checking readiness with a
+zero-timeout poll, so the listener's blocking mode is untouched).
+
+``workers_accept = True`` lets idle workers wait on the listener themselves on
+Linux and run the whole request path with no hand-off (see
+:mod:`pyserve.pool.accept`): about a third more short connections per second on
+one core, bought with hooks that run concurrently in several workers, so they
+must be thread-safe. It falls back to the hand-off where epoll's
+``EPOLLEXCLUSIVE`` is missing, for datagram servers, for a listener with a
+timeout, for an adopted listener that is still blocking, and for
+``handle_request()``.
+
+If a worker thread cannot start (``RuntimeError: can't start new thread``), the
+request waits in the queue for a worker that exists; with no worker at all the
+request fails like any other ``process_request()`` error (``handle_error()``, the
+connection closed, nothing left in the registry).
 
 Workers are daemon threads: a pool never keeps a process alive by itself.
 ``server_close()`` waits at most ``close_timeout`` for requests in flight (see
@@ -53,7 +64,6 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
-from pyserve.lifecycle.registry import LiveRequest
 from pyserve.pool.accept import (
     _ACCEPT,
     _EXIT,
@@ -84,9 +94,10 @@ class ThreadPoolMixIn(WorkersAccept):
     Class attributes that may be overridden:
 
     - ``max_workers``: the most worker threads (each serves one request at a time)
-    - ``workers_accept``: idle workers wait on the listener themselves (Linux,
-      stream servers, ``serve_forever()``); False hands each request over from
-      the loop
+    - ``workers_accept``: False (the default) hands each request over from the
+      loop; True lets idle workers wait on the listener themselves (Linux, stream
+      servers, ``serve_forever()``), with the hooks on the accept path running in
+      several workers at once (see the module documentation)
     - ``queue_size``: in hand-off mode, accepted requests that may wait for a
       worker before the server stops accepting
     - ``accept_batch``: in hand-off mode, the most connections accepted per loop
@@ -100,8 +111,9 @@ class ThreadPoolMixIn(WorkersAccept):
     #: A connection holds a worker for its whole life, so the pool must be large
     #: enough for the keep-alive clients you expect; 32 serves a small service.
     max_workers: int = 32
-    #: No hand-off per connection where the platform allows (see the module doc).
-    workers_accept: bool = True
+    #: Off: the accept path's hooks run in one thread, as in the stdlib (see the
+    #: module doc for what turning it on buys and costs).
+    workers_accept: bool = False
     #: Twice the workers: a burst is accepted promptly, a flood waits in the backlog.
     queue_size: int = 64
     #: Enough to drain a burst per wake-up; small enough to keep the loop responsive.
@@ -148,6 +160,8 @@ class ThreadPoolMixIn(WorkersAccept):
         self._worker_serial = 0
         # A zero-timeout poll on the listener, for batch accepts: (fd, poll object).
         self._ready_poll: Optional[tuple[int, Any]] = None
+        # The workers' own gate follows the server's accept gate.
+        self.accept_gate.subscribe(self._sync_gate)
         # Workers accept: the gate (receiver, sender), whether it is open, the
         # workers now in the accept path (by thread ident), and the registry entries
         # made at admission (by thread ident), when limits apply.
@@ -159,8 +173,6 @@ class ThreadPoolMixIn(WorkersAccept):
         self._in_accept: dict[int, _Worker] = {}
         self._slots: list[_Slot] = []  # places at the listener (see pool_accept)
         self._free_slots: list[_Slot] = []
-        self._admit_lock = threading.Lock()
-        self._admitted: dict[int, LiveRequest] = {}
 
     # -- the loop side (hand-off) ---------------------------------------------------
 
@@ -171,7 +183,7 @@ class ThreadPoolMixIn(WorkersAccept):
             return  # handle_request(), or a worker that accepts: exactly one request
         ready = self._listener_ready
         for _ in range(self.accept_batch - 1):
-            if self._accept_holds or self._stop_requested or not ready():
+            if not self.accept_gate.is_open or self._stop_requested or not ready():
                 return
             super()._handle_request_noblock()
 
@@ -200,7 +212,14 @@ class ThreadPoolMixIn(WorkersAccept):
                 worker.job = job
                 worker.wake.release()
             elif len(self._workers) < self.max_workers:
-                self._start_worker(job)
+                try:
+                    self._start_worker(job)
+                except RuntimeError:
+                    if not self._workers:
+                        raise  # nobody could ever run it: the request fails
+                    # The system refused a thread (its limit, or memory): the
+                    # request waits for a worker that exists.
+                    self._pending.append(job)
             else:
                 self._pending.append(job)
             if (
