@@ -73,9 +73,12 @@ __all__ = ["Prefork"]
 logger = logging.getLogger("pyserve.prefork")
 
 #: Seconds between the drain deadline and SIGKILL. A worker exits by itself within
-#: ``worker.EXIT_MARGIN`` (0.75 s) of the deadline, having given the requests it
-#: forced ``worker.FORCE_TIMEOUT`` (0.5 s) to end; this catches only a worker too
-#: wedged to do so. So a stop takes at most ``drain_timeout`` + 1 s.
+#: ``worker.EXIT_MARGIN`` (0.5 s) of the deadline, having given the requests it
+#: forced ``worker.FORCE_TIMEOUT`` (0.25 s) to end; the kill catches only a worker
+#: too wedged to do so (it holds the GIL in C code, say), and the extra half second
+#: keeps it from cutting short a worker that is closing cleanly on a loaded
+#: machine. So a stop takes ``drain_timeout`` + 0.5 s at most as a rule, and
+#: ``drain_timeout`` + 1 s at worst.
 KILL_MARGIN = 1.0
 
 _SUPERVISED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)

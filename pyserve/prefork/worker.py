@@ -86,10 +86,11 @@ READY = b"R"
 
 #: Seconds the handlers still running at the deadline get, once their connections
 #: are shut for reading, to end: a handler blocked in a read sees EOF at once.
-FORCE_TIMEOUT = 0.5
+#: (The same as the ``pyserve`` command's own, so both stop alike.)
+FORCE_TIMEOUT = 0.25
 #: Seconds past the deadline after which a worker exits whatever its requests do:
-#: :data:`FORCE_TIMEOUT`, then a moment to close the server.
-EXIT_MARGIN = 0.75
+#: :data:`FORCE_TIMEOUT`, then a quarter second to close the server.
+EXIT_MARGIN = 0.5
 #: At most this many queued connections are taken when a worker withdraws its
 #: listener (a bound for the loop; a listen backlog is rarely deeper).
 _MOST_QUEUED = 4096
