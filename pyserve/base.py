@@ -253,6 +253,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Run the request: here synchronously. Concurrency mix-ins override this."""
         entry = self._track_running(request, client_address, threading.current_thread())
+        self._guard_request(request)
         try:
             self.finish_request(request, client_address)
         except BaseException as exc:
@@ -269,6 +270,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         ``shutdown_request()`` always. Strategies call it from their
         ``process_request_thread()``.
         """
+        self._guard_request(request)
         try:
             self.finish_request(request, client_address)
         except Exception as exc:

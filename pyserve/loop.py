@@ -41,7 +41,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.lifecycle.gate import AcceptGate
 
@@ -101,12 +101,11 @@ class ServeLoop:
         self._backoff_resume_at: Optional[float] = None
         self._backoff_failures = 0
 
-    # Provided by BaseServer.
-    def fileno(self) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by BaseServer, the class this one is a part of
 
-    def _handle_request_noblock(self) -> None:
-        raise NotImplementedError
+        def fileno(self) -> int: ...
+
+        def _handle_request_noblock(self) -> None: ...
 
     def service_actions(self) -> None:
         """Called on every turn of the ``serve_forever`` loop. May be overridden."""

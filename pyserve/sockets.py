@@ -184,7 +184,7 @@ class SocketServer(SocketAdoption, BaseServer):
     #: being served (a listen backlog is rarely deeper).
     _drain_backlog_limit = 4096
 
-    def _withdraw_listener(self) -> None:
+    def _withdraw_listener(self) -> int:
         """Serve what the kernel already queued, then close the listener (drain).
 
         Closing makes new connection attempts fail at once (refused), which a
@@ -195,7 +195,8 @@ class SocketServer(SocketAdoption, BaseServer):
         """
         listener = self.socket
         if listener.fileno() < 0:
-            return
+            return 0
+        taken_on = 0
         if (
             listener.type == socket.SOCK_STREAM
             # A synchronous server serves in the loop thread only, never beside it.
@@ -210,8 +211,10 @@ class SocketServer(SocketAdoption, BaseServer):
                     break
                 taken = self._accept_and_admit()
                 if taken is not None:
+                    taken_on += 1
                     self._serve_accepted(*taken)
         listener.close()
+        return taken_on
 
     def fileno(self) -> int:
         """The socket's descriptor, for selectors."""

@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pyserve.lifecycle.events import (
     DRAINED,
@@ -108,8 +108,9 @@ class Lifecycle:
 
     accept_gate: AcceptGate
 
-    def shutdown(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by ServeLoop, beside this class in BaseServer
+
+        def shutdown(self) -> None: ...
 
     def _init_lifecycle_state(self) -> None:
         self._registry = RequestRegistry()
@@ -220,13 +221,13 @@ class Lifecycle:
         if grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
         started = time.monotonic()
-        self.draining.set()
         # The barrier: no accept starts after the close, and the ones under way
         # finish entering the registry before anything is counted.
         self.accept_gate.close("draining")
         self.accept_gate.wait_quiet(grace)
-        self._withdraw_listener()
-        at_start = len(self._registry)
+        at_start = len(self._registry)  # before handlers see `draining` and hurry
+        self.draining.set()
+        at_start += self._withdraw_listener()
         remaining = max(0.0, grace - (time.monotonic() - started))
         report = self._settle(remaining, force_timeout, "drain", at_start, started)
         self._registry.count_many("drained", report.forced)
@@ -241,11 +242,13 @@ class Lifecycle:
             )
         return report
 
-    def _withdraw_listener(self) -> None:
-        """Stop the kernel from completing handshakes nobody will serve (drain).
+    def _withdraw_listener(self) -> int:
+        """Stop the kernel from completing handshakes nobody will serve (drain);
+        return how many queued connections were taken on before closing.
 
         Socket servers close their listener here (see ``SocketServer``); a listener
         shared with other processes is only withdrawn from this one."""
+        return 0
 
     def _settle(
         self,

@@ -162,14 +162,13 @@ class WorkersAccept(_Base):
     _accept_slots: int = 2
     _accept_fatal: Optional[BaseException] = None
 
-    def _start_worker(self, job: Optional[_Job]) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by ThreadPoolMixIn, the subclass that owns the workers
 
-    def _run(self, job: _Job) -> None:
-        raise NotImplementedError
+        def _start_worker(self, job: Optional[_Job]) -> None: ...
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        raise NotImplementedError
+        def _run(self, job: _Job) -> None: ...
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None: ...
 
     # -- workers accept: entering and leaving the mode -----------------------------
 

@@ -57,6 +57,7 @@ pool has few threads, so a client that dawdles must not keep one.
 from __future__ import annotations
 
 import collections
+import logging
 import select
 import socket
 import threading
@@ -82,6 +83,8 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
+logger = logging.getLogger("pyserve")
+
 _POOL_FULL = "pool-full"
 
 class ThreadPoolMixIn(WorkersAccept):
@@ -105,7 +108,11 @@ class ThreadPoolMixIn(WorkersAccept):
     - ``close_timeout``: seconds ``server_close()`` waits for requests in flight
       before forcing them to end (None: wait as long as they run)
     - ``idle_timeout`` (60 s), ``request_deadline`` (300 s), ``max_line_length``
-      (64 KiB): protections for stream handlers, on by default here
+      (64 KiB), ``busy_idle_timeout`` (5 s while saturated): protections for
+      stream handlers, on by default here
+    - ``saturation_log_interval``: at most one "pool saturated" WARNING this often
+
+    :meth:`saturated` says whether requests are waiting for a worker now.
     """
 
     #: A connection holds a worker for its whole life, so the pool must be large
@@ -126,6 +133,12 @@ class ThreadPoolMixIn(WorkersAccept):
     request_deadline: Optional[float] = 300.0
     #: The longest line rfile.readline() returns, as http.server's own limit.
     max_line_length: Optional[int] = 65536
+    #: While requests wait for a worker, a connection silent this long gives its
+    #: worker up: five seconds spares a client between two requests of one
+    #: exchange, yet frees a worker long before idle_timeout.
+    busy_idle_timeout: Optional[float] = 5.0
+    #: At most one "pool saturated" warning this often (seconds).
+    saturation_log_interval: float = 60.0
     #: How long shutdown() waits for workers to leave the accept path.
     _accept_exit_timeout: float = 5.0
 
@@ -158,6 +171,8 @@ class ThreadPoolMixIn(WorkersAccept):
         self._pool_closed = False
         self._pool_held = False
         self._worker_serial = 0
+        self._saturation_logged = -float("inf")  # monotonic time of the last warning
+        self._saturation_unlogged = 0
         # A zero-timeout poll on the listener, for batch accepts: (fd, poll object).
         self._ready_poll: Optional[tuple[int, Any]] = None
         # The workers' own gate follows the server's accept gate.
@@ -222,6 +237,7 @@ class ThreadPoolMixIn(WorkersAccept):
                     self._pending.append(job)
             else:
                 self._pending.append(job)
+                self._note_saturation()
             if (
                 not self._pool_held
                 and not self._idle
@@ -230,6 +246,42 @@ class ThreadPoolMixIn(WorkersAccept):
             ):
                 self._pool_held = True
                 self._hold_accept(_POOL_FULL)
+
+    def saturated(self) -> bool:
+        """True while requests wait for a worker (every worker is busy).
+
+        Idle connections give their worker up after ``busy_idle_timeout`` while
+        this holds (see :mod:`pyserve.lifecycle.limits`).
+        """
+        if self._pending or self._pool_held:
+            return True
+        # Workers accept: waiting connections sit in the kernel's backlog, unseen;
+        # every worker busy and none at the listener is the sign.
+        return (
+            self._worker_mode
+            and not self._idle
+            and not self._in_accept
+            and len(self._workers) >= self.max_workers
+        )
+
+    def _note_saturation(self) -> None:
+        """One WARNING per ``saturation_log_interval`` while the pool is saturated
+        (called with the pool lock held)."""
+        now = time.monotonic()
+        if now - self._saturation_logged < self.saturation_log_interval:
+            self._saturation_unlogged += 1
+            return
+        more = self._saturation_unlogged
+        self._saturation_logged, self._saturation_unlogged = now, 0
+        logger.warning(
+            "thread pool saturated: all %d workers busy, %d requests waiting%s; idle "
+            "connections give up their worker after busy_idle_timeout=%ss; raise "
+            "max_workers (or --max-workers) if this persists",
+            self.max_workers,
+            len(self._pending),
+            f" ({more} more times since the last report)" if more else "",
+            self.busy_idle_timeout,
+        )
 
     def _start_worker(self, job: Optional[_Job]) -> None:
         worker = _Worker()
