@@ -71,9 +71,12 @@ def ask(supervisor: Supervisor, command: bytes) -> bytes:
 
 
 def kind_args(kind: str, tmp_path: Path) -> list[str]:
-    """supervise.py arguments for ``tcp``, ``tcp-shared`` (no SO_REUSEPORT), ``unix``..."""
+    """supervise.py arguments for ``tcp``, ``tcp-shared`` (no SO_REUSEPORT), ``unix``,
+    ``pool-accept`` (workers accept, on one shared socket)..."""
     if kind == "tcp-shared":
         return ["--kind", "tcp", "--shared"]
+    if kind == "pool-accept":
+        return ["--kind", kind, "--shared"]
     if kind.startswith("unix"):
         return ["--kind", kind, "--path", str(tmp_path / "prefork.sock")]
     return ["--kind", kind]
@@ -149,6 +152,37 @@ def test_connections_accepted_from_a_non_blocking_listener_are_blocking() -> Non
                 assert connection.gettimeout() is None
     finally:
         server.server_close()
+
+
+def non_blocking(pid: int, fd: int) -> bool:
+    """Whether ``pid``'s descriptor ``fd`` has O_NONBLOCK (``/proc/<pid>/fdinfo``)."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+        for line in info:
+            if line.startswith("flags:"):
+                return bool(int(line.split()[1], 8) & os.O_NONBLOCK)
+    raise AssertionError(f"no flags in /proc/{pid}/fdinfo/{fd}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fdinfo"), reason="needs /proc/<pid>/fdinfo")
+@pytest.mark.parametrize("kind", ["tcp-shared", "pool-accept", "unix"])
+def test_listeners_stay_non_blocking_through_a_roll(
+    start: list[Supervisor], tmp_path: Path, kind: str
+) -> None:
+    # Nobody may toggle O_NONBLOCK on a socket every process shares: not a pool
+    # whose workers accept, not a worker that drains and closes its server.
+    supervisor = launch(start, "--workers", "2", "--shared", *kind_args(kind, tmp_path))
+    supervisor.ready_workers(2)
+    assert ask(supervisor, b"pid")
+    pid = supervisor.process.pid
+    listening = [fd for fd, what in descriptors(pid).items() if what.startswith("socket:")]
+    assert len(listening) == 1
+    assert non_blocking(pid, listening[0])
+    supervisor.signal(signal.SIGHUP)
+    supervisor.expect(r"roll complete")
+    assert non_blocking(pid, listening[0])
+    assert ask(supervisor, b"pid")
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
 
 
 # -- 2. a worker keeps none of the supervisor's descriptors ---------------------------
@@ -231,7 +265,7 @@ def test_a_handler_blocked_in_a_read_is_forced_at_the_deadline_and_the_stop_is_c
 # -- 4. a drain withdraws the listener ---------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["tcp", "tcp-shared", "pool", "unix", "unix-pool"])
+@pytest.mark.parametrize("kind", ["tcp", "tcp-shared", "pool", "pool-accept", "unix", "unix-pool"])
 def test_a_connection_made_during_a_stop_is_refused_or_served_never_dropped(
     start: list[Supervisor], tmp_path: Path, kind: str
 ) -> None:
@@ -375,7 +409,7 @@ class Clients:
             thread.join(DEADLINE)
 
 
-@pytest.mark.parametrize("kind", ["tcp", "pool", "unix", "unix-pool"])
+@pytest.mark.parametrize("kind", ["tcp", "pool", "pool-accept", "unix", "unix-pool"])
 def test_requests_in_flight_through_a_roll_and_a_stop_are_all_answered(
     start: list[Supervisor], tmp_path: Path, kind: str
 ) -> None:

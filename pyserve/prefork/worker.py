@@ -215,8 +215,9 @@ class WorkerProcess:
                          daemon=True).start()
         serving.join(max(0.0, deadline - time.monotonic()))
         if serving.is_alive():
-            return  # a synchronous request still running at the deadline: the drain
-            # closes the listener beside it, and forces it
+            # A synchronous request still runs at the deadline: the drain closes
+            # the listener beside it (its barrier allows that), then forces it.
+            return
         taken = []
         for _ in range(_MOST_QUEUED):
             if not select.select([server], [], [], 0)[0]:
