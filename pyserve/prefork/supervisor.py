@@ -35,7 +35,7 @@ the supervisor's single ``select()`` sees signals, readiness bytes and child exi
   its requests for up to ``drain_timeout`` seconds and exit (the worker's side is
   in :mod:`pyserve.prefork.worker`). Once the last process has closed the
   listener the kernel refuses new connections instead of completing handshakes
-  nobody will serve. A worker still alive :data:`KILL_MARGIN` seconds past the
+  nobody will serve. A worker still alive ``KILL_MARGIN`` seconds past the
   deadline gets ``SIGKILL``; a second signal kills at once. ``run()`` returns 0
   after a graceful stop, 1 if a request had to be cut short (a worker killed, or
   a worker that exited with requests still running).

@@ -42,15 +42,15 @@ order:
    thread);
 3. **drain** what is in flight: ``server.drain(remaining grace)`` (pyserve's
    graceful drain: at the deadline it shuts open connections for reading, so a
-   handler blocked in a read sees EOF, and gives them :data:`FORCE_TIMEOUT`
+   handler blocked in a read sees EOF, and gives them ``FORCE_TIMEOUT``
    more), then ``server_close()``. A server without ``drain()`` gets
    ``shutdown()`` and ``server_close()`` only.
 
 The main thread waits for that helper until the deadline plus
-:data:`EXIT_MARGIN` and then exits regardless: a request still running then is
+``EXIT_MARGIN`` and then exits regardless: a request still running then is
 cut short by the end of the process, and the exit status is 1 (0 when every
 request ended). The supervisor kills a worker still alive a little later
-(:data:`pyserve.prefork.supervisor.KILL_MARGIN`), for a worker too wedged even
+(``KILL_MARGIN`` in :mod:`pyserve.prefork.supervisor`), for a worker too wedged even
 to exit.
 
 Why the main thread waits and a thread serves: the kernel may deliver ``SIGTERM``
@@ -89,7 +89,7 @@ READY = b"R"
 #: (The same as the ``pyserve`` command's own, so both stop alike.)
 FORCE_TIMEOUT = 0.25
 #: Seconds past the deadline after which a worker exits whatever its requests do:
-#: :data:`FORCE_TIMEOUT`, then a quarter second to close the server.
+#: ``FORCE_TIMEOUT``, then a quarter second to close the server.
 EXIT_MARGIN = 0.5
 #: At most this many queued connections are taken when a worker withdraws its
 #: listener (a bound for the loop; a listen backlog is rarely deeper).
