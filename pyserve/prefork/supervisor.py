@@ -77,8 +77,8 @@ logger = logging.getLogger("pyserve.prefork")
 #: forced ``worker.FORCE_TIMEOUT`` (0.25 s) to end; the kill catches only a worker
 #: too wedged to do so (it holds the GIL in C code, say), and the extra half second
 #: keeps it from cutting short a worker that is closing cleanly on a loaded
-#: machine. So a stop takes ``drain_timeout`` + 0.5 s at most as a rule, and
-#: ``drain_timeout`` + 1 s at worst.
+#: machine. So the workers are gone by ``drain_timeout`` + 0.5 s as a rule, and
+#: by ``drain_timeout`` + 1 s at worst.
 KILL_MARGIN = 1.0
 
 _SUPERVISED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -196,8 +196,8 @@ class Prefork:
 
         Must be called from the main thread (signal handlers live there). Returns
         0 when every request in flight ended in time, 1 when one had to be cut
-        short (see the module documentation). The
-        listening sockets are closed on return and the previous signal handlers
+        short (see the module documentation). The listening sockets are closed
+        on return (on a stop signal, at once) and the previous signal handlers
         restored.
         """
         if threading.current_thread() is not threading.main_thread():
