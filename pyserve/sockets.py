@@ -294,10 +294,12 @@ class TCPServer(SocketServer):
                 kind = (listener, listener.family, listener.type, listener.proto)
                 self._accept_kind = kind
             fd, address = listener._accept()  # type: ignore[attr-defined]
-            connection = socket.socket(kind[1], kind[2], kind[3], fd)
-            if listener.gettimeout() and socket.getdefaulttimeout() is None:
-                connection.setblocking(True)  # where accepted sockets inherit O_NONBLOCK
-            request = (connection, address)
+            request = (socket.socket(kind[1], kind[2], kind[3], fd), address)
+        if listener.gettimeout() is not None and socket.getdefaulttimeout() is None:
+            # A listener with a timeout, or a non-blocking one (prefork's), may hand
+            # out connections with O_NONBLOCK set (BSD's and macOS's accept() copy
+            # it; Linux's does not): a request is a blocking socket everywhere.
+            request[0].setblocking(True)
         if self.accepted_socket_options:
             self._set_accepted_options(request)
         return request
