@@ -158,3 +158,19 @@ def test_a_raw_socket_handler_is_held_to_the_idle_timeout() -> None:
         assert time.monotonic() - started < DEADLINE / 2
         # Served and logged quietly: a timeout is the peer's doing.
     assert server.stats.timed_out + server.stats.errored == 1
+
+
+def test_a_flood_of_peer_faults_logs_one_line_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    """Fifty clients each send an over-long line: fifty connections closed, one
+    WARNING (the rest are counted into the next line for that kind of fault)."""
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=4)
+    server.max_line_length = 64
+    with serving(server):
+        for _ in range(50):
+            with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
+                client.sendall(b"x" * 200 + b"\n")
+                assert client.recv(64) == b""
+    closed = [r for r in caplog.records if "Closed the connection" in r.getMessage()]
+    assert len(closed) == 1
+    assert "LineTooLong" not in closed[0].getMessage()  # the reason, not the class
+    assert "max_line_length=64" in closed[0].getMessage()
