@@ -82,17 +82,17 @@ class Strategy:
         return getattr(impl, self.class_name)  # type: ignore[no-any-return]
 
 
+def _pool(workers_accept: bool) -> dict[str, Any]:
+    return {"workers_accept": workers_accept, "max_workers": 4}
+
+
 STRATEGIES = {
     s.name: s
     for s in (
         Strategy("sync", "TCPServer", True),
         Strategy("thread", "ThreadingTCPServer", True),
-        Strategy(
-            "pool-accept", "ThreadPoolTCPServer", False, {"workers_accept": True, "max_workers": 4}
-        ),
-        Strategy(
-            "pool-handoff", "ThreadPoolTCPServer", False, {"workers_accept": False, "max_workers": 4}
-        ),
+        Strategy("pool-accept", "ThreadPoolTCPServer", False, _pool(workers_accept=True)),
+        Strategy("pool-handoff", "ThreadPoolTCPServer", False, _pool(workers_accept=False)),
         Strategy("fork", "ForkingTCPServer", True, forks=True),
         Strategy("multiplex", "MultiplexingTCPServer", False, multiplexed=True),
     )
@@ -174,6 +174,41 @@ class ConnectionEcho(pyserve.ConnectionHandler):  # type: ignore[type-arg]
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         _raise_once(self.server, "finish", self.client_address)
+
+
+def _ready_then_echo(impl: ModuleType) -> type:
+    class ReadyThenEcho(impl.BaseRequestHandler):  # type: ignore[misc,name-defined]
+        """Say ``ready``, then echo one line: the client decides when the request ends."""
+
+        def handle(self) -> None:
+            self.request.sendall(b"ready\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            self.request.sendall(data)
+
+    return ReadyThenEcho
+
+
+class ReadyThenEchoConnection(pyserve.ConnectionHandler):  # type: ignore[type-arg]
+    """The multiplexed ReadyThenEcho."""
+
+    def connection_made(self) -> None:
+        self.write(b"ready\n")
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.buffer.endswith(b"\n"):
+            self.write(self.buffer)
+            self.close()
+
+
+def ready_then_echo_handler(impl: ModuleType, strategy: Strategy) -> type:
+    return ReadyThenEchoConnection if strategy.multiplexed else _ready_then_echo(impl)
 
 
 def handler_for(impl: ModuleType, strategy: Strategy) -> type:
@@ -352,7 +387,8 @@ def reset_mid_request(address: Any) -> None:
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+            assert os.WIFEXITED(status), status
+            assert os.WEXITSTATUS(status) == 0, status
             return
         if time.monotonic() > deadline:
             os.kill(pid, 9)
@@ -485,9 +521,8 @@ def child_pids() -> set[int]:
     """This process's children (Linux /proc), whatever thread started them."""
     found: set[int] = set()
     for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError):
-            with open(f"/proc/self/task/{tid}/children") as children:
-                found.update(int(pid) for pid in children.read().split())
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/children") as children:
+            found.update(int(pid) for pid in children.read().split())
     return found
 
 

@@ -64,13 +64,12 @@ def test_accept_out_of_descriptors_recovers_and_serves_the_waiting_client(
     try:
         assert round_trip(server.server_address, b"after EMFILE\n") == b"after EMFILE\n"
         assert server.emfile_left <= 0, "every injected failure was met"
-        assert running.ended is False and running.error is None
+        assert not running.ended
+        assert running.error is None
     finally:
         running.stop()
     if impl_name == "pyserve":
         warnings = [r for r in pyserve_log.records if r.levelno >= logging.WARNING]
-        assert len(warnings) == 1 and "accept() failed" in warnings[0].getMessage(), [
-            r.getMessage() for r in warnings
-        ]
+        assert [r.getMessage()[:15] for r in warnings] == ["accept() failed"]
         assert any("accept() works again" in r.getMessage() for r in pyserve_log.records)
     leaks.check(server)

@@ -47,6 +47,8 @@ from faults import (
     thread_exceptions,
 )
 
+import pyserve
+
 # Forking from a process that runs threads (pytest's, the servers') is the point.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -108,8 +110,6 @@ def test_workers_accept_pool_hook_exception_ends_serve_forever_not_a_deaf_server
     exception killed the worker at the listener while serve_forever() kept running
     and nobody accepted again. As in the stdlib, the threading server and the
     hand-off pool, the exception must end serve_forever()."""
-    import pyserve
-
     leaks = Leaks()
     server = build_server(pyserve, STRATEGIES["pool-accept"], hook)
     running = Running(server)

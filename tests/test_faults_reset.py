@@ -12,7 +12,6 @@ is served and nothing leaks.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
 
 import pytest
 from conftest import LogCatcher
@@ -24,44 +23,13 @@ from faults import (
     Running,
     build_server,
     cells,
-    reset_mid_request,
     outcome_after,
+    ready_then_echo_handler,
+    reset_mid_request,
     wait_until,
 )
 
-import pyserve
-
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads
-
-
-def _blocking_handler(impl: Any) -> type:
-    class ReadyThenEcho(impl.BaseRequestHandler):  # type: ignore[misc,name-defined]
-        def handle(self) -> None:
-            self.request.sendall(b"ready\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = self.request.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            self.request.sendall(data)
-
-    return ReadyThenEcho
-
-
-class ReadyThenEchoConnection(pyserve.ConnectionHandler):  # type: ignore[type-arg]
-    def connection_made(self) -> None:
-        self.write(b"ready\n")
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.buffer.endswith(b"\n"):
-            self.write(self.buffer)
-            self.close()
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.server.lost.append(repr(exc))
 
 
 @pytest.mark.parametrize(
@@ -71,10 +39,9 @@ def test_client_reset_mid_request_ends_that_request_only(
     impl_name: str, strategy_name: str, pyserve_log: LogCatcher
 ) -> None:
     impl, strategy = IMPLEMENTATIONS[impl_name], STRATEGIES[strategy_name]
-    handler = ReadyThenEchoConnection if strategy.multiplexed else _blocking_handler(impl)
+    handler = ready_then_echo_handler(impl, strategy)
     leaks = Leaks()
     server = build_server(impl, strategy, handler=handler)
-    server.lost = []
     running = Running(server)
     try:
         reset_mid_request(server.server_address)

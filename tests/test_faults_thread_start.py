@@ -33,6 +33,8 @@ from faults import (
     wait_until,
 )
 
+import pyserve
+
 THREADED = ["thread", "pool-handoff", "pool-accept", "multiplex"]
 
 
@@ -92,8 +94,6 @@ def test_handoff_pool_worker_that_cannot_start_leaves_no_phantom_request(
     was refused, and drain() waited on a ghost. The error must be handled (here:
     reported through handle_error, the connection closed), nothing stays in
     flight, the next client is served and a drain finds nothing to wait for."""
-    import pyserve
-
     leaks = Leaks()
     server = build_server(
         pyserve, STRATEGIES["pool-handoff"], extra={"max_workers": 1, "max_connections": 1}
@@ -108,7 +108,8 @@ def test_handoff_pool_worker_that_cannot_start_leaves_no_phantom_request(
         wait_until(lambda: not server.in_flight(), timeout=5.0, what="no request in flight")
         assert outcome_after(running) == SERVES
         report = server.drain(grace=2.0)
-        assert report.stragglers == () and report.forced == 0, report
+        assert report.stragglers == (), report
+        assert report.forced == 0, report
     finally:
         running.stop()
     leaks.check(server)
