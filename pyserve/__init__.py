@@ -19,6 +19,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+# The core, loaded at once: what the stdlib's module defines eagerly too.
 from pyserve.base import BaseServer
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
 from pyserve.errors import LineTooLong, ProtocolError, PyserveError, RequestDropped, RequestTimedOut
@@ -37,15 +38,11 @@ from pyserve.lifecycle.events import (
     Stats,
 )
 from pyserve.lifecycle.registry import InFlight
-from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
-from pyserve.servers import (
-    ThreadingTCPServer,
-    ThreadingUDPServer,
-    ThreadPoolTCPServer,
-    ThreadPoolUDPServer,
-)
 from pyserve.sockets import SocketServer, TCPServer, UDPServer
+
+if hasattr(socket, "AF_UNIX"):
+    from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
 __version__ = "0.1.0"
 
@@ -61,21 +58,9 @@ __all__ = [
     "DatagramRequestHandler",
     "ThreadingMixIn",
 ]
-
 if hasattr(os, "fork"):
-    from pyserve.servers import ForkingTCPServer, ForkingUDPServer
-
     __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"]
-
 if hasattr(socket, "AF_UNIX"):
-    from pyserve.servers import (
-        ThreadingUnixDatagramServer,
-        ThreadingUnixStreamServer,
-        ThreadPoolUnixDatagramServer,
-        ThreadPoolUnixStreamServer,
-    )
-    from pyserve.unix import UnixDatagramServer, UnixStreamServer
-
     __all__ += [
         "UnixStreamServer",
         "UnixDatagramServer",
@@ -83,16 +68,11 @@ if hasattr(socket, "AF_UNIX"):
         "ThreadingUnixDatagramServer",
     ]
     if hasattr(os, "fork"):
-        from pyserve.servers import ForkingUnixDatagramServer, ForkingUnixStreamServer
-
         __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
 
 # pyserve's own public names.
 __all__ += ["SocketServer", "PyserveError", "ProtocolError", "RequestDropped"]
-
 if hasattr(os, "fork"):
-    from pyserve.prefork.supervisor import Prefork
-
     __all__ += ["Prefork"]
 # Production concurrency and lifecycle (thread pool, registry, drain, limits, events).
 __all__ += [
@@ -101,30 +81,15 @@ __all__ += [
     "LineTooLong", "RequestTimedOut",
     "ACCEPTED", "REJECTED", "STARTED", "FINISHED", "ERRORED", "TIMED_OUT", "DRAINED",
     "EVENT_KINDS",
-]
+]  # fmt: skip
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
 # One I/O thread for many connections: callback handlers that never block.
-from pyserve.multiplex.connection import ConnectionHandler  # noqa: E402
-from pyserve.multiplex.server import MultiplexingMixIn  # noqa: E402
-from pyserve.servers import MultiplexingTCPServer  # noqa: E402
-
 __all__ += ["ConnectionHandler", "MultiplexingMixIn", "MultiplexingTCPServer"]
 if hasattr(socket, "AF_UNIX"):
-    from pyserve.servers import MultiplexingUnixStreamServer
-
     __all__ += ["MultiplexingUnixStreamServer"]
-# Network edges (issue 4): multicast, systemd activation, socket options.
-from pyserve.net import sockopts  # noqa: E402
-from pyserve.net.activation import ActivationError  # noqa: E402
-from pyserve.net.multicast import MulticastUDPServer  # noqa: E402
-
+# Network edges: multicast, systemd activation, socket options, TLS, PROXY protocol.
 __all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]
-
-# Network edges (issue 4): TLS and the PROXY protocol.
-from pyserve.net.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn  # noqa: E402
-from pyserve.net.proxy_header import ProxyHeader, ProxyParser  # noqa: E402
-
 __all__ += [
     "TLSMixIn",
     "ProxyProtocolMixIn",
@@ -134,20 +99,79 @@ __all__ += [
     "ProxyParser",
 ]
 
+# Everything not imported above is imported on first use (PEP 562: __getattr__
+# below), so a process that imports pyserve pays for the ready server
+# combinations, the thread pool, the multiplexer, prefork, multicast, PROXY and
+# TLS (with ssl) only when it touches them; `from pyserve import X` and
+# `pyserve.X` work the same either way. Each name -> the module defining it.
+_SERVERS = "pyserve.servers"
+_LAZY: dict[str, str] = {
+    "ThreadingTCPServer": _SERVERS,
+    "ThreadingUDPServer": _SERVERS,
+    "ForkingTCPServer": _SERVERS,
+    "ForkingUDPServer": _SERVERS,
+    "ThreadingUnixStreamServer": _SERVERS,
+    "ThreadingUnixDatagramServer": _SERVERS,
+    "ForkingUnixStreamServer": _SERVERS,
+    "ForkingUnixDatagramServer": _SERVERS,
+    "ThreadPoolTCPServer": _SERVERS,
+    "ThreadPoolUDPServer": _SERVERS,
+    "ThreadPoolUnixStreamServer": _SERVERS,
+    "ThreadPoolUnixDatagramServer": _SERVERS,
+    "MultiplexingTCPServer": _SERVERS,
+    "MultiplexingUnixStreamServer": _SERVERS,
+    "ThreadPoolMixIn": "pyserve.pool.workers",
+    "ConnectionHandler": "pyserve.multiplex.connection",
+    "MultiplexingMixIn": "pyserve.multiplex.server",
+    "Prefork": "pyserve.prefork.supervisor",
+    "MulticastUDPServer": "pyserve.net.multicast",
+    "ActivationError": "pyserve.net.activation",
+    "sockopts": "pyserve.net.sockopts",  # a module: the name is the module itself
+    "TLSMixIn": "pyserve.net.tls",
+    "ProxyProtocolMixIn": "pyserve.net.proxy",
+    "ProxiedAddress": "pyserve.net.proxy",
+    "ProxiedPath": "pyserve.net.proxy",
+    "ProxyHeader": "pyserve.net.proxy_header",
+    "ProxyParser": "pyserve.net.proxy_header",
+}
+# Only what this platform has (no Forking* without fork, no Unix* without AF_UNIX).
+_LAZY = {name: module for name, module in _LAZY.items() if name in __all__}
 
-if TYPE_CHECKING:  # type checkers see the real class; the interpreter loads it lazily
+if TYPE_CHECKING:  # type checkers see every name; the interpreter loads them lazily
+    from pyserve.multiplex.connection import ConnectionHandler
+    from pyserve.multiplex.server import MultiplexingMixIn
+    from pyserve.net import sockopts
+    from pyserve.net.activation import ActivationError
+    from pyserve.net.multicast import MulticastUDPServer
+    from pyserve.net.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn
+    from pyserve.net.proxy_header import ProxyHeader, ProxyParser
     from pyserve.net.tls import TLSMixIn
-
-# TLSMixIn is imported on first use: it needs the ssl module, which costs every
-# process that imports pyserve about 4.5 MiB of memory, TLS or not (PEP 562).
-_LAZY = {"TLSMixIn": "pyserve.net.tls"}
+    from pyserve.pool.workers import ThreadPoolMixIn
+    from pyserve.prefork.supervisor import Prefork
+    from pyserve.servers import (
+        ForkingTCPServer,
+        ForkingUDPServer,
+        ForkingUnixDatagramServer,
+        ForkingUnixStreamServer,
+        MultiplexingTCPServer,
+        MultiplexingUnixStreamServer,
+        ThreadingTCPServer,
+        ThreadingUDPServer,
+        ThreadingUnixDatagramServer,
+        ThreadingUnixStreamServer,
+        ThreadPoolTCPServer,
+        ThreadPoolUDPServer,
+        ThreadPoolUnixDatagramServer,
+        ThreadPoolUnixStreamServer,
+    )
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyserve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if imported.__name__.endswith("." + name) else getattr(imported, name)
     globals()[name] = value  # later lookups are plain module attributes
     return value
 

@@ -58,6 +58,7 @@ from pyserve.errors import (
 from pyserve.lifecycle.drain import Lifecycle
 from pyserve.lifecycle.events import ACCEPTED
 from pyserve.lifecycle.limits import ConnectionLimits
+from pyserve.lifecycle.registry import LiveRequest
 from pyserve.loop import ServeLoop, _Selector
 
 if sys.version_info >= (3, 11):
@@ -159,35 +160,77 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
 
     def _handle_request_noblock(self) -> None:
         """Handle one request that :meth:`get_request` can take without blocking."""
+        gate = self.accept_gate
+        if not gate.enter():
+            return  # closed by a drain or server_close(): accept nothing more
+        try:
+            taken = self._accept_and_admit()
+        finally:
+            gate.leave()
+        if taken is not None:
+            self._serve_accepted(*taken)
+
+    def _accept_and_admit(self) -> Optional[tuple[Any, Any, LiveRequest]]:
+        """Accept one request and enter it in the registry (within the limits).
+
+        The part of the request path between ``accept()`` and the registry: the
+        accept gate's critical section, kept free of user hooks but
+        ``get_request()``, so a drain's barrier is short.
+        """
         try:
             request, client_address = self.get_request()
         except RequestDropped:
-            return
+            return None
         except OSError as exc:
             self._accept_failed(exc)
-            return
+            return None
         if self._backoff_delay:
             self._accept_recovered()
         # Inline, not helper calls: this runs once per connection on every strategy.
         self._registry.count("accepted")
         if self._observers:
             self._emit(ACCEPTED, client_address, None)
-        if not self.verify_request(request, client_address):
-            self._rejected(client_address, "verify_request")
+        try:
+            entry = self._admit(request, client_address)
+        except BaseException:
             self.shutdown_request(request)
-            return
-        if (
-            self.max_connections is not None or self.max_connections_per_client is not None
-        ) and not self._within_limits(client_address, request):
+            raise
+        if entry is None:
+            self.shutdown_request(request)
+            return None
+        return request, client_address, entry
+
+    def _serve_accepted(self, request: Any, client_address: Any, entry: LiveRequest) -> None:
+        """``verify_request()`` then ``process_request()``, with the stdlib's errors.
+
+        An exception from ``verify_request()`` propagates (it ends
+        ``serve_forever()``, as in the stdlib), but the request is closed and leaves
+        the registry first; one from ``process_request()`` goes to
+        ``handle_error()``. Either way nothing stays in the registry for a request
+        that no strategy took on (a worker thread that could not start, say).
+        """
+        try:
+            allowed = self.verify_request(request, client_address)
+        except BaseException:
+            self._registry.remove(entry, None)
+            self.shutdown_request(request)
+            raise
+        if not allowed:
+            self._registry.remove(entry, None)
+            self._rejected(client_address, "verify_request")
             self.shutdown_request(request)
             return
         try:
             self.process_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
+        except Exception as exc:
+            try:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+                self._ended(entry, exc)  # a no-op if the strategy ended it already
+        except BaseException as exc:
             self.shutdown_request(request)
-        except BaseException:
-            self.shutdown_request(request)
+            self._ended(entry, exc)
             raise
 
     # -- hooks with stdlib defaults -------------------------------------------------
@@ -210,6 +253,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Run the request: here synchronously. Concurrency mix-ins override this."""
         entry = self._track_running(request, client_address, threading.current_thread())
+        self._guard_request(request)
         try:
             self.finish_request(request, client_address)
         except BaseException as exc:
@@ -226,6 +270,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         ``shutdown_request()`` always. Strategies call it from their
         ``process_request_thread()``.
         """
+        self._guard_request(request)
         try:
             self.finish_request(request, client_address)
         except Exception as exc:

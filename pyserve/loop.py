@@ -19,12 +19,13 @@ asks it of a selector that watches three kinds of file descriptor:
 ``poll_interval`` still bounds each wait, so ``service_actions()`` keeps its stdlib
 rhythm, but nothing waits on it any more.
 
+Whether the listener is watched is not the loop's decision: it belongs to the
+server's :class:`~pyserve.lifecycle.gate.AcceptGate` (``server.accept_gate``).
 Strategies that must stop accepting for a while (accept back-off, a full fork
-table, a full worker pool) *hold* the listener with ``_hold_accept(reason)`` and
-release it with ``_release_accept(reason)``; the loop watches the listener only
-while nobody holds it, so the kernel's backlog absorbs the burst. These calls are
-safe from any thread: they mark the selector dirty and wake the loop, and only the
-loop thread touches the selector.
+table, a full worker pool) hold the gate (``_hold_accept(reason)`` is a shorthand)
+and release it; drain and ``server_close()`` close it. The loop subscribes to the
+gate: on every change it marks its selector dirty and wakes up, and only the loop
+thread touches the selector, so holds are safe from any thread.
 
 Accept back-off: when ``accept()`` fails for lack of a resource (EMFILE and
 friends), ``_accept_backoff()`` holds the listener for a delay that doubles on each
@@ -40,7 +41,9 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from pyserve.lifecycle.gate import AcceptGate
 
 __all__ = ["ServeLoop"]
 
@@ -79,7 +82,9 @@ class ServeLoop:
     accept_backoff_max: float = 1.0
 
     def _init_loop_state(self) -> None:
-        self._wake_lock = threading.Lock()
+        # Reentrant: shutdown() may run in a signal handler that interrupted this
+        # very thread inside a wake-up (a plain lock would deadlock it).
+        self._wake_lock = threading.RLock()
         self._stop_requested = False
         self._loop_exited = threading.Event()
         self._loop_exited.set()  # no loop is running yet
@@ -87,19 +92,20 @@ class ServeLoop:
         self._serving_ident: Optional[int] = None
         self._serving_pid: Optional[int] = None
         self._wake_sender: Optional[socket.socket] = None
-        self._accept_holds: set[str] = set()
+        #: The one owner of "is the listener watched?" (see pyserve.lifecycle.gate).
+        self.accept_gate = AcceptGate()
+        self.accept_gate.subscribe(self._gate_changed)
         self._watches: dict[int, Callable[[], None]] = {}
         self._selector_dirty = True
         self._backoff_delay = 0.0  # 0.0: not in a back-off episode
         self._backoff_resume_at: Optional[float] = None
         self._backoff_failures = 0
 
-    # Provided by BaseServer.
-    def fileno(self) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by BaseServer, the class this one is a part of
 
-    def _handle_request_noblock(self) -> None:
-        raise NotImplementedError
+        def fileno(self) -> int: ...
+
+        def _handle_request_noblock(self) -> None: ...
 
     def service_actions(self) -> None:
         """Called on every turn of the ``serve_forever`` loop. May be overridden."""
@@ -218,18 +224,22 @@ class ServeLoop:
     # -- for derived classes: what the loop watches ---------------------------------
 
     def _hold_accept(self, reason: str) -> None:
-        """Stop watching the listener until every holder has released it."""
-        if reason not in self._accept_holds:
-            self._accept_holds.add(reason)
-            self._selector_dirty = True
-            self._wake(_WAKE_LOOK)
+        """Stop watching the listener until ``reason`` is released (any thread)."""
+        self.accept_gate.hold(reason)
 
     def _release_accept(self, reason: str) -> None:
-        """Withdraw one reason not to watch the listener."""
-        if reason in self._accept_holds:
-            self._accept_holds.discard(reason)
-            self._selector_dirty = True
-            self._wake(_WAKE_LOOK)
+        """Withdraw one reason not to watch the listener (any thread)."""
+        self.accept_gate.release(reason)
+
+    @property
+    def _accept_holds(self) -> frozenset[str]:
+        """The reasons holding the listener now (read-only; see ``accept_gate``)."""
+        return self.accept_gate.holds()
+
+    def _gate_changed(self) -> None:
+        """The gate's subscriber: look at the listener again on the next turn."""
+        self._selector_dirty = True
+        self._wake(_WAKE_LOOK)
 
     def _watch(self, fd: int, callback: Callable[[], None]) -> None:
         """Make the loop call ``callback()`` whenever ``fd`` is readable."""
@@ -267,7 +277,7 @@ class ServeLoop:
         """Make the selector watch exactly: listener (unless held) + extra watches."""
         self._selector_dirty = False
         wanted: dict[Any, Any] = dict(self._watches)
-        if not self._accept_holds:
+        if self.accept_gate.is_open:
             wanted[self.fileno()] = _LISTENER
         for key in list(selector.get_map().values()):
             if key.data is _WAKEUP:

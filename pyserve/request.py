@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
 from pyserve.lifecycle.limits import make_rfile
@@ -130,6 +131,12 @@ class _SocketWriter(io.BufferedIOBase):
         return self._sock.fileno()
 
 
+def _is_tls_socket(connection: Any) -> bool:
+    # Only a process that imported ssl can hold an SSLSocket: no import here.
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and type(connection) is ssl.SSLSocket
+
+
 class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
     """A handler for stream requests, with ``rfile`` and ``wfile`` file objects.
 
@@ -163,9 +170,15 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
         self.wfile = self._make_wfile()
 
     def _make_rfile(self) -> io.BufferedIOBase:
-        if type(self.connection) is not socket.socket or self.rbufsize == 0:
-            # TLS sockets and unbuffered reads: the socket's own file object.
-            return self.connection.makefile("rb", self.rbufsize)  # type: ignore[return-value]
+        connection = self.connection
+        if self.rbufsize == 0 or (
+            type(connection) is not socket.socket and not _is_tls_socket(connection)
+        ):
+            # Unbuffered reads, and socket subclasses that bring their own
+            # makefile(): the socket's own file object.
+            return connection.makefile("rb", self.rbufsize)  # type: ignore[return-value]
+        # A TLS socket too: its recv_into() decrypts, and the protections of
+        # make_rfile() must not depend on the transport.
         size = self.rbufsize if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE
         raw = _SocketReader(self.connection)
         protected = make_rfile(self, raw, size)

@@ -56,6 +56,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import time
 from collections.abc import Sequence
@@ -175,7 +176,45 @@ class SocketServer(SocketAdoption, BaseServer):
 
     def server_close(self) -> None:
         """Close the socket. May be extended."""
+        self.accept_gate.close("server_close")
         self.socket.close()
+
+    #: The most connections a drain takes from the kernel's queue before it closes
+    #: the listener: they completed their handshake, so the client believes it is
+    #: being served (a listen backlog is rarely deeper).
+    _drain_backlog_limit = 4096
+
+    def _withdraw_listener(self) -> int:
+        """Serve what the kernel already queued, then close the listener (drain).
+
+        Closing makes new connection attempts fail at once (refused), which a
+        load balancer retries elsewhere; the connections already queued completed
+        their handshake, so they are taken and served rather than reset. A
+        listener shared with other processes (prefork) is closed in this process
+        only; the others keep serving it.
+        """
+        listener = self.socket
+        if listener.fileno() < 0:
+            return 0
+        taken_on = 0
+        if (
+            listener.type == socket.SOCK_STREAM
+            # A synchronous server serves in the loop thread only, never beside it.
+            and type(self).process_request is not BaseServer.process_request
+            # Never block in accept() on a queue another process may empty first.
+            and not (self.socket_adopted and os.get_blocking(listener.fileno()))
+        ):
+            poller = select.poll()
+            poller.register(listener.fileno(), select.POLLIN)
+            for _ in range(self._drain_backlog_limit):
+                if not poller.poll(0):
+                    break
+                taken = self._accept_and_admit()
+                if taken is not None:
+                    taken_on += 1
+                    self._serve_accepted(*taken)
+        listener.close()
+        return taken_on
 
     def fileno(self) -> int:
         """The socket's descriptor, for selectors."""

@@ -32,7 +32,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Traced(pyserve.ThreadPoolTCPServer):
+class WorkersAcceptPool(pyserve.ThreadPoolTCPServer):
+    """The opt-in mode under test: idle workers wait on the listener."""
+
+    workers_accept = True
+
+
+class Traced(WorkersAcceptPool):
     """Records which thread ran each hook."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -87,7 +93,7 @@ def test_busy_workers_leave_new_connections_in_the_backlog() -> None:
 
     held = held_handler(release, b"done")
     baseline = threading.active_count()
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=1)
+    server = WorkersAcceptPool(("127.0.0.1", 0), held, max_workers=1)
     with serving(server):
         with held_clients(server.server_address, 4, release) as clients:
             wait_until(lambda: len(server.in_flight()) == 1)
@@ -105,7 +111,7 @@ def test_pool_grows_to_max_workers_on_demand() -> None:
     release = threading.Event()
 
     held = held_handler(release, b"done")
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=5)
+    server = WorkersAcceptPool(("127.0.0.1", 0), held, max_workers=5)
     with serving(server), held_clients(server.server_address, 8, release) as clients:
         wait_until(lambda: len(server.in_flight()) == 5)
         assert len(server._workers) == 5
@@ -124,7 +130,7 @@ def epoll_descriptors() -> int:
 def test_idle_workers_beyond_the_accept_slots_park_and_are_recruited_again() -> None:
     release = threading.Event()
     held = held_handler(release, b"done")
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=6)
+    server = WorkersAcceptPool(("127.0.0.1", 0), held, max_workers=6)
     slots = server._accept_slots
     assert slots < 6
     epolls_before = epoll_descriptors()
@@ -153,7 +159,7 @@ def serve_in_thread(server) -> threading.Thread:
 
 
 def test_after_shutdown_nobody_accepts_and_serving_again_resumes() -> None:
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=3)
+    server = WorkersAcceptPool(("127.0.0.1", 0), Echo, max_workers=3)
     fd = server.fileno()
     assert os.get_blocking(fd)
     try:
@@ -181,7 +187,7 @@ def test_limits_hold_exactly_when_workers_accept_at_once(attempt: int) -> None:
     release = threading.Event()
 
     held = held_handler(release)
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), held, max_workers=8)
+    server = WorkersAcceptPool(("127.0.0.1", 0), held, max_workers=8)
     server.max_connections_per_client = 2
     with serving(server), held_clients(server.server_address, 8, release):
         wait_until(lambda: server.stats.accepted == 8)
@@ -192,7 +198,7 @@ def test_limits_hold_exactly_when_workers_accept_at_once(attempt: int) -> None:
 def test_accept_backoff_from_a_worker_pauses_and_recovers(caplog) -> None:
     failures = [3]
 
-    class Failing(pyserve.ThreadPoolTCPServer):
+    class Failing(WorkersAcceptPool):
         accept_backoff_initial = 0.001
 
         def get_request(self):
@@ -213,7 +219,10 @@ def test_accept_backoff_from_a_worker_pauses_and_recovers(caplog) -> None:
 
 def test_unix_stream_pool_workers_accept(tmp_path) -> None:
     path = str(tmp_path / "pool.sock")
-    server = pyserve.ThreadPoolUnixStreamServer(path, Echo, max_workers=2)
+    class UnixWorkersAccept(pyserve.ThreadPoolUnixStreamServer):
+        workers_accept = True
+
+    server = UnixWorkersAccept(path, Echo, max_workers=2)
     with serving(server):
         assert "pool-workers-accept" in server._accept_holds
         with socket.socket(socket.AF_UNIX) as client:
@@ -224,7 +233,7 @@ def test_unix_stream_pool_workers_accept(tmp_path) -> None:
 
 
 def test_drain_stops_workers_accepting() -> None:
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=3)
+    server = WorkersAcceptPool(("127.0.0.1", 0), Echo, max_workers=3)
     with serving(server):
         assert round_trip(server.server_address, b"ping") == b"ping"
         report = server.drain(1.0)
@@ -234,7 +243,7 @@ def test_drain_stops_workers_accepting() -> None:
 
 
 def test_a_listener_that_fails_in_a_worker_ends_serve_forever_with_the_error() -> None:
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=2)
+    server = WorkersAcceptPool(("127.0.0.1", 0), Echo, max_workers=2)
     failure: list[BaseException] = []
 
     def serve() -> None:
@@ -283,7 +292,7 @@ def woken_slot(server, events) -> pool_accept._Slot:
 
 def test_a_worker_woken_for_a_connection_takes_it_even_if_the_gate_just_closed() -> None:
     # EPOLLEXCLUSIVE woke only this worker: leaving the connection would strand it.
-    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Once, max_workers=1)
+    server = WorkersAcceptPool(("127.0.0.1", 0), Once, max_workers=1)
     gate = socket.socketpair()
     try:
         server._gate, server._gate_open = gate, False  # closed: a drain just began

@@ -1,10 +1,10 @@
-"""From command-line words to servers: bind strings, targets, and server classes.
+"""From command-line words to servers: bind strings and server classes.
 
 The ``pyserve`` command (:mod:`pyserve.cli.command`) turns each ``--bind`` into a
-:class:`Bind`, the positional TARGET into a :class:`Target`, and the two into a
-server with :func:`build_server`. Everything here raises :class:`CliError`
-(carrying the exit code the command will return) or ``OSError`` from the socket
-calls themselves; nothing prints or exits.
+:class:`Bind` and, with the TARGET (a :class:`~pyserve.cli.target.Target`), into a
+server with :func:`build_server`. Everything here raises
+:class:`~pyserve.cli.exits.CliError` (carrying the exit code the command will
+return) or ``OSError`` from the socket calls themselves; nothing prints or exits.
 
 How a server class is made
 --------------------------
@@ -24,22 +24,20 @@ exactly as one would by hand (``class Server(Feature..., Strategy, Transport)``)
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
-import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
-from handlers import registry
 from pyserve.base import BaseServer
+from pyserve.cli.exits import EXIT_SOCKET, EXIT_TARGET, EXIT_USAGE, CliError
+from pyserve.cli.target import Target
 from pyserve.concurrency import ForkingMixIn, ThreadingMixIn
 from pyserve.multiplex.connection import ConnectionHandler
 from pyserve.multiplex.server import MultiplexingMixIn, finish_request_overriders
 from pyserve.net import activation
-from pyserve.net.proxy import ProxyProtocolMixIn
-from pyserve.net.tls import TLSMixIn
 from pyserve.pool.workers import ThreadPoolMixIn
+from pyserve.request import DatagramRequestHandler
 from pyserve.sockets import TCPServer, UDPServer
 
 if hasattr(socket, "AF_UNIX"):
@@ -47,35 +45,15 @@ if hasattr(socket, "AF_UNIX"):
 
 __all__ = [
     "Bind",
-    "CliError",
     "Features",
-    "Target",
     "build_server",
     "format_address",
     "parse_bind",
-    "resolve_target",
     "server_class",
     "strategy_for",
 ]
 
-#: Exit code for a bad command line (argparse's own choice, kept for ours).
-EXIT_USAGE = 2
-#: Exit code for a TARGET that names nothing servable.
-EXIT_TARGET = 3
-#: Exit code for a TLS certificate or key that cannot be loaded.
-EXIT_TLS = 6
-#: Exit code for a socket that cannot be opened or adopted for another reason.
-EXIT_SOCKET = 7
-
 CONCURRENCY = ("sync", "thread", "pool", "fork", "multiplex")
-
-
-class CliError(Exception):
-    """A mistake the command reports in one line, with the exit code to return."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # -- --bind -------------------------------------------------------------------------
@@ -104,7 +82,7 @@ class Bind:
 def parse_bind(text: str) -> Bind:
     """Parse ``HOST:PORT``, ``[::1]:PORT``, ``tcp://``/``udp://HOST:PORT``,
     ``unix:/path``, ``unixgram:/path``, ``fd://N``, ``systemd`` or
-    ``systemd:NAME``; :class:`CliError` says what is wrong."""
+    ``systemd:NAME``; :class:`~pyserve.cli.exits.CliError` says what is wrong."""
     if text == "systemd" or text.startswith("systemd:"):
         return Bind(text, "systemd", text.partition(":")[2] or None)
     if text.startswith("fd://"):
@@ -150,66 +128,6 @@ def format_address(transport: str, address: Any) -> str:
     return f"{transport}://{host}:{port}"
 
 
-# -- TARGET --------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    """What to serve: a handler class per transport, or a server factory."""
-
-    name: str
-    handlers: dict[str, type] = field(default_factory=dict)
-    service: Optional[str] = None  # a registry name: handlers are looked up lazily
-    factory: Optional[Callable[[Any], Any]] = None
-
-    def handler_for(self, bind: Bind) -> type:
-        """The handler class for ``bind``'s kind of request."""
-        kind = "udp" if bind.datagram else "tcp"
-        if self.service is not None:
-            try:
-                return registry.get(self.service, kind)
-            except KeyError as exc:
-                raise CliError(f"{exc.args[0]} (for --bind {bind.text})", EXIT_TARGET) from None
-        return self.handlers[kind] if kind in self.handlers else next(iter(self.handlers.values()))
-
-
-def resolve_target(text: str) -> Target:
-    """A registry short name (``echo``) or ``module:attr`` (a handler class or a
-    factory called with the address that returns a server)."""
-    if ":" not in text:
-        if text not in registry.names():
-            known = ", ".join(registry.names())
-            raise CliError(
-                f"unknown target {text!r}: not a handler name ({known}) nor module:attr",
-                EXIT_TARGET,
-            )
-        return Target(text, service=text)
-    module_name, _, attribute = text.partition(":")
-    # Like `python -m`, look in the current directory first: `pyserve app:Handler`.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except ImportError as exc:
-        raise CliError(f"cannot import target {text!r}: {exc}", EXIT_TARGET) from exc
-    except AttributeError:
-        message = f"target {text!r}: {module_name} has no {attribute!r}"
-        raise CliError(message, EXIT_TARGET) from None
-    if isinstance(found, type):
-        if hasattr(found, "serve_forever"):
-            raise CliError(
-                f"target {text!r} is a server class: name its handler class, "
-                "or a function that returns a server",
-                EXIT_TARGET,
-            )
-        return Target(text, handlers={"tcp": found})
-    if callable(found):
-        return Target(text, factory=found)
-    raise CliError(f"target {text!r} is neither a handler class nor a factory", EXIT_TARGET)
-
-
 # -- server classes: one small function per feature ----------------------------------
 
 #: One option's part of a server class: its mix-ins and its class attributes.
@@ -230,10 +148,18 @@ def strategy_for(concurrency: Optional[str], handler: Any) -> str:
 
     A :class:`~pyserve.multiplex.connection.ConnectionHandler` is called by one I/O thread and
     runs only multiplexed; every other handler blocks and runs anywhere else.
+
+    A datagram handler runs in the loop thread by default (``sync``): answering a
+    datagram takes microseconds, and a thread per datagram turns a flood into a
+    flood of threads that drains a few thousand datagrams a second while a
+    well-behaved client's datagrams are dropped by the kernel.
     """
     callbacks = isinstance(handler, type) and issubclass(handler, ConnectionHandler)
     if concurrency is None:
-        return "multiplex" if callbacks else "thread"
+        if callbacks:
+            return "multiplex"
+        datagram = isinstance(handler, type) and issubclass(handler, DatagramRequestHandler)
+        return "sync" if datagram else "thread"
     if callbacks and concurrency != "multiplex":
         raise CliError(
             f"{handler.__name__} is a ConnectionHandler: it runs with --concurrency "
@@ -268,13 +194,22 @@ def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type
     """Compose ``class Server(*features, strategy, transport)`` for ``bind``."""
     transport = transport_class(bind)
     mixins: list[type] = []
-    stream_only = (ProxyProtocolMixIn, TLSMixIn)
     attributes: dict[str, Any] = {"__module__": __name__}
     for feature_mixins, feature_attributes in features:
         mixins.extend(feature_mixins)
         attributes.update(feature_attributes)
-    if bind.datagram and any(issubclass(mixin, stream_only) for mixin in mixins):
-        raise CliError(f"--bind {bind.text}: TLS and PROXY need a stream socket", EXIT_USAGE)
+    if bind.datagram and mixins:
+        # Imported here: TLS needs ssl, which only a TLS server should pay for.
+        from pyserve.net.proxy import ProxyProtocolMixIn  # noqa: PLC0415
+        from pyserve.net.tls import TLSMixIn  # noqa: PLC0415
+
+        if any(issubclass(mixin, (ProxyProtocolMixIn, TLSMixIn)) for mixin in mixins):
+            raise CliError(f"--bind {bind.text}: TLS and PROXY need a stream socket", EXIT_USAGE)
+    if "socket_mode" in attributes and bind.transport not in ("unix", "unixgram"):
+        raise CliError(
+            f"--socket-mode applies to unix: and unixgram: binds, not --bind {bind.text}",
+            EXIT_USAGE,
+        )
     if concurrency == "multiplex" and bind.datagram:
         raise CliError(f"--bind {bind.text}: multiplex serves stream sockets", EXIT_USAGE)
     if concurrency == "thread":
@@ -304,13 +239,17 @@ def build_server(
             raise CliError(f"--bind {bind.text} needs a handler target", EXIT_USAGE)
         return adopt(target, bind, concurrency, features)
     if target.factory is not None:
-        server = target.factory(bind.address)
+        try:
+            server = target.factory(bind.address)
+        except (OSError, CliError):
+            raise  # a socket error has its own exit code
+        except Exception as exc:
+            message = f"target {target.name!r} raised {type(exc).__name__}: {exc}"
+            raise CliError(" ".join(message.split()), EXIT_TARGET) from exc
         if not hasattr(server, "serve_forever"):
-            raise CliError(
-                f"target {target.name!r} returned {server!r}, not a server", EXIT_TARGET
-            )
+            raise CliError(f"target {target.name!r} returned {server!r}, not a server", EXIT_TARGET)
         return server, bind
-    handler = target.handler_for(bind)
+    handler = target.handler_for(bind.datagram, bind.text)
     strategy = strategy_for(concurrency, handler)
     return server_class(bind, strategy, features)(bind.address, handler), bind
 
@@ -332,7 +271,7 @@ def adopt(
         datagram = sock.type == socket.SOCK_DGRAM
         transport = ("unixgram" if datagram else "unix") if unix else ("udp" if datagram else "tcp")
         actual = Bind(bind.text, transport, sock.getsockname())
-        handler = target.handler_for(actual)
+        handler = target.handler_for(actual.datagram, actual.text)
         cls: Any = server_class(actual, strategy_for(concurrency, handler), features)
         server: BaseServer = cls.from_socket(sock, handler)
     except ValueError as exc:

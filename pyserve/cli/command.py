@@ -5,20 +5,23 @@
 minute (then ``nc 127.0.0.1 9999``). The general form::
 
     pyserve [TARGET] [--bind ADDRESS]... [--concurrency sync|thread|pool|fork|multiplex]
-            [--max-workers N] [--processes N] [--drain-timeout S]
-            [--tls-cert PEM [--tls-key PEM]]
+            [--max-workers N] [--processes N] [--drain-timeout S] [--socket-mode OCTAL]
+            [--tls-cert PEM [--tls-key PEM] [--tls-ca PEM [--tls-verify-client]]]
             [--proxy-protocol v1|v2|auto --trusted-proxy NETWORK...]
             [--idle-timeout S] [--max-connections N]
             [--trace] [--access-log] [--log-level LEVEL]
 
 TARGET is a name from the handlers registry (``echo``, ``daytime``, ...; see
-``handlers.registry``) or ``module:attr``: a handler class, or a function that
-takes the address and returns a server.
+``handlers.registry``) or ``module:attr``: a handler class, a stream and a
+datagram class (``module:Stream,Datagram``), or a function that takes the address
+and returns a server (:mod:`pyserve.cli.target`).
 
 Once every socket is listening (port 0 resolved), the command prints one line
 per bind on stdout, flushed, in a stable format that scripts may parse::
 
     pyserve: serving echo on tcp://127.0.0.1:9999
+
+(``udp://`` for UDP, ``tls://`` for TLS over TCP, ``unix:``/``unixgram:`` paths.)
 
 How it runs
 -----------
@@ -39,11 +42,13 @@ code  meaning
 ====  =====================================================================
 0     stopped cleanly after SIGTERM/SIGINT
 1     stop forced: a second signal, or requests still running at the deadline
+      (or Ctrl-C before the servers listen)
 2     bad command line, including a malformed ``--bind``
-3     TARGET names nothing servable (unknown name, import error, wrong kind)
+3     TARGET names nothing servable (unknown name, import error, wrong kind,
+      Ctrl-C while importing it)
 4     address already in use
 5     permission denied (a privileged port, an unwritable socket path)
-6     the TLS certificate or key cannot be loaded
+6     the TLS certificate, key or CA cannot be loaded
 7     any other socket error (address not available, no such descriptor,
       no socket passed by systemd, ...)
 8     a server's loop failed unexpectedly
@@ -66,29 +71,29 @@ from typing import Any, Callable, Optional
 import pyserve
 from pyserve.cli import build as cli_build
 from pyserve.cli import features as cli_features
-from pyserve.cli.build import (
+from pyserve.cli.build import Bind, Features, format_address, parse_bind
+from pyserve.cli.exits import (
+    EXIT_ADDRESS_IN_USE,
+    EXIT_CRASHED,
+    EXIT_FORCED,
+    EXIT_OK,
+    EXIT_PERMISSION,
     EXIT_SOCKET,
     EXIT_TARGET,
     EXIT_TLS,
     EXIT_USAGE,
-    Bind,
     CliError,
-    Features,
-    Target,
-    format_address,
-    parse_bind,
-    resolve_target,
 )
-from pyserve.cli.run import EXIT_CRASHED, EXIT_FORCED, EXIT_OK, serve_until_signalled
-from pyserve.prefork.supervisor import Prefork
+from pyserve.cli.run import serve_until_signalled
+from pyserve.cli.target import Target, ready_handlers, resolve_target
 
 __all__ = ["main"]
 
-EXIT_ADDRESS_IN_USE = 4
-EXIT_PERMISSION = 5
-# Defined with the code that raises them:
-assert (EXIT_OK, EXIT_FORCED, EXIT_USAGE, EXIT_TARGET) == (0, 1, 2, 3)
-assert (EXIT_TLS, EXIT_SOCKET, EXIT_CRASHED) == (6, 7, 8)
+# Every documented exit code, importable from here (tests and scripts use them).
+EXIT_CODES = (
+    EXIT_OK, EXIT_FORCED, EXIT_USAGE, EXIT_TARGET, EXIT_ADDRESS_IN_USE,
+    EXIT_PERMISSION, EXIT_TLS, EXIT_SOCKET, EXIT_CRASHED,
+)  # fmt: skip
 
 DEFAULT_TARGET = "echo"
 DEFAULT_BIND = "127.0.0.1:9999"
@@ -96,11 +101,27 @@ DEFAULT_BIND = "127.0.0.1:9999"
 logger = logging.getLogger("pyserve.cli")
 
 
+class _Parser(argparse.ArgumentParser):
+    """``--help`` ends with the ready handlers' names, read from the registry only
+    then (loading it is not free, and a ``module:attr`` run never needs it)."""
+
+    def format_help(self) -> str:
+        try:
+            registry = ready_handlers()
+            lines = [f"  {name:<14}{registry.describe(name)}" for name in registry.names()]
+        except CliError as exc:
+            lines = [f"  ({exc})"]
+        return super().format_help() + "\nready handlers (TARGET):\n" + "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyserve",
         description="Serve a handler: a name from the handlers registry or module:attr.",
-        epilog="Exit codes: 0 ok, 1 forced stop, 2 usage, 3 bad target, "
+        epilog="TARGET: a ready handler's name (below), module:Class, "
+        "module:StreamClass,DatagramClass, or module:function (called with the address, "
+        "returns a server). "
+        "Exit codes: 0 ok, 1 forced stop, 2 usage, 3 bad target, "
         "4 address in use, 5 permission denied, 6 TLS certificate, 7 socket error, "
         "8 server failed.",
     )
@@ -108,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target",
         nargs="?",
         default=DEFAULT_TARGET,
-        help="handler short name (e.g. echo, daytime) or module:attr (default: %(default)s)",
+        help="a ready handler's name (listed below) or module:attr (default: %(default)s)",
     )
     parser.add_argument(
         "--bind",
@@ -145,8 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a graceful stop may wait for requests in flight (default: %(default)s)",
     )
+    parser.add_argument(
+        "--socket-mode",
+        metavar="OCTAL",
+        help="permissions of a unix: or unixgram: socket file, e.g. 600 or 660",
+    )
     parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
     parser.add_argument("--tls-key", metavar="PEM", help="its private key (if not in --tls-cert)")
+    parser.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="verify client certificates against these CAs (when a client sends one)",
+    )
+    parser.add_argument(
+        "--tls-verify-client",
+        action="store_true",
+        help="mutual TLS: require a client certificate signed by --tls-ca",
+    )
     parser.add_argument(
         "--proxy-protocol",
         choices=("v1", "v2", "auto"),
@@ -212,7 +248,8 @@ def features_from(args: argparse.Namespace) -> list[Features]:
         cli_features.pool_feature(args.concurrency, args.max_workers),
         cli_features.limits_feature(args.idle_timeout, args.max_connections),
         cli_features.proxy_feature(args.proxy_protocol, args.trusted_proxy),
-        cli_features.tls_feature(args.tls_cert, args.tls_key),
+        cli_features.tls_feature(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify_client),
+        cli_features.socket_mode_feature(args.socket_mode),
         cli_features.trace_feature(sys.stderr if args.trace else None),
         cli_features.access_log_feature(args.access_log),
     ]
@@ -232,6 +269,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     try:
         return run(args)
+    except KeyboardInterrupt:  # before the servers listen (signals are caught after)
+        return _fail("interrupted before serving", EXIT_FORCED, debug)
     except CliError as exc:
         return _fail(str(exc), exc.exit_code, debug)
     except OSError as exc:
@@ -274,11 +313,13 @@ def run(args: argparse.Namespace) -> int:
         for server in servers:
             server.server_close()
         raise
-    def announce_all() -> None:
-        for server, bind in zip(servers, actual):
-            announce(target, server, bind)
+    names = [where(server, bind) for server, bind in zip(servers, actual)]
 
-    return serve_until_signalled(servers, announce_all, args.drain_timeout)
+    def announce_all() -> None:
+        for name in names:
+            print(f"pyserve: serving {target.name} on {name}", flush=True)
+
+    return serve_until_signalled(servers, announce_all, args.drain_timeout, names)
 
 
 def _open(
@@ -291,10 +332,20 @@ def _open(
         raise
 
 
+def where(server: Any, bind: Bind) -> str:
+    """A listening server's address as announced: ``tcp://``, ``udp://``, ``unix:``,
+    ``unixgram:``; TLS (over TCP) is ``tls://``, over a Unix socket ``tls+unix:``."""
+    address = format_address(bind.transport, server.server_address)
+    if getattr(server, "ssl_context", None) is not None:
+        address = (
+            "tls://" + address[len("tcp://") :] if bind.transport == "tcp" else "tls+" + address
+        )
+    return address
+
+
 def announce(target: Target, server: Any, bind: Bind) -> None:
     """The line scripts and tests wait for: the server is listening, here."""
-    where = format_address(bind.transport, server.server_address)
-    print(f"pyserve: serving {target.name} on {where}", flush=True)
+    print(f"pyserve: serving {target.name} on {where(server, bind)}", flush=True)
 
 
 def run_prefork(
@@ -308,9 +359,11 @@ def run_prefork(
     if not hasattr(os, "fork"):
         raise CliError("--processes: this platform cannot fork", EXIT_USAGE)
     bind = binds[0]
-    handler = target.handler_for(bind)
+    handler = target.handler_for(bind.datagram, bind.text)
     strategy = cli_build.strategy_for(args.concurrency, handler)
     server_class = cli_build.server_class(bind, strategy, features)
+    from pyserve.prefork.supervisor import Prefork  # noqa: PLC0415 - prefork runs only
+
     try:
         supervisor = Prefork(
             server_class,

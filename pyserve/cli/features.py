@@ -6,23 +6,22 @@ belongs together) into its part of that class: a tuple of mix-ins and a dict of
 class attributes (:data:`~pyserve.cli.build.Features`). Class attributes rather
 than constructor arguments, so the same class also works where a server is built
 for us (prefork workers build theirs after the fork). A contradiction between
-options raises :class:`~pyserve.cli.build.CliError`.
+options raises :class:`~pyserve.cli.exits.CliError`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from pyserve.base import BaseServer
-from pyserve.cli.build import EXIT_TLS, EXIT_USAGE, CliError, Features
+from pyserve.cli.build import Features
+from pyserve.cli.exits import EXIT_TLS, EXIT_USAGE, CliError
 from pyserve.errors import ProtocolError
 from pyserve.net.proxy import ProxyProtocolMixIn, _parse_trusted
 from pyserve.net.proxy_header import ProxyHeader
-from pyserve.net.tls import TLSMixIn
 
 __all__ = [
     "AccessLogMixIn",
@@ -31,6 +30,7 @@ __all__ = [
     "limits_feature",
     "pool_feature",
     "proxy_feature",
+    "socket_mode_feature",
     "tls_feature",
     "trace_feature",
 ]
@@ -56,19 +56,99 @@ def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]
     return ((), attributes)
 
 
-def tls_feature(cert: Optional[str], key: Optional[str]) -> Features:
-    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.net.tls`) with that pair."""
+def tls_feature(
+    cert: Optional[str],
+    key: Optional[str],
+    ca: Optional[str] = None,
+    verify_client: bool = False,
+) -> Features:
+    """``--tls-cert``/``--tls-key``: serve TLS (:mod:`pyserve.net.tls`) with that pair;
+    ``--tls-ca`` verifies client certificates against those CAs (when a client
+    sends one), and ``--tls-verify-client`` requires one (mutual TLS)."""
     if cert is None:
-        if key is not None:
-            raise CliError("--tls-key needs --tls-cert", EXIT_USAGE)
+        for option, value in (
+            ("--tls-key", key),
+            ("--tls-ca", ca),
+            ("--tls-verify-client", verify_client),
+        ):
+            if value:
+                raise CliError(f"{option} needs --tls-cert", EXIT_USAGE)
         return ((), {})
+    if verify_client and ca is None:
+        raise CliError(
+            "--tls-verify-client needs --tls-ca (the CA that signs client certificates)", EXIT_USAGE
+        )
+    # Imported here: ssl costs every process that loads it, TLS or not.
+    import ssl  # noqa: PLC0415 - only a TLS server pays for ssl
+
+    from pyserve.net.tls import TLSMixIn  # noqa: PLC0415
+
+    _check_pem_kinds(cert, key)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key)
     except OSError as exc:  # ssl.SSLError is one: a bad PEM, a key that does not match
-        reason = exc.strerror or getattr(exc, "reason", None) or exc
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            where = f"the key in {key!r}" if key else "the key"
+            reason = f"{where} does not belong to the certificate"
+        else:
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
         raise CliError(f"cannot load the TLS certificate {cert!r}: {reason}", EXIT_TLS) from exc
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except OSError as exc:
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+            raise CliError(f"cannot load the TLS CA {ca!r}: {reason}", EXIT_TLS) from exc
+        context.verify_mode = ssl.CERT_REQUIRED if verify_client else ssl.CERT_OPTIONAL
     return ((TLSMixIn,), {"ssl_context": context})
+
+
+def _check_pem_kinds(cert: str, key: Optional[str]) -> None:
+    """Name the file when a certificate and a key are given the wrong way round
+    (OpenSSL's own message, ``[SSL] PEM lib``, names neither)."""
+    contents = {}
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as file:
+                contents[option] = file.read()
+        except OSError as exc:
+            raise CliError(f"cannot read {option} {path!r}: {exc.strerror}", EXIT_TLS) from None
+    cert_pem = contents["--tls-cert"]
+    if b"CERTIFICATE-----" not in cert_pem and b"PRIVATE KEY-----" in cert_pem:
+        swapped = " (are --tls-cert and --tls-key swapped?)" if key else ""
+        raise CliError(
+            f"--tls-cert {cert!r} holds a private key, not a certificate{swapped}", EXIT_TLS
+        )
+    key_pem = contents.get("--tls-key")
+    if (
+        key_pem is not None
+        and b"PRIVATE KEY-----" not in key_pem
+        and b"CERTIFICATE-----" in key_pem
+    ):
+        raise CliError(
+            f"--tls-key {key!r} holds a certificate, not a private key "
+            "(are --tls-cert and --tls-key swapped?)",
+            EXIT_TLS,
+        )
+
+
+def socket_mode_feature(mode: Optional[str]) -> Features:
+    """``--socket-mode 600``: the Unix socket file's permissions (octal), set before
+    ``listen()`` so nobody connects in between (:mod:`pyserve.unix`)."""
+    if mode is None:
+        return ((), {})
+    try:
+        value = int(mode, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o7777:
+        raise CliError(
+            f"bad --socket-mode {mode!r}: give an octal file mode such as 600 or 660", EXIT_USAGE
+        )
+    return ((), {"socket_mode": value})
 
 
 class ProxyVersionMixIn(ProxyProtocolMixIn):

@@ -5,22 +5,27 @@ Theory of operation
 :class:`~pyserve.base.BaseServer` inherits :class:`Lifecycle`. Each concurrency
 strategy calls three small methods on the request path:
 
-* ``_track(request, client_address)`` when it takes a request on (the entry is
-  ``queued``), ``_started(entry)`` when a handler begins (or both at once,
-  ``_track_running(request, client_address, thread)``, for a request that runs
-  in the thread that took it), and
+* ``_track(request, client_address)`` when it takes a request on (the entry the
+  loop made when it accepted the request, ``queued``), ``_started(entry)`` when a
+  handler begins (or both at once, ``_track_running(request, client_address,
+  thread)``, for a request that runs in the thread that took it), and
   ``_ended(entry, exc)`` when the request is over, classifying the ending as
   finished, errored or timed out. They keep the registry
-  (:mod:`pyserve.lifecycle.registry`) and the counters, and tell observers
-  (:mod:`pyserve.lifecycle.events`).
+  (:mod:`pyserve.lifecycle.registry`, ``server.registry``) and the counters, and
+  tell observers (:mod:`pyserve.lifecycle.events`).
 
 On top of the registry sits **graceful drain**, :meth:`Lifecycle.drain`:
 
 1. set ``server.draining`` (a :class:`threading.Event` handlers may check or wait
-   on, e.g. to stop a keep-alive loop after the current reply) and stop accepting
-   (the loop stops watching the listener; connections still in the kernel backlog
-   are left for a successor sharing the port, or are reset on close);
-2. wait up to ``grace`` seconds for the requests in flight to finish;
+   on, e.g. to stop a keep-alive loop after the current reply) and stop accepting,
+   as a *barrier*: close the server's accept gate (:mod:`pyserve.lifecycle.gate`),
+   wait until no thread is between ``accept()`` and the registry, serve what the
+   kernel already queued, and close the listener, so the kernel completes no
+   handshake nobody will serve and a load balancer retries elsewhere (a listener
+   shared with other processes is only withdrawn from this one). From here on the
+   registry holds exactly what the drain must wait for;
+2. wait what is left of ``grace`` seconds (counted from the call) for the
+   requests in flight to finish;
 3. *force* what is left: ``shutdown(SHUT_RD)`` on each open connection, so a
    handler blocked in a read gets EOF and ends on its own; ``SIGTERM`` to each
    forked child;
@@ -41,8 +46,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from pyserve.lifecycle.events import (
     DRAINED,
@@ -55,6 +59,7 @@ from pyserve.lifecycle.events import (
     ServerEvent,
     Stats,
 )
+from pyserve.lifecycle.gate import AcceptGate
 from pyserve.lifecycle.registry import InFlight, LiveRequest, RequestRegistry
 
 __all__ = ["DrainReport", "Lifecycle"]
@@ -65,8 +70,7 @@ logger = logging.getLogger("pyserve")
 _TIMEOUTS = (socket.timeout, TimeoutError)
 
 
-@dataclass(frozen=True)
-class DrainReport:
+class DrainReport(NamedTuple):
     """What a drain (or a bounded close) achieved.
 
     ``completed``: requests that finished on their own; ``forced``: requests cut
@@ -100,11 +104,11 @@ class Lifecycle:
     # Provided by ServeLoop.
     _loop_running: threading.Event
 
-    def _hold_accept(self, reason: str) -> None:
-        raise NotImplementedError
+    accept_gate: AcceptGate
 
-    def shutdown(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by ServeLoop, beside this class in BaseServer
+
+        def shutdown(self) -> None: ...
 
     def _init_lifecycle_state(self) -> None:
         self._registry = RequestRegistry()
@@ -115,6 +119,12 @@ class Lifecycle:
         self.draining = threading.Event()
 
     # -- for the caller -----------------------------------------------------------------
+
+    @property
+    def registry(self) -> RequestRegistry:
+        """The requests in flight and the lifetime counters (one lock; see
+        :mod:`pyserve.lifecycle.registry`). Read it; strategies write it."""
+        return self._registry
 
     def in_flight(self) -> tuple[InFlight, ...]:
         """Read-only records of the requests in flight now, oldest first."""
@@ -153,13 +163,21 @@ class Lifecycle:
             self._emit(REJECTED, client_address, None, reason)
 
     def _track(self, request: Any, client_address: Any) -> LiveRequest:
-        return self._registry.add(request, client_address)
+        """The request's registry entry: the one made when it was accepted, or a
+        new one (``process_request()`` called directly, not from the loop)."""
+        entry = self._registry.get(request)
+        return entry if entry is not None else self._registry.add(request, client_address)
 
     def _track_running(
         self, request: Any, client_address: Any, thread: threading.Thread
     ) -> LiveRequest:
         """``_track()`` and ``_started()`` in one step, for a request run in ``thread``."""
-        entry = self._registry.add(request, client_address, thread)
+        registry = self._registry
+        entry = registry.get(request)
+        if entry is None:
+            entry = registry.add(request, client_address, thread)
+        else:
+            registry.start(entry, None, thread)
         if self._observers:
             self._emit(STARTED, client_address, entry.id)
         return entry
@@ -200,10 +218,16 @@ class Lifecycle:
         """
         if grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        started = time.monotonic()
+        # The barrier: no accept starts after the close, and the ones under way
+        # finish entering the registry before anything is counted.
+        self.accept_gate.close("draining")
+        self.accept_gate.wait_quiet(grace)
         at_start = len(self._registry)  # before handlers see `draining` and hurry
         self.draining.set()
-        self._hold_accept("draining")
-        report = self._settle(grace, force_timeout, "drain", at_start)
+        at_start += self._withdraw_listener()
+        remaining = max(0.0, grace - (time.monotonic() - started))
+        report = self._settle(remaining, force_timeout, "drain", at_start, started)
         self._registry.count_many("drained", report.forced)
         # Unconditionally: a drain that lands just before serve_forever() starts must
         # still stop it, and shutdown() before the loop makes it return at once.
@@ -216,17 +240,27 @@ class Lifecycle:
             )
         return report
 
+    def _withdraw_listener(self) -> int:
+        """Stop the kernel from completing handshakes nobody will serve (drain);
+        return how many queued connections were taken on before closing.
+
+        Socket servers close their listener here (see ``SocketServer``); a listener
+        shared with other processes is only withdrawn from this one."""
+        return 0
+
     def _settle(
         self,
         grace: float,
         force_timeout: Optional[float],
         what: str,
         at_start: Optional[int] = None,
+        started: Optional[float] = None,
     ) -> DrainReport:
         """Steps 2-4 of a drain: wait, force, wait, kill; log and report."""
         if force_timeout is None:
             force_timeout = self.drain_force_timeout
-        started = time.monotonic()
+        if started is None:
+            started = time.monotonic()
         registry = self._registry
         if at_start is None:
             at_start = len(registry)

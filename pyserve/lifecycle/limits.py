@@ -26,7 +26,15 @@ read from ``rfile`` obeys:
   holds a thread forever);
 - ``max_line_length``: ``rfile.readline()`` (and iteration) raise
   :class:`~pyserve.errors.LineTooLong` instead of buffering an endless line, so a
-  200 MB line costs at most this many bytes of memory.
+  200 MB line costs at most this many bytes of memory;
+- ``busy_idle_timeout``: on a server that can be *saturated* (the thread pool:
+  every worker busy and requests waiting), a connection idle this long while it
+  is saturated is closed. Idle keep-alive clients would otherwise hold every
+  worker while new clients wait out the full ``idle_timeout``; this frees a
+  worker within seconds, and only when someone is waiting for one.
+
+These limits sit at the socket, under ``rfile``'s buffer, for plain and TLS
+sockets alike.
 
 Each may be set on the handler class or, for every handler of a server, on the
 server (the handler's value wins when not None). An expired timer raises
@@ -46,9 +54,10 @@ import io
 import logging
 import socket
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.errors import LineTooLong, RequestTimedOut
+from pyserve.lifecycle.registry import LiveRequest, RequestRegistry
 
 __all__ = ["ConnectionLimits", "LineLimitedReader", "client_host"]
 
@@ -84,29 +93,40 @@ class ConnectionLimits:
     #: A flood of rejections is summarised: one line per reason per minute at most.
     rejection_log_interval: float = 60.0
 
-    # Provided by Lifecycle.
-    def _rejected(self, client_address: Any, reason: str) -> None:
-        raise NotImplementedError
+    # Provided by Lifecycle, beside this class in BaseServer.
+    _registry: RequestRegistry
+    _rejection_log: dict[str, tuple[float, int]]
 
-    def _within_limits(self, client_address: Any, request: Any = None) -> bool:
-        """True if one more request from ``client_address`` fits; else reject it.
+    if TYPE_CHECKING:
 
-        ``request`` is for strategies that must register it in the same step.
-        """
-        registry = self._registry  # type: ignore[attr-defined]
-        limit = self.max_connections
-        if limit is not None and len(registry) >= limit:
-            self._over_limit(client_address, f"max_connections={limit} reached")
-            return False
-        limit = self.max_connections_per_client
-        if limit is not None and registry.from_host(client_host(client_address)) >= limit:
-            self._over_limit(client_address, f"max_connections_per_client={limit} reached")
-            return False
-        return True
+        def _rejected(self, client_address: Any, reason: str) -> None: ...
+
+    def _admit(self, request: Any, client_address: Any) -> Optional[LiveRequest]:
+        """Enter a request just accepted in the registry if it fits the limits;
+        else reject it (counted, logged rate-limited) and return None."""
+        admitted = self._registry.admit(
+            request, client_address, self.max_connections, self.max_connections_per_client
+        )
+        if isinstance(admitted, str):
+            self._over_limit(client_address, admitted)
+            return None
+        return admitted
+
+    def _guard_request(self, request: Any) -> None:
+        """Give a connection's socket the server's ``idle_timeout`` as its timeout
+        (if it has none), so a handler that reads the raw socket (``recv()``, not
+        ``rfile``) is protected too."""
+        idle = self.idle_timeout
+        if idle is not None and isinstance(request, socket.socket):
+            try:
+                if request.gettimeout() is None:
+                    request.settimeout(idle)
+            except OSError:
+                pass  # closed already: the handler will find out
 
     def _over_limit(self, client_address: Any, reason: str) -> None:
         self._rejected(client_address, reason)
-        log_state: dict[str, tuple[float, int]] = self._rejection_log  # type: ignore[attr-defined]
+        log_state = self._rejection_log
         now = time.monotonic()
         last, suppressed = log_state.get(reason, (-_NEVER, 0))
         if now - last >= self.rejection_log_interval:
@@ -126,16 +146,30 @@ def handler_setting(handler: Any, name: str) -> Any:
 
 
 class DeadlineReader(io.RawIOBase):
-    """A raw reader that enforces an idle timeout and a whole-connection deadline."""
+    """A raw reader that enforces an idle timeout and a whole-connection deadline.
+
+    With ``saturated`` (a callable the server provides) it also enforces
+    ``busy_idle``: while the server has requests waiting for a worker, a
+    connection idle that long is closed, so idle keep-alive clients cannot hold
+    every worker while others wait. The wait is cut into slices of ``busy_idle``
+    to look at the server again; a busy connection never notices.
+    """
 
     def __init__(
-        self, sock: socket.socket, idle: Optional[float], deadline: Optional[float]
+        self,
+        sock: socket.socket,
+        idle: Optional[float],
+        deadline: Optional[float],
+        busy_idle: Optional[float] = None,
+        saturated: Optional[Callable[[], bool]] = None,
     ) -> None:
         super().__init__()
         self._sock = sock
         self._idle = _NEVER if idle is None else idle
         self._deadline_at = _NEVER if deadline is None else time.monotonic() + deadline
         self._deadline = deadline
+        self._saturated = saturated if busy_idle is not None else None
+        self._busy_idle = _NEVER if busy_idle is None else busy_idle
 
     def readable(self) -> bool:
         return True
@@ -144,17 +178,26 @@ class DeadlineReader(io.RawIOBase):
         return self._sock.fileno()
 
     def readinto(self, buffer: Any) -> int:
-        remaining = self._deadline_at - time.monotonic()
-        if remaining <= 0:
-            raise RequestTimedOut(f"request deadline of {self._deadline}s passed")
-        wait = min(self._idle, remaining)
-        self._sock.settimeout(wait)
-        try:
-            return self._sock.recv_into(buffer)
-        except socket.timeout:
-            if wait < self._idle:
-                raise RequestTimedOut(f"request deadline of {self._deadline}s passed") from None
-            raise RequestTimedOut(f"no data for idle_timeout={self._idle}s") from None
+        waited_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            remaining = self._deadline_at - now
+            if remaining <= 0:
+                raise RequestTimedOut(f"request deadline of {self._deadline}s passed")
+            idle_left = self._idle - (now - waited_since)
+            if idle_left <= 0:
+                raise RequestTimedOut(f"no data for idle_timeout={self._idle}s")
+            wait = min(idle_left, remaining, self._busy_idle)
+            self._sock.settimeout(wait)
+            try:
+                return self._sock.recv_into(buffer)
+            except socket.timeout:
+                saturated = self._saturated
+                if saturated is not None and saturated():
+                    raise RequestTimedOut(
+                        f"no data for {self._busy_idle}s while every worker was busy "
+                        "and requests were waiting"
+                    ) from None
 
 
 class LineLimitedReader(io.BufferedReader):
@@ -180,19 +223,27 @@ class LineLimitedReader(io.BufferedReader):
 
 
 def make_rfile(handler: Any, fast_raw: io.RawIOBase, size: int) -> Optional[io.BufferedIOBase]:
-    """The protected ``rfile`` for a stream handler, or None if none is asked for."""
+    """The protected ``rfile`` for a stream handler, or None if none is asked for.
+
+    Works on any socket with ``recv_into`` (plain or TLS): the limits sit at the
+    socket, under the buffer, so no transport skips them.
+    """
     idle = handler_setting(handler, "idle_timeout")
     deadline = handler_setting(handler, "request_deadline")
     max_line = handler_setting(handler, "max_line_length")
-    if idle is None and deadline is None and max_line is None:
+    busy_idle = handler_setting(handler, "busy_idle_timeout")
+    saturated = getattr(handler.server, "saturated", None) if busy_idle is not None else None
+    if not callable(saturated):
+        busy_idle = saturated = None
+    if idle is None and deadline is None and max_line is None and busy_idle is None:
         return None
     sock = handler.connection
     raw = fast_raw
-    if deadline is not None or idle is not None:
+    if deadline is not None or idle is not None or busy_idle is not None:
         stdlib_timeout = handler.timeout
         if stdlib_timeout is not None and (idle is None or stdlib_timeout < idle):
             idle = stdlib_timeout
-        raw = DeadlineReader(sock, idle, deadline)
+        raw = DeadlineReader(sock, idle, deadline, busy_idle, saturated)
     if max_line is None:
         return io.BufferedReader(raw, size)
     return LineLimitedReader(raw, size, max_line)

@@ -2,13 +2,17 @@
 
 Theory of operation
 -------------------
-Every concurrency strategy (synchronous, a thread per request, the thread pool,
-a child process per request) enters each request it takes into one
-:class:`RequestRegistry` (``server._registry``) and removes it when the request is
-over. An entry is a :class:`LiveRequest`: the request object, the client address,
-when it was accepted (``time.monotonic()`` for arithmetic, ``time.time()`` for
-people), its state (``queued`` until a handler starts, then ``running``) and where
-it runs (thread ident and name, process id).
+A request enters the server's one :class:`RequestRegistry` (``server.registry``) the
+moment it is accepted, before any user hook sees it (``verify_request`` may be slow:
+a reverse-DNS check), and leaves when it is over or refused; every concurrency
+strategy (synchronous, a thread per request, the thread pool, a child process per
+request, the I/O thread) takes the entry over from there. So a drain that waits for
+the registry waits for everything accepted. Connection limits are checked in the
+same locked step that enters the request (:meth:`RequestRegistry.admit`). An entry
+is a :class:`LiveRequest`: the request object, the client address, when it was
+accepted (``time.monotonic()`` for arithmetic, ``time.time()`` for people), its
+state (``queued`` until a handler starts, then ``running``) and where it runs
+(thread ident and name, process id).
 
 Adding, starting and removing are O(1) dict operations under one lock, and the
 lifetime counters (:class:`~pyserve.lifecycle.events.Stats`) are updated under that same
@@ -34,7 +38,7 @@ import itertools
 import os
 import threading
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from pyserve.lifecycle.events import ERRORED, FINISHED, TIMED_OUT, Stats
 
@@ -158,10 +162,46 @@ class RequestRegistry:
             lock.release()
         return entry
 
-    def start(self, entry: LiveRequest, pid: Optional[int] = None) -> None:
-        """Mark a request as running in this thread (or in child ``pid``)."""
+    def admit(
+        self,
+        request: Any,
+        client_address: Any,
+        max_total: Optional[int],
+        max_per_host: Optional[int],
+    ) -> Union[LiveRequest, str]:
+        """Enter a request just accepted, ``queued``, if it fits the limits.
+
+        Checking and entering are one step under the lock, so threads that accept
+        at once never admit more than the limits allow. Returns the entry, or the
+        reason it does not fit (nothing entered).
+        """
+        if max_total is None and max_per_host is None:
+            return self.add(request, client_address)
+        is_pair = type(client_address) is tuple and client_address
+        host = client_address[0] if is_pair else client_address
+        entry = LiveRequest(next(self._ids), request, client_address, host, _monotonic())
+        with self._lock:
+            live = self._live
+            if max_total is not None and len(live) >= max_total:
+                return f"max_connections={max_total} reached"
+            per_host = self._per_host
+            if max_per_host is not None and per_host.get(host, 0) >= max_per_host:
+                return f"max_connections_per_client={max_per_host} reached"
+            live[id(request)] = entry
+            per_host[host] = per_host.get(host, 0) + 1
+            self._queued += 1
+            self._peak = max(self._peak, len(live))
+        return entry
+
+    def start(
+        self,
+        entry: LiveRequest,
+        pid: Optional[int] = None,
+        thread: Optional[threading.Thread] = None,
+    ) -> None:
+        """Mark a request as running in ``thread`` (default: this one) or child ``pid``."""
         if pid is None:
-            entry.thread = threading.current_thread()
+            entry.thread = threading.current_thread() if thread is None else thread
         else:
             entry.pid = pid
         with self._lock:
@@ -170,8 +210,9 @@ class RequestRegistry:
                 self._queued -= 1
                 self._counts["started"] += 1
 
-    def remove(self, entry: LiveRequest, outcome: str = FINISHED) -> bool:
-        """Take a request out; count ``outcome``. False if it was already out."""
+    def remove(self, entry: LiveRequest, outcome: Optional[str] = FINISHED) -> bool:
+        """Take a request out; count ``outcome`` (None: a refusal, counted by the
+        caller as ``rejected``). False if it was already out."""
         lock = self._lock
         lock.acquire()
         try:
@@ -184,7 +225,8 @@ class RequestRegistry:
             left = per_host.pop(entry.host) - 1
             if left:
                 per_host[entry.host] = left
-            self._counts[outcome] += 1
+            if outcome is not None:
+                self._counts[outcome] += 1
             if self._waiting and not live:
                 self._emptied.notify_all()
         finally:

@@ -41,8 +41,16 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
   descriptor is switched to non-blocking while workers accept (its Python
   timeout is untouched) and restored when ``serve_forever()`` returns; the loser's
   ``accept()`` fails with EAGAIN, which is ignored.
-* Connection limits are checked and the request registered under one lock, so
-  workers accepting at once never admit more than the limits allow.
+* Connection limits are checked and the request registered in one locked step
+  (the registry's ``admit``), so workers accepting at once never admit more than
+  the limits allow.
+* Every hook on the accept path (``get_request``, ``verify_request``,
+  ``handle_error``) runs in whichever worker accepted, so several may run at once:
+  unlike the stdlib, which calls them from the loop thread only. That is why this
+  mode is opt-in (``workers_accept = True``): hooks must be thread-safe. An
+  exception from one of them ends ``serve_forever()`` as it does when the loop
+  accepts (the worker hands it to the loop), never a worker that dies at the
+  listener and a server that no longer accepts.
 
 This module holds that mode, as :class:`WorkersAccept`, the base of
 :class:`~pyserve.pool.workers.ThreadPoolMixIn`, which owns the workers and the hand-off.
@@ -152,18 +160,15 @@ class WorkersAccept(_Base):
     _free_slots: list[_Slot]
     #: How many workers may wait on the listener at once (see the module doc).
     _accept_slots: int = 2
-    _admit_lock: Any
-    _admitted: dict[int, LiveRequest]
-    _accept_fatal: Optional[OSError] = None
+    _accept_fatal: Optional[BaseException] = None
 
-    def _start_worker(self, job: Optional[_Job]) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by ThreadPoolMixIn, the subclass that owns the workers
 
-    def _run(self, job: _Job) -> None:
-        raise NotImplementedError
+        def _start_worker(self, job: Optional[_Job]) -> None: ...
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        raise NotImplementedError
+        def _run(self, job: _Job) -> None: ...
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None: ...
 
     # -- workers accept: entering and leaving the mode -----------------------------
 
@@ -177,6 +182,10 @@ class WorkersAccept(_Base):
             and listener.type == socket.SOCK_STREAM
             and listener.gettimeout() is None
             and listener.fileno() == self.fileno()
+            # Never toggle O_NONBLOCK on an open file description another process
+            # may share (an adopted or inherited socket): one that is already
+            # non-blocking (prefork's listeners are, for good) needs no toggle.
+            and (not getattr(self, "socket_adopted", False) or not os.get_blocking(self.fileno()))
         )
 
     def _serving_started(self) -> None:
@@ -221,14 +230,6 @@ class WorkersAccept(_Base):
                 pass  # the listener is closed already
         super()._serving_stopped()
 
-    def _hold_accept(self, reason: str) -> None:
-        super()._hold_accept(reason)
-        self._sync_gate()
-
-    def _release_accept(self, reason: str) -> None:
-        super()._release_accept(reason)
-        self._sync_gate()
-
     def _sync_gate(self) -> None:
         """Open the gate exactly when workers should accept; wake them accordingly."""
         if self._gate is None:
@@ -238,7 +239,7 @@ class WorkersAccept(_Base):
             want = (
                 self._worker_mode
                 and not self._pool_closed
-                and self._accept_holds == {_WORKERS_ACCEPT}
+                and self.accept_gate.held_only_by(_WORKERS_ACCEPT)
             )
             if gate is None or want == self._gate_open:
                 return
@@ -283,13 +284,9 @@ class WorkersAccept(_Base):
         The hot path of a short connection, so it enters the request as running
         in one step and calls ``process_request_thread()`` itself.
         """
-        entry = self._admitted.pop(threading.get_ident(), None) if self._admitted else None
-        if entry is None:
-            entry = self._track_running(
-                request, client_address, worker.thread or threading.current_thread()
-            )
-        else:  # admitted under the limits' lock, as queued
-            self._started(entry)
+        entry = self._track_running(
+            request, client_address, worker.thread or threading.current_thread()
+        )
         slot, worker.slot = worker.slot, None
         if slot is not None:
             self._return_slot(slot)
@@ -306,17 +303,6 @@ class WorkersAccept(_Base):
 
     def _backoff_in_loop(self) -> bool:
         return threading.get_ident() in self._in_accept or super()._backoff_in_loop()
-
-    def _within_limits(self, client_address: Any, request: Any = None) -> bool:
-        """In a worker that accepts: check the limits and register, atomically."""
-        ident = threading.get_ident()
-        if ident not in self._in_accept:
-            return super()._within_limits(client_address, request)
-        with self._admit_lock:
-            if not super()._within_limits(client_address, request):
-                return False
-            self._admitted[ident] = self._track(request, client_address)
-            return True
 
     def _accept_turn(self, worker: _Worker) -> None:
         """Wait for a connection or the gate; take at most one connection.
@@ -338,17 +324,24 @@ class WorkersAccept(_Base):
             return  # only the gate: stop accepting
         try:
             self._handle_request_noblock()
-        except OSError as exc:  # the listener itself failed (ACCEPT_FATAL)
-            if self._closing():
+        except BaseException as exc:
+            # The listener failed (ACCEPT_FATAL), or a hook on the accept path
+            # raised (get_request, verify_request, handle_error...). Where the loop
+            # accepts, that exception ends serve_forever(); so it does here: the
+            # worker hands it to the loop, which re-raises it, instead of dying at
+            # the listener and leaving a server that no longer accepts.
+            if isinstance(exc, OSError) and self._closing():
                 return  # closed under our feet by server_close()
             with self._pool_lock:
-                self._accept_fatal = exc
+                if self._accept_fatal is None:
+                    self._accept_fatal = exc
             self._hold_accept(_LISTENER_FAILED)
             self._BaseServer__shutdown_request = True  # stop the loop; it re-raises
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """As ``BaseServer.serve_forever()``; a listener that fails in a worker's
-        ``accept()`` ends it with that error, as it does when the loop accepts."""
+        """As ``BaseServer.serve_forever()``; what ends it when the loop accepts (a
+        failed listener, an exception from a hook on the accept path) ends it with
+        the same exception when a worker accepts."""
         self._accept_fatal = None
         try:
             super().serve_forever(poll_interval)
@@ -360,7 +353,7 @@ class WorkersAccept(_Base):
     def _closing(self) -> bool:
         return self._pool_closed  # read afresh: another thread may set it
 
-    def _take_fatal(self) -> Optional[OSError]:
+    def _take_fatal(self) -> Optional[BaseException]:
         fatal, self._accept_fatal = self._accept_fatal, None
         if fatal is not None:
             self._release_accept(_LISTENER_FAILED)

@@ -24,16 +24,27 @@ and the kernel's backlog absorbs the burst. The first worker to free a slot
 releases the hold. So the number of threads never exceeds ``max_workers``, and no
 accepted connection is ever dropped: at worst, new ones wait in the backlog.
 
-Workers accept
---------------
-While ``serve_forever()`` runs on Linux, idle workers wait on the listener
-themselves and run the whole request path, with no hand-off: see
-:mod:`pyserve.pool.accept`. ``workers_accept = False`` restores the hand-off;
-it is also used where epoll's ``EPOLLEXCLUSIVE`` is missing, for datagram
-servers, for a listener with a timeout, and for ``handle_request()``. There, when
-the listener is readable, the loop accepts up to ``accept_batch`` connections
-before it sleeps again (checking readiness with a zero-timeout poll, so the
-listener's blocking mode is untouched).
+Workers accept (opt-in)
+-----------------------
+By default the loop thread accepts, and every hook on the accept path
+(``get_request``, ``verify_request``, ``handle_error``) runs in that one thread,
+as in the stdlib. When the listener is readable the loop accepts up to
+``accept_batch`` connections before it sleeps again (checking readiness with a
+zero-timeout poll, so the listener's blocking mode is untouched).
+
+``workers_accept = True`` lets idle workers wait on the listener themselves on
+Linux and run the whole request path with no hand-off (see
+:mod:`pyserve.pool.accept`): about a third more short connections per second on
+one core, bought with hooks that run concurrently in several workers, so they
+must be thread-safe. It falls back to the hand-off where epoll's
+``EPOLLEXCLUSIVE`` is missing, for datagram servers, for a listener with a
+timeout, for an adopted listener that is still blocking, and for
+``handle_request()``.
+
+If a worker thread cannot start (``RuntimeError: can't start new thread``), the
+request waits in the queue for a worker that exists; with no worker at all the
+request fails like any other ``process_request()`` error (``handle_error()``, the
+connection closed, nothing left in the registry).
 
 Workers are daemon threads: a pool never keeps a process alive by itself.
 ``server_close()`` waits at most ``close_timeout`` for requests in flight (see
@@ -46,6 +57,7 @@ pool has few threads, so a client that dawdles must not keep one.
 from __future__ import annotations
 
 import collections
+import logging
 import select
 import socket
 import threading
@@ -53,7 +65,6 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
-from pyserve.lifecycle.registry import LiveRequest
 from pyserve.pool.accept import (
     _ACCEPT,
     _EXIT,
@@ -72,6 +83,8 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
+logger = logging.getLogger("pyserve")
+
 _POOL_FULL = "pool-full"
 
 class ThreadPoolMixIn(WorkersAccept):
@@ -84,9 +97,10 @@ class ThreadPoolMixIn(WorkersAccept):
     Class attributes that may be overridden:
 
     - ``max_workers``: the most worker threads (each serves one request at a time)
-    - ``workers_accept``: idle workers wait on the listener themselves (Linux,
-      stream servers, ``serve_forever()``); False hands each request over from
-      the loop
+    - ``workers_accept``: False (the default) hands each request over from the
+      loop; True lets idle workers wait on the listener themselves (Linux, stream
+      servers, ``serve_forever()``), with the hooks on the accept path running in
+      several workers at once (see the module documentation)
     - ``queue_size``: in hand-off mode, accepted requests that may wait for a
       worker before the server stops accepting
     - ``accept_batch``: in hand-off mode, the most connections accepted per loop
@@ -94,14 +108,19 @@ class ThreadPoolMixIn(WorkersAccept):
     - ``close_timeout``: seconds ``server_close()`` waits for requests in flight
       before forcing them to end (None: wait as long as they run)
     - ``idle_timeout`` (60 s), ``request_deadline`` (300 s), ``max_line_length``
-      (64 KiB): protections for stream handlers, on by default here
+      (64 KiB), ``busy_idle_timeout`` (5 s while saturated): protections for
+      stream handlers, on by default here
+    - ``saturation_log_interval``: at most one "pool saturated" WARNING this often
+
+    :meth:`saturated` says whether requests are waiting for a worker now.
     """
 
     #: A connection holds a worker for its whole life, so the pool must be large
     #: enough for the keep-alive clients you expect; 32 serves a small service.
     max_workers: int = 32
-    #: No hand-off per connection where the platform allows (see the module doc).
-    workers_accept: bool = True
+    #: Off: the accept path's hooks run in one thread, as in the stdlib (see the
+    #: module doc for what turning it on buys and costs).
+    workers_accept: bool = False
     #: Twice the workers: a burst is accepted promptly, a flood waits in the backlog.
     queue_size: int = 64
     #: Enough to drain a burst per wake-up; small enough to keep the loop responsive.
@@ -114,6 +133,12 @@ class ThreadPoolMixIn(WorkersAccept):
     request_deadline: Optional[float] = 300.0
     #: The longest line rfile.readline() returns, as http.server's own limit.
     max_line_length: Optional[int] = 65536
+    #: While requests wait for a worker, a connection silent this long gives its
+    #: worker up: five seconds spares a client between two requests of one
+    #: exchange, yet frees a worker long before idle_timeout.
+    busy_idle_timeout: Optional[float] = 5.0
+    #: At most one "pool saturated" warning this often (seconds).
+    saturation_log_interval: float = 60.0
     #: How long shutdown() waits for workers to leave the accept path.
     _accept_exit_timeout: float = 5.0
 
@@ -146,8 +171,12 @@ class ThreadPoolMixIn(WorkersAccept):
         self._pool_closed = False
         self._pool_held = False
         self._worker_serial = 0
+        self._saturation_logged = -float("inf")  # monotonic time of the last warning
+        self._saturation_unlogged = 0
         # A zero-timeout poll on the listener, for batch accepts: (fd, poll object).
         self._ready_poll: Optional[tuple[int, Any]] = None
+        # The workers' own gate follows the server's accept gate.
+        self.accept_gate.subscribe(self._sync_gate)
         # Workers accept: the gate (receiver, sender), whether it is open, the
         # workers now in the accept path (by thread ident), and the registry entries
         # made at admission (by thread ident), when limits apply.
@@ -159,8 +188,6 @@ class ThreadPoolMixIn(WorkersAccept):
         self._in_accept: dict[int, _Worker] = {}
         self._slots: list[_Slot] = []  # places at the listener (see pool_accept)
         self._free_slots: list[_Slot] = []
-        self._admit_lock = threading.Lock()
-        self._admitted: dict[int, LiveRequest] = {}
 
     # -- the loop side (hand-off) ---------------------------------------------------
 
@@ -171,7 +198,7 @@ class ThreadPoolMixIn(WorkersAccept):
             return  # handle_request(), or a worker that accepts: exactly one request
         ready = self._listener_ready
         for _ in range(self.accept_batch - 1):
-            if self._accept_holds or self._stop_requested or not ready():
+            if not self.accept_gate.is_open or self._stop_requested or not ready():
                 return
             super()._handle_request_noblock()
 
@@ -200,9 +227,17 @@ class ThreadPoolMixIn(WorkersAccept):
                 worker.job = job
                 worker.wake.release()
             elif len(self._workers) < self.max_workers:
-                self._start_worker(job)
+                try:
+                    self._start_worker(job)
+                except RuntimeError:
+                    if not self._workers:
+                        raise  # nobody could ever run it: the request fails
+                    # The system refused a thread (its limit, or memory): the
+                    # request waits for a worker that exists.
+                    self._pending.append(job)
             else:
                 self._pending.append(job)
+                self._note_saturation()
             if (
                 not self._pool_held
                 and not self._idle
@@ -211,6 +246,42 @@ class ThreadPoolMixIn(WorkersAccept):
             ):
                 self._pool_held = True
                 self._hold_accept(_POOL_FULL)
+
+    def saturated(self) -> bool:
+        """True while requests wait for a worker (every worker is busy).
+
+        Idle connections give their worker up after ``busy_idle_timeout`` while
+        this holds (see :mod:`pyserve.lifecycle.limits`).
+        """
+        if self._pending or self._pool_held:
+            return True
+        # Workers accept: waiting connections sit in the kernel's backlog, unseen;
+        # every worker busy and none at the listener is the sign.
+        return (
+            self._worker_mode
+            and not self._idle
+            and not self._in_accept
+            and len(self._workers) >= self.max_workers
+        )
+
+    def _note_saturation(self) -> None:
+        """One WARNING per ``saturation_log_interval`` while the pool is saturated
+        (called with the pool lock held)."""
+        now = time.monotonic()
+        if now - self._saturation_logged < self.saturation_log_interval:
+            self._saturation_unlogged += 1
+            return
+        more = self._saturation_unlogged
+        self._saturation_logged, self._saturation_unlogged = now, 0
+        logger.warning(
+            "thread pool saturated: all %d workers busy, %d requests waiting%s; idle "
+            "connections give up their worker after busy_idle_timeout=%ss; raise "
+            "max_workers (or --max-workers) if this persists",
+            self.max_workers,
+            len(self._pending),
+            f" ({more} more times since the last report)" if more else "",
+            self.busy_idle_timeout,
+        )
 
     def _start_worker(self, job: Optional[_Job]) -> None:
         worker = _Worker()

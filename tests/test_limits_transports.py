@@ -1,0 +1,160 @@
+"""The per-connection limits hold on every transport, with default settings.
+
+Issue "Safe by default": with TLS, ``rfile`` used to fall back to the socket's own
+file object, so ``idle_timeout``, ``request_deadline`` and ``max_line_length`` did
+nothing; a pool whose workers were all held by idle clients made the next client
+wait out the whole idle timeout, and nothing was logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import pytest
+from peers import Certificates, make_certificates
+
+import pyserve
+from pyserve.net.tls import TLSMixIn
+from pyserve.testing import serving
+
+DEADLINE = 10.0
+pytestmark = pytest.mark.timeout(60)
+
+
+class LineEcho(pyserve.StreamRequestHandler):
+    """Echo lines until the client hangs up (what a keep-alive protocol does)."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class RawEcho(pyserve.BaseRequestHandler):
+    """Reads the raw socket, never rfile: protected at the socket all the same."""
+
+    def handle(self) -> None:
+        while True:
+            data = self.request.recv(4096)
+            if not data:
+                return
+            self.request.sendall(data)
+
+
+class TLSPool(TLSMixIn, pyserve.ThreadPoolTCPServer):
+    """The ready pool server with TLS: every protection at its default."""
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def tls_pool(certs: Certificates) -> Iterator[TLSPool]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certs.cert), str(certs.key))
+    server = TLSPool(("127.0.0.1", 0), LineEcho, ssl_context=context, max_workers=4)
+    with serving(server):
+        yield server
+
+
+@contextmanager
+def tls_client(server: pyserve.TCPServer, certs: Certificates) -> Iterator[ssl.SSLSocket]:
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    raw = socket.create_connection(server.server_address, timeout=DEADLINE)
+    with context.wrap_socket(raw, server_hostname="localhost") as client:
+        yield client
+
+
+def test_a_tls_line_over_the_limit_closes_the_connection(
+    tls_pool: TLSPool, certs: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    limit = tls_pool.max_line_length
+    assert limit is not None
+    with tls_client(tls_pool, certs) as client:
+        client.sendall(b"short\n")
+        assert client.recv(64) == b"short\n"
+        try:
+            client.sendall(b"x" * (limit * 3))  # 192 KiB without a newline
+        except OSError:
+            pass  # the server may close while we still send: that is the point
+        assert client.recv(64) == b""
+    assert any("max_line_length" in r.getMessage() for r in caplog.records)
+
+
+def test_a_silent_tls_client_is_dropped_after_the_idle_timeout(
+    tls_pool: TLSPool, certs: Certificates
+) -> None:
+    tls_pool.idle_timeout = 0.3
+    with tls_client(tls_pool, certs) as client:
+        client.sendall(b"hello\n")
+        assert client.recv(64) == b"hello\n"
+        started = time.monotonic()
+        assert client.recv(64) == b""
+        assert time.monotonic() - started < DEADLINE / 2
+
+
+def test_idle_clients_holding_every_worker_give_one_up_to_a_waiting_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Defaults but for a small pool: four idle keep-alive clients hold every worker;
+    a fifth client is served within busy_idle_timeout (5 s), not idle_timeout (60 s),
+    and one WARNING says the pool is saturated and what helps."""
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=4)
+    assert server.busy_idle_timeout is not None
+    with serving(server), ExitStack() as stack:
+        for _ in range(4):
+            idle = stack.enter_context(socket.create_connection(server.server_address))
+            idle.settimeout(DEADLINE)
+            idle.sendall(b"hi\n")
+            assert idle.recv(16) == b"hi\n"  # now it holds a worker, silent
+        with socket.create_connection(server.server_address, timeout=DEADLINE * 2) as late:
+            started = time.monotonic()
+            late.sendall(b"my turn\n")
+            assert late.recv(64) == b"my turn\n"
+            waited = time.monotonic() - started
+        assert waited < server.busy_idle_timeout * 3
+    warnings = [r for r in caplog.records if "saturated" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "max_workers" in warnings[0].getMessage()
+    assert warnings[0].levelno == logging.WARNING
+
+
+def test_busy_clients_are_never_cut_off_while_the_pool_is_saturated() -> None:
+    """Only a silent connection gives up its worker: one that keeps talking stays."""
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=1)
+    server.busy_idle_timeout = 0.2
+    with serving(server), socket.create_connection(server.server_address) as talker:
+        talker.settimeout(DEADLINE)
+        waiter = socket.create_connection(server.server_address, timeout=DEADLINE)
+        with waiter:
+            waiter.sendall(b"waiting\n")
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:  # keeps its worker busy, never idle 0.2 s
+                talker.sendall(b"ping\n")
+                assert talker.recv(16) == b"ping\n"
+                time.sleep(0.05)
+            assert server.saturated()
+        talker.sendall(b"still here\n")
+        assert talker.recv(32) == b"still here\n"
+
+
+def test_a_raw_socket_handler_is_held_to_the_idle_timeout() -> None:
+    """A handler that never touches rfile reads a socket whose timeout is the
+    server's idle_timeout: a silent client cannot hold a pool worker forever."""
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), RawEcho, max_workers=2)
+    server.idle_timeout = 0.3
+    with serving(server), socket.create_connection(server.server_address) as client:
+        client.settimeout(DEADLINE)
+        client.sendall(b"x")
+        assert client.recv(8) == b"x"
+        started = time.monotonic()
+        assert client.recv(8) == b""
+        assert time.monotonic() - started < DEADLINE / 2
+        # Served and logged quietly: a timeout is the peer's doing.
+    assert server.stats.timed_out + server.stats.errored == 1
