@@ -43,7 +43,6 @@ import selectors
 import sys
 import threading
 import time
-from types import TracebackType
 from typing import Any, Callable, Optional
 
 from pyserve import explain
@@ -243,6 +242,9 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         """Take one request: ``(request, client_address)``. Must be overridden."""
         raise NotImplementedError
 
+    def server_activate(self) -> None:
+        """Called by the constructor to activate the server. May be overridden."""
+
     def handle_timeout(self) -> None:
         """Called when :meth:`handle_request` waited :attr:`timeout` in vain."""
 
@@ -317,12 +319,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *args: object) -> None:
         self.server_close()
 
     # -- accept errors ---------------------------------------------------------------

@@ -11,16 +11,18 @@ Its parts, in the order a connection meets them:
 
 1. ``verify_request()`` (in the accept loop; no I/O): the connecting peer must be
    one of ``trusted_proxies``. Anyone else could claim any address in a header,
-   so other peers are refused with one WARNING line on the ``pyserve.net.proxy``
-   logger and counted in ``proxy_rejected``.
+   so other peers are refused, counted in ``proxy_rejected``, and logged as a
+   WARNING on the ``pyserve.proxy`` logger: one line a minute at most, however
+   many peers are refused (the next line says how many were not logged).
 2. ``finish_request()`` (in the worker: a thread, a pool worker, a forked child):
    read the header under ``proxy_header_timeout`` (a total deadline, so a proxy
    trickling bytes cannot hold a worker longer). The header is read *exactly*:
    the parser (:mod:`pyserve.net.proxy_header`) is fed a ``MSG_PEEK`` of what has
    arrived, and only the bytes that belong to the header are then consumed, so
    the application's first bytes stay in the socket for the handler. A missing,
-   malformed or late header closes the connection with one INFO line and counts
-   in ``proxy_header_failures``; the handler never runs.
+   malformed or late header closes the connection and counts in
+   ``proxy_header_failures``, with one INFO line a minute per kind of failure;
+   the handler never runs.
 3. The handler runs with ``client_address`` set to a :class:`ProxiedAddress`: the
    real client's ``(host, port)`` (a tuple, so ``client_address[0]`` and every
    stdlib handler work unchanged) that also carries ``proxy_address`` (the
@@ -34,7 +36,10 @@ With TLS, the PROXY header comes first, in clear, so this mix-in goes *before*
 
     class Server(ProxyProtocolMixIn, TLSMixIn, ThreadingMixIn, TCPServer): ...
 
-Counters are per process: with ``ForkingMixIn`` they grow in the children.
+Every peer-controlled value in these log lines (a Unix client's own socket
+path, a header's source) goes through :func:`pyserve.logs.escape`, so no peer
+can forge a log line. Counters are per process: with ``ForkingMixIn`` they grow
+in the children.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
 from pyserve.errors import ProtocolError
+from pyserve.logs import RateLimitedLog, escape
 from pyserve.net.proxy_header import (
     DEFAULT_MAX_V2_LENGTH,
     NEED_DATA,
@@ -162,6 +168,9 @@ class ProxyProtocolMixIn(_Base):
     #: seconds is far beyond that, and bounds what a stuck peer costs a worker.
     proxy_header_timeout: float = 5.0
     proxy_max_v2_length: int = DEFAULT_MAX_V2_LENGTH
+    #: Seconds between two log lines of one kind of peer fault (a refused peer,
+    #: a bad header): a scan of the port costs one line, not one per connection.
+    proxy_log_interval: float = 60.0
 
     def __init__(
         self,
@@ -186,6 +195,7 @@ class ProxyProtocolMixIn(_Base):
         self.proxy_rejected = 0
         self.proxy_header_failures = 0
         self._proxy_counter_lock = threading.Lock()
+        self._proxy_faults = RateLimitedLog(logger, self.proxy_log_interval)
 
     def is_trusted_proxy(self, peer: Any) -> bool:
         """True if ``peer`` (a connection's address) may send PROXY headers."""
@@ -204,7 +214,14 @@ class ProxyProtocolMixIn(_Base):
         if not self.is_trusted_proxy(client_address):
             with self._proxy_counter_lock:
                 self.proxy_rejected += 1
-            logger.warning("Refused %s: not a trusted proxy", client_address)
+                refused = self.proxy_rejected
+            self._proxy_faults.report(
+                logging.WARNING,
+                "untrusted peer",
+                "Refused %s: not a trusted proxy (%d refused so far)",
+                escape(client_address),
+                refused,
+            )
             return False
         return super().verify_request(request, client_address)
 
@@ -215,7 +232,13 @@ class ProxyProtocolMixIn(_Base):
         except (ProtocolError, OSError, EOFError) as exc:
             with self._proxy_counter_lock:
                 self.proxy_header_failures += 1
-            logger.info("Bad PROXY header from %s: %s", client_address, _reason(exc))
+            self._proxy_faults.report(
+                logging.INFO,
+                f"bad header: {type(exc).__name__}",  # a class of ours or the stdlib's
+                "Bad PROXY header from %s: %s",
+                escape(client_address),
+                _reason(exc),
+            )
             return
         super().finish_request(request, self._client_address(header, client_address))
 
@@ -269,6 +292,7 @@ def _consume(request: socket.socket, count: int) -> None:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why a header failed, in our words (peer bytes inside are already repr()'d)."""
     if isinstance(exc, socket.timeout):
         return "timed out"
     return str(exc) or type(exc).__name__
