@@ -304,6 +304,7 @@ def build_server(
     # A server that cannot finish a request must not hold a test for the default
     # 30 s when it closes (the stdlib has no such setting; it ignores this one).
     server.close_timeout = 1.0
+    server.drain_force_timeout = 0.5
     server.fault_port = -1
     server.fault_raised = set()
     server.reported = []
