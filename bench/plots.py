@@ -22,18 +22,41 @@ X = "\N{MULTIPLICATION SIGN}"
 DPI = 80  # keeps each PNG well under 100 KB
 
 
+def number(value: float) -> str:
+    """A bar's figure: thousands separated, two decimals below 100, and never
+    "-0.00" (a memory growth of -0.001 KiB is zero, said as zero)."""
+    if abs(value) < 0.005:
+        return "0"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def label(table: Any, scenario: str, target: str, value: float) -> str:
+    """What a bar says: its figure, its ratio to the baseline, and for a burst
+    how many connections were served, so a short time that gave up early is not
+    read as a fast one."""
+    text = number(value)
+    if kind(scenario) == "burst":
+        text += " s"
+        offered = SCENARIOS[scenario][2]["conns"]
+        served = table.value(scenario, target, "served")
+        if served is not None and served < offered:
+            return text + f", gave up: {served:,.0f} of {offered:,} served"
+        return text + f", all {offered:,} served"
+    ratio = table.ratio(scenario, target)
+    if ratio is not None:
+        text += f"  ({number(ratio)}{X})"
+    return text
+
+
 def _bars(ax: Any, table: Any, scenario: str, targets: list[str]) -> None:
     names, values, labels = [], [], []
     for t in targets:
         v = table.value(scenario, t)
         if v is None:
             continue
-        r = table.ratio(scenario, t)
         names.append(t)
-        values.append(v)
-        labels.append(f"{v:,.0f}" if v >= 100 else f"{v:.2f}")
-        if r is not None:
-            labels[-1] += f"  ({r:.2f}{X})"
+        values.append(max(v, 0.0))  # a negative memory growth is noise: draw none
+        labels.append(label(table, scenario, t, v))
     colors = ["tab:green" if n.startswith("pyserve") else "tab:gray" if n.startswith("stdlib")
               or n == BASELINE[SCENARIOS[scenario][0]] else "tab:blue" for n in names]
     y = range(len(names))
@@ -47,7 +70,7 @@ def _bars(ax: Any, table: Any, scenario: str, targets: list[str]) -> None:
     for i, text in enumerate(labels):
         ax.text(values[i], i, " " + text, va="center", fontsize=7)
     if values:
-        ax.set_xlim(0, max(values) * 1.45)
+        ax.set_xlim(0, (max(values) or 1.0) * 1.9)  # room for the longest label
 
 
 def _figure(table: Any, scenarios: list[str], targets: list[str], path: str,

@@ -1,17 +1,26 @@
-"""Turning raw results into the markdown report, the pass/fail table and plots.
+"""Turning raw results into the report (Markdown and reST), the pass/fail table and plots.
 
 Input: the per-run result dicts of scenarios.run_one (raw.jsonl), the in-process
 results of inproc.py (inproc.jsonl) and meta.json (machine facts, options, what
 was n/a and why). Every figure is a median over rounds; every ratio divides two
 medians from the same invocation, so slow and fast moments of a shared machine
-hit both sides. ``render(outdir)`` writes ``results.md`` and the PNGs and can be
-rerun on an old output directory (``run.py --report DIR``).
+hit both sides.
+
+Each table is built once as a header and rows (``Report``), then written twice:
+as Markdown (``results.md``, for a terminal or a code review) and as reST
+(``report.inc``, list-tables that the docs' results page includes, so no column
+hides off-screen). ``render(outdir)`` writes both and the PNGs and can be rerun
+on an old output directory (``run.py --report DIR``); ``publish(outdir, docs)``
+renders a run into the docs' ``results/`` directory with the raw data beside
+it, so ``run.py --report docs/results`` renders the page again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import statistics
 from typing import Any, Optional
 
@@ -123,9 +132,12 @@ def targets_table(table: Table, inproc: Rows) -> list[list[str]]:
     return out
 
 
-def harness_check(table: Table) -> list[str]:
-    lines = ["| scenario | c-epoll (native) | best Python server | headroom | "
-             "loadgen CPU with c-epoll | verdict |", "|---|---|---|---|---|---|"]
+HARNESS_HEADER = ["scenario", "c-epoll (native)", "best Python server", "headroom",
+                  "loadgen CPU with c-epoll", "verdict"]
+
+
+def harness_check(table: Table) -> list[list[str]]:
+    rows: list[list[str]] = []
     for scen in ("echo-1", "echo-10", "echo-100", "connrate-10"):
         native = table.value(scen, "c-epoll")
         pythons = [(table.value(scen, t), t) for (s, t) in table.ok
@@ -143,9 +155,9 @@ def harness_check(table: Table) -> list[str]:
         else:
             verdict = ("native no faster, load generator not CPU-bound: loopback "
                        "latency and CPU scheduling set this limit, not the harness's CPU")
-        lines.append(f"| {scen} | {fmt(native)} | {fmt(best)} ({who}) | {fmt(headroom)}{X} | "
-                     f"{fmt(cpu)} | {verdict} |")
-    return lines
+        rows.append([scen, fmt(native), f"{fmt(best)} ({who})", f"{fmt(headroom)}{X}",
+                     fmt(cpu), verdict])
+    return rows
 
 
 COLUMNS = {
@@ -162,52 +174,92 @@ COLUMNS = {
 }
 
 
-def scenario_tables(table: Table, targets: list[str], scenarios: list[str]) -> list[str]:
-    lines: list[str] = []
+def scenario_tables(table: Table, targets: list[str], scenarios: list[str]
+                    ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """One (title, header, rows) per scenario."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
     for scen in scenarios:
         k = kind(scen)
         key, unit, higher = PRIMARY[k]
         family = SCENARIOS[scen][0]
         extra = COLUMNS[k]
-        lines += [f"### {scen}: {unit} ({'higher' if higher else 'lower'} is better)", "",
-                  f"| target | median | min{DASH}max | {X} " + BASELINE[family] + " | "
-                  + " | ".join(c for c, _ in extra) + " |",
-                  "|---" * (4 + len(extra)) + "|"]
+        title = f"{scen}: {unit} ({'higher' if higher else 'lower'} is better)"
+        header = ["target", "median", f"min{DASH}max", f"{X} " + BASELINE[family]]
+        header += [c for c, _ in extra]
+        rows: list[list[str]] = []
         for t in targets:
-            rows = table.ok.get((scen, t), [])
+            runs = table.ok.get((scen, t), [])
             errs = table.errors.get((scen, t), [])
-            if not rows and not errs:
+            if not runs and not errs:
                 continue
-            if not rows:
-                lines.append(f"| {t} | failed: {errs[0]} |" + " |" * (2 + len(extra)))
+            if not runs:
+                rows.append([t, f"failed: {errs[0]}"] + [""] * (2 + len(extra)))
                 continue
-            values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+            values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
             cells = [t, fmt(table.value(scen, t)),
                      f"{fmt(min(values))}{DASH}{fmt(max(values))}" if values else "n/a",
                      f"{fmt(table.ratio(scen, t))}{X}"]
-            cells += [fmt(median(rows, col)) for _, col in extra]
+            cells += [fmt(median(runs, col)) for _, col in extra]
             if errs:
                 cells[0] += f" ({len(errs)} failed runs)"
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return lines
+            rows.append(cells)
+        out.append((title, header, rows))
+    return out
 
 
-def lifecycle_lines(inproc: Rows) -> list[str]:
-    lines = ["| module | server | samples | shutdown() median ms | p99 ms | max ms | "
-             "drain(grace) s under load |", "|---|---|---|---|---|---|---|"]
+LIFECYCLE_HEADER = ["module", "server", "samples", "shutdown() median ms", "p99 ms", "max ms",
+                    "drain(grace) s under load"]
+
+
+def lifecycle_rows(inproc: Rows) -> list[list[str]]:
+    rows: list[list[str]] = []
     groups: dict[tuple[str, str], Rows] = {}
     for r in inproc:
         groups.setdefault((r["module"], r["server_class"]), []).append(r)
-    for (module, cls), rows in groups.items():
-        shut = [r["shutdown"] for r in rows]
-        drains = [r["drain"] for r in rows if r.get("drain")]
+    for (module, cls), group in groups.items():
+        shut = [r["shutdown"] for r in group]
+        drains = [r["drain"] for r in group if r.get("drain")]
         drain = (f"{fmt(median(drains, 'drain_s'), 3)} (grace {drains[0]['grace_s']} s, "
                  f"{drains[0]['clients']} clients)" if drains else "n/a (no drain())")
-        lines.append(f"| {module} | {cls} | {sum(s['samples'] for s in shut)} | "
-                     f"{fmt(median(shut, 'median_ms'), 3)} | {fmt(median(shut, 'p99_ms'), 3)} | "
-                     f"{fmt(max(s['max_ms'] for s in shut), 3)} | {drain} |")
-    return lines
+        rows.append([module, cls, str(sum(s["samples"] for s in shut)),
+                     fmt(median(shut, "median_ms"), 3), fmt(median(shut, "p99_ms"), 3),
+                     fmt(max(s["max_ms"] for s in shut), 3), drain])
+    return rows
+
+
+def load_average(facts: dict[str, Any], key: str) -> Optional[list[str]]:
+    """The 1, 5 and 15 minute load averages recorded in /proc/loadavg, or None."""
+    fields = str(facts.get(key) or "").split()
+    return fields[:3] if len(fields) >= 3 else None
+
+
+def load_sentence(facts: dict[str, Any]) -> str:
+    cores = facts.get("cores") or "?"
+    parts = []
+    for key, when in (("loadavg_before", "when the run began"), ("loadavg_after", "when it ended")):
+        load = load_average(facts, key)
+        if load:
+            parts.append(f"{load[0]} / {load[1]} / {load[2]} {when}")
+    if not parts:
+        return "The machine's load average was not recorded."
+    return (f"Load average (1 / 5 / 15 minutes) on {cores} cores: " + "; ".join(parts) + ".")
+
+
+def busy(facts: dict[str, Any]) -> Optional[str]:
+    load = load_average(facts, "loadavg_before")
+    cores = facts.get("cores") or 1
+    if load and float(load[0]) > 2 * cores:
+        return (f"The machine was busy (load average {load[0]} on {cores} cores when the "
+                "run began): single figures are noisy; read the ratios.")
+    return None
+
+
+TARGETS_HEADER = ["target", "measured", "goal", "result"]
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def markdown(raw: Rows, inproc: Rows, meta: dict[str, Any]) -> str:
@@ -216,39 +268,135 @@ def markdown(raw: Rows, inproc: Rows, meta: dict[str, Any]) -> str:
     lines = ["# pyserve benchmark results", "",
              f"Run {meta['started']}, {meta['rounds']} rounds of {meta['duration']} s per "
              f"scenario, contenders interleaved; backlog: {meta['backlog']}. Medians over "
-             "rounds; ratios divide medians of this run.", "",
-             "| machine | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in facts.items()]
-    load = str(facts.get("loadavg_before", "")).split()
-    cores = facts.get("cores") or 1
-    if load and float(load[0]) > 2 * cores:
-        lines += ["", f"**The machine was busy** (load average {load[0]} on {cores} cores "
-                  "when the run began): single figures are noisy; read the ratios."]
-    lines += ["", "## Targets", "", "| target | measured | goal | result |", "|---|---|---|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in targets_table(table, inproc)]
+             "rounds; ratios divide medians of this run.", ""]
+    lines += md_table(["machine", ""], [[k, str(v)] for k, v in facts.items()])
+    lines += ["", load_sentence(facts)]
+    warning = busy(facts)
+    if warning:
+        lines += ["", f"**{warning.split(' (')[0]}** (" + warning.split(" (", 1)[1]]
+    lines += ["", "## Targets", ""]
+    lines += md_table(TARGETS_HEADER, targets_table(table, inproc))
     lines += ["", "## Is the load generator the bottleneck?", "",
               "The same load generator against a native epoll echo server (c-epoll): "
               "if it drives that much faster than any Python server, the Python figures "
               "are the servers' own.", ""]
     check = harness_check(table)
-    lines += check if len(check) > 2 else ["(no echo or connrate scenario with c-epoll ran)"]
+    lines += md_table(HARNESS_HEADER, check) if check else [
+        "(no echo or connrate scenario with c-epoll ran)"]
     lines += ["", "## Scenarios", ""]
-    lines += scenario_tables(table, meta["targets"], meta["scenarios"])
-    lines += ["## Lifecycle (in-process)", "", *lifecycle_lines(inproc)]
+    for title, header, rows in scenario_tables(table, meta["targets"], meta["scenarios"]):
+        lines += [f"### {title}", "", *md_table(header, rows), ""]
+    lines += ["## Lifecycle (in-process)", "", *md_table(LIFECYCLE_HEADER, lifecycle_rows(inproc))]
     if meta.get("unavailable"):
         lines += ["", "## Not measured (n/a)", ""]
         lines += [f"- {name}: {why}" for name, why in meta["unavailable"].items()]
     return "\n".join(lines) + "\n"
 
 
-def render(outdir: str) -> str:
+# -- reST ---------------------------------------------------------------------------
+
+_LIST_MARKER = re.compile(r"^(?:[-+*•]|\d+[.)]|#\.|\(\d+\))(?:\s|$)")
+
+
+def rst_text(text: str) -> str:
+    """``text`` as plain reST: markup characters escaped, no accidental list."""
+    text = re.sub(r"([\\*`|_])", r"\\\1", text)
+    return "\\" + text if _LIST_MARKER.match(text) else text
+
+
+def rst_heading(title: str, underline: str) -> list[str]:
+    text = rst_text(title)
+    return [text, underline * len(text), ""]
+
+
+def rst_table(header: list[str], rows: list[list[str]], widths: Optional[list[int]] = None
+              ) -> list[str]:
+    lines = [".. list-table::", "   :header-rows: 1"]
+    if widths:
+        lines.append("   :widths: " + " ".join(map(str, widths)))
+    lines.append("")
+    for row in [header, *rows]:
+        for i, cell in enumerate(row):
+            lines.append(f"   {'* -' if i == 0 else '  -'} {rst_text(cell)}".rstrip())
+    return [*lines, ""]
+
+
+def restructuredtext(raw: Rows, inproc: Rows, meta: dict[str, Any]) -> str:
+    """The report for the docs: sections under the including page's title."""
+    table = Table(raw)
+    facts = meta["facts"]
+    lines = [".. This file is generated by bench/report.py (python3 bench/run.py --docs);",
+             "   edit the generator, not this file.", "",
+             f"Run {rst_text(str(meta['started']))}: {meta['rounds']} rounds of "
+             f"{meta['duration']} s per scenario, contenders interleaved; listen backlog "
+             f"{rst_text(str(meta['backlog']))}. Medians over rounds; ratios divide medians "
+             "of this run.", ""]
+    lines += rst_heading("The machine", "-")
+    lines += [rst_text(load_sentence(facts)), ""]
+    warning = busy(facts)
+    if warning:
+        lines += [".. warning::", "", "   " + rst_text(warning), ""]
+    lines += rst_table(["fact", "value"], [[k, str(v)] for k, v in facts.items()], [1, 3])
+    lines += rst_heading("Targets", "-")
+    lines += rst_table(TARGETS_HEADER, targets_table(table, inproc), [6, 3, 2, 1])
+    lines += rst_heading("Is the load generator the bottleneck?", "-")
+    lines += ["The same load generator against a native epoll echo server (c-epoll): if it",
+              "drives that much faster than any Python server, the Python figures are the",
+              "servers' own.", ""]
+    check = harness_check(table)
+    lines += (rst_table(HARNESS_HEADER, check, [2, 2, 3, 2, 2, 5]) if check
+              else ["(No echo or connrate scenario with c-epoll ran.)", ""])
+    lines += rst_heading("Scenarios", "-")
+    for title, header, rows in scenario_tables(table, meta["targets"], meta["scenarios"]):
+        lines += rst_heading(title, "~")
+        lines += rst_table(header, rows) if rows else ["(Nothing ran.)", ""]
+    lines += rst_heading("Lifecycle (in-process)", "-")
+    rows = lifecycle_rows(inproc)
+    lines += rst_table(LIFECYCLE_HEADER, rows) if rows else ["(Not measured.)", ""]
+    if meta.get("unavailable"):
+        lines += rst_heading("Not measured (n/a)", "-")
+        lines += [f"* {rst_text(name)}: {rst_text(why)}" for name, why in
+                  meta["unavailable"].items()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+PLOTS = ("echo.png", "connections.png", "protocols.png", "shutdown.png")
+RAW_FILES = ("meta.json", "raw.jsonl", "inproc.jsonl")
+
+
+def render(outdir: str, *, with_markdown: bool = True) -> str:
+    """Write results.md, report.inc and the plots of the run in ``outdir``;
+    return the Markdown (the docs' copy, ``with_markdown=False``, has no results.md)."""
+    into = outdir
     raw, inproc, meta = load(outdir)
     text = markdown(raw, inproc, meta)
-    with open(os.path.join(outdir, "results.md"), "w") as f:
-        f.write(text)
+    if with_markdown:
+        with open(os.path.join(into, "results.md"), "w") as f:
+            f.write(text)
+    with open(os.path.join(into, "report.inc"), "w") as f:
+        f.write(restructuredtext(raw, inproc, meta))
     try:
         import plots  # noqa: PLC0415 - optional: matplotlib may be absent
     except ImportError as exc:  # matplotlib is the "bench" extra
         return text + f"\n(no plots: {exc}; pip install 'pyserve[bench]')\n"
-    plots.draw(Table(raw), inproc, meta, outdir)
+    plots.draw(Table(raw), inproc, meta, into)
     return text
+
+
+def publish(outdir: str, docs: str) -> str:
+    """Render the run in ``outdir`` into the docs' results directory ``docs``,
+    with its raw data, so the docs page shows it and can be rendered again."""
+    os.makedirs(docs, exist_ok=True)
+    if os.path.abspath(outdir) != os.path.abspath(docs):
+        for name in RAW_FILES:
+            source = os.path.join(outdir, name)
+            if os.path.exists(source):
+                shutil.copyfile(source, os.path.join(docs, name))
+        for name in PLOTS:  # a plot this run cannot draw must not stay from an old one
+            stale = os.path.join(docs, name)
+            if os.path.exists(stale):
+                os.remove(stale)
+    stale_markdown = os.path.join(docs, "results.md")  # the page includes report.inc
+    if os.path.exists(stale_markdown):
+        os.remove(stale_markdown)
+    return render(docs, with_markdown=False)

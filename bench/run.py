@@ -15,9 +15,16 @@ reported as n/a, never silently dropped. Then ``shutdown()`` latency and drain
 time are measured in-process (inproc.py).
 
 Output directory (``--out``, default bench/results/<timestamp>): ``results.md``
-(machine facts, pass/fail against the targets, every scenario's medians and
-ratios), ``*.png``, and the raw data (``raw.jsonl``, ``inproc.jsonl``,
-``meta.json``, server logs) so ``--report DIR`` can re-render it.
+(machine facts and load average, pass/fail against the targets, every
+scenario's medians and ratios), the same as reST (``report.inc``), ``*.png``, and
+the raw data (``raw.jsonl``, ``inproc.jsonl``, ``meta.json``, server logs) so
+``--report DIR`` can re-render it.
+
+``--docs`` also publishes the run as the documentation's results page: the reST
+report, the plots and the raw data go to docs/results/ (the page is
+docs/results.rst). ``python3 bench/run.py --docs`` is the one command that
+refreshes the page; ``python3 bench/run.py --report docs/results --docs``
+renders the committed data again (after a change to the report's code).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import report
 from scenarios import BENCH, LOADGEN, SCENARIOS, TARGETS, available, run_one
 
 PROJECT = os.path.dirname(BENCH)
+DOCS_RESULTS = os.path.join(PROJECT, "docs", "results")  # what docs/results.rst shows
 CLIENTS = {"wrk": "wrk", "redis-benchmark": "redis-benchmark"}
 
 
@@ -73,6 +81,8 @@ def parse() -> argparse.Namespace:
                         help="skip the shutdown()/drain measurements")
     parser.add_argument("--out", help="output directory")
     parser.add_argument("--report", metavar="DIR", help="only re-render DIR's report")
+    parser.add_argument("--docs", action="store_true",
+                        help="also publish the report, plots and raw data to docs/results/")
     opts = parser.parse_args()
     if opts.backlog == "default":
         opts.backlog = None
@@ -157,7 +167,10 @@ def select(opts: argparse.Namespace, env: dict[str, str]) -> tuple[list[Any], li
 def main() -> None:
     opts = parse()
     if opts.report:
-        print(report.render(opts.report), end="")
+        if opts.docs:
+            print(report.publish(opts.report, DOCS_RESULTS), end="")
+        else:
+            print(report.render(opts.report), end="")
         return
     machine.raise_fd_limit()
     build()
@@ -209,6 +222,9 @@ def main() -> None:
         json.dump(meta, f, indent=1)
     print(report.render(outdir), end="")
     log(f"done in {meta['elapsed_s']} s: {outdir}/results.md and *.png")
+    if opts.docs:
+        report.publish(outdir, DOCS_RESULTS)
+        log(f"published to {DOCS_RESULTS} (the docs' results page)")
 
 
 if __name__ == "__main__":

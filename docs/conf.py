@@ -71,8 +71,14 @@ inheritance_graph_attrs = {"rankdir": "TB", "size": '"8.0, 12.0"'}
 autodoc_member_order = "bysource"
 autodoc_default_options = {"show-inheritance": True}
 
-html_theme = "alabaster"
+# furo: a wide, responsive column, so code blocks and the ASCII diagrams of the
+# tutorial and internals (up to about 100 characters) fit without scrolling
+# sideways; alabaster's fixed 940 px column hid everything past ~70 characters.
+html_theme = "furo"
 html_title = f"pyserve {release}"
+# A wider article on wide screens (the reason is in the file).
+html_static_path = ["_static"]
+html_css_files = ["pyserve.css"]
 
 # Doctests in the docs run against the installed package.
 doctest_global_setup = "import pyserve"

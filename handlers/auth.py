@@ -16,9 +16,23 @@ the careful way:
 
 Every read has a fixed size and the whole exchange one deadline
 (``auth_timeout``), so a client that sends slowly, too little or nothing at all
-costs at most that long. On failure the handler's own ``handle()`` never runs:
-the connection is closed with one WARNING line on the ``pyserve.handlers`` logger
-giving the reason (wrong answer, short read, timeout, reset).
+costs at most that long. On failure the handler's own ``handle()`` never runs
+and the connection is closed.
+
+Guessing is slowed and the log kept quiet (shared by every mix-in built on
+:class:`ChallengeAuthMixIn`, including :mod:`handlers.auth_classic`):
+
+* each failure locks the client's host out for ``auth_failure_delay`` seconds
+  (1 s), doubling with each further failure up to ``auth_max_failure_delay``
+  (60 s); a connection from a locked-out host is closed before any challenge.
+  The per-host table holds at most ``auth_max_hosts`` entries (10,000, oldest
+  dropped first); a success clears the host's record;
+* failures are logged on the ``pyserve.handlers`` logger at most once per reason
+  per minute per server, with a count of those not logged in between.
+
+A key is checked when the class is defined: a class whose ``auth_key`` is not
+bytes of at least ``auth_min_key_size`` (16) bytes raises ``ValueError`` there,
+naming the problem, instead of failing every connection.
 
 Use the mix-in before any stream handler class::
 
@@ -51,18 +65,31 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
+from handlers._handshake import (
+    FailureThrottle,
+    ShortRead,
+    host_of,
+    recv_exactly,
+    send_before,
+    throttle_of,
+)
+from handlers._ratelimit import fault_log
 from pyserve import BaseRequestHandler, ProtocolError
+from pyserve.logs import escape
 
 __all__ = [
     "ACCEPTED",
     "CHALLENGE_SIZE",
     "CONTEXT",
     "MAGIC",
+    "MIN_KEY_SIZE",
     "REJECTED",
     "AuthenticationFailed",
+    "ChallengeAuthMixIn",
     "HMACAuthMixIn",
     "answer_challenge",
     "authenticate",
+    "check_key",
 ]
 
 logger = logging.getLogger("pyserve.handlers")
@@ -86,41 +113,17 @@ class AuthenticationFailed(ProtocolError):
     """The handshake failed (client side): rejected, cut short, or malformed."""
 
 
-def _check_key(key: object) -> bytes:
-    if not isinstance(key, (bytes, bytearray)) or len(key) < MIN_KEY_SIZE:
+def check_key(key: object, min_size: int = MIN_KEY_SIZE) -> bytes:
+    """``key`` as bytes, or ValueError naming what is wrong with it."""
+    if not isinstance(key, (bytes, bytearray)) or len(key) < min_size:
         shown = f"{len(key)} bytes" if isinstance(key, (bytes, bytearray)) else repr(key)
-        raise ValueError(f"auth key must be bytes of at least {MIN_KEY_SIZE} bytes, not {shown}")
+        raise ValueError(f"auth key must be bytes of at least {min_size} bytes, not {shown}")
     return bytes(key)
 
 
 def answer_challenge(key: bytes, challenge: bytes) -> bytes:
     """The 32-byte answer to a 40-byte challenge."""
-    return hmac.new(_check_key(key), CONTEXT + challenge, hashlib.sha256).digest()
-
-
-class _ShortRead(Exception):
-    def __init__(self, received: int, wanted: int) -> None:
-        super().__init__(f"short read: the peer closed after {received} of {wanted} bytes")
-
-
-def _recv_exactly(sock: socket.socket, size: int, deadline: float) -> bytes:
-    """Exactly ``size`` bytes before ``deadline``; _ShortRead or socket.timeout if not."""
-    data = bytearray()
-    while len(data) < size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("timed out")
-        sock.settimeout(remaining)
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise _ShortRead(len(data), size)
-        data += chunk
-    return bytes(data)
-
-
-def _send_before(sock: socket.socket, data: bytes, deadline: float) -> None:
-    sock.settimeout(max(0.001, deadline - time.monotonic()))
-    sock.sendall(data)
+    return hmac.new(check_key(key), CONTEXT + challenge, hashlib.sha256).digest()
 
 
 if TYPE_CHECKING:
@@ -129,23 +132,51 @@ else:
     _Handler = object
 
 
-class HMACAuthMixIn(_Handler):
-    """Authenticates the client before the stream handler's ``handle()`` runs.
+class ChallengeAuthMixIn(_Handler):
+    """The frame of a shared-key handshake: throttle, deadline, logging.
 
-    Class attributes that may be overridden: ``auth_key`` (bytes, at least 16;
-    or override ``get_auth_key()``), ``auth_timeout`` (seconds for the whole
-    handshake). Put it first in the bases: ``class H(HMACAuthMixIn, Handler)``.
-    ``self.authenticated`` tells whether the handshake succeeded.
+    Subclasses implement ``exchange(sock, key, deadline)``: run the handshake on
+    ``sock`` and return None on success or the reason for a failure (a fixed
+    phrase: it is the log's rate-limiting key). Short reads, timeouts and socket
+    errors raised inside it are turned into failures here.
+
+    Class attributes that may be overridden: ``auth_key`` (or override
+    ``get_auth_key()``), ``auth_min_key_size``, ``auth_timeout`` (seconds for the
+    whole handshake), ``auth_failure_delay`` / ``auth_max_failure_delay`` (the
+    host's lock-out after its first failure, and its cap; 0 disables it) and
+    ``auth_max_hosts``. ``self.authenticated`` tells whether the handshake succeeded.
     """
 
     auth_key: Optional[bytes] = None
+    auth_min_key_size: int = MIN_KEY_SIZE
     #: Long enough for a client across the world, short enough that a silent
     #: connection cannot hold a worker for long.
     auth_timeout: float = 10.0
+    #: One second after a first mistake is nothing to a person; doubled per failure
+    #: it holds a guesser to a few dozen tries an hour (the cap is reached at the 7th).
+    auth_failure_delay: float = 1.0
+    auth_max_failure_delay: float = 60.0
+    #: Records of failing hosts kept at most (about 100 bytes each).
+    auth_max_hosts: int = 10_000
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A bad key is the programmer's error: say so once, when the class is
+        # defined, not in a traceback for every connection.
+        key = cls.__dict__.get("auth_key")
+        if key is not None:
+            try:
+                check_key(key, cls.auth_min_key_size)
+            except ValueError as exc:
+                raise ValueError(f"{cls.__name__}: {exc}") from None
 
     def get_auth_key(self) -> bytes:
         """The shared key for this connection. May be overridden."""
-        return _check_key(self.auth_key)
+        return check_key(self.auth_key, self.auth_min_key_size)
+
+    def exchange(self, sock: socket.socket, key: bytes, deadline: float) -> Optional[str]:
+        """Run the handshake: None when the client proved the key, else why not."""
+        raise NotImplementedError
 
     def handle(self) -> None:
         self.authenticated = self._authenticate()
@@ -155,54 +186,88 @@ class HMACAuthMixIn(_Handler):
     def _authenticate(self) -> bool:
         key = self.get_auth_key()  # a programmer's error raises, before any I/O
         sock: socket.socket = self.request
+        host = host_of(self.client_address)
+        throttle = throttle_of(self.server, "shared-key auth", self._make_throttle)
+        wait = throttle.locked_for(host)
+        if wait > 0:
+            self._fault("locked out", f"host locked out for {wait:.1f} s more after failures")
+            return False
         previous_timeout = sock.gettimeout()
         deadline = time.monotonic() + self.auth_timeout
+        try:
+            reason = self.exchange(sock, key, deadline)
+        except ShortRead as exc:
+            reason, detail = "short read", str(exc)
+        except socket.timeout:
+            reason, detail = "timeout", f"no complete answer within {self.auth_timeout} s"
+        except OSError as exc:
+            reason, detail = "connection failed", f"connection failed during the handshake: {exc!r}"
+        else:
+            detail = reason or ""
+        if reason is None:
+            throttle.succeeded(host)
+            sock.settimeout(previous_timeout)
+            return True
+        delay = throttle.failed(host)
+        self._fault(reason, f"{detail}; host locked out for {delay:g} s")
+        return False
+
+    def _make_throttle(self) -> FailureThrottle:
+        return FailureThrottle(
+            self.auth_failure_delay, self.auth_max_failure_delay, max_hosts=self.auth_max_hosts
+        )
+
+    def _fault(self, reason: str, detail: str) -> None:
+        log = fault_log(self.server, "shared-key auth", logger)
+        log.report(
+            logging.WARNING,
+            reason,
+            "authentication failed for %s: %s",
+            escape(self.client_address),
+            detail,
+        )
+
+
+class HMACAuthMixIn(ChallengeAuthMixIn):
+    """Authenticates the client before the stream handler's ``handle()`` runs.
+
+    The ``PYSAUTH1`` exchange described above. Put it first in the bases:
+    ``class H(HMACAuthMixIn, Handler)``; set ``auth_key`` (bytes, at least 16).
+    """
+
+    def exchange(self, sock: socket.socket, key: bytes, deadline: float) -> Optional[str]:
         challenge = MAGIC + secrets.token_bytes(NONCE_SIZE)
         expected = answer_challenge(key, challenge)
-        try:
-            _send_before(sock, challenge, deadline)
-            answer = _recv_exactly(sock, ANSWER_SIZE, deadline)
-            if not hmac.compare_digest(answer, expected):
-                self._reject("wrong answer to the challenge (wrong key or a replay)")
-                try:
-                    _send_before(sock, REJECTED, deadline)
-                except OSError:
-                    pass  # a courtesy to the client; the reason is already logged
-                return False
-            _send_before(sock, ACCEPTED, deadline)
-        except _ShortRead as exc:
-            self._reject(str(exc))
-            return False
-        except socket.timeout:
-            self._reject(f"no complete answer within {self.auth_timeout} s")
-            return False
-        except OSError as exc:
-            self._reject(f"connection failed during the handshake: {exc!r}")
-            return False
-        sock.settimeout(previous_timeout)
-        return True
-
-    def _reject(self, reason: str) -> None:
-        logger.warning("authentication failed for %s: %s", self.client_address, reason)
+        send_before(sock, challenge, deadline)
+        answer = recv_exactly(sock, ANSWER_SIZE, deadline)
+        if not hmac.compare_digest(answer, expected):
+            try:
+                send_before(sock, REJECTED, deadline)
+            except OSError:
+                pass  # a courtesy to the client; the failure is reported anyway
+            return "wrong answer to the challenge (wrong key or a replay)"
+        send_before(sock, ACCEPTED, deadline)
+        return None
 
 
 def authenticate(sock: socket.socket, key: bytes, timeout: float = 10.0) -> None:
     """Answer the server's challenge on ``sock``; return once accepted.
 
     Raises :class:`AuthenticationFailed` if the server rejects the answer, closes
-    early or does not speak this protocol, and ``socket.timeout`` after
-    ``timeout`` seconds. The socket's own timeout is restored on success.
+    early (as it does at once while this host is locked out after failures) or
+    does not speak this protocol, and ``socket.timeout`` after ``timeout``
+    seconds. The socket's own timeout is restored on success.
     """
-    key = _check_key(key)
+    key = check_key(key)
     previous_timeout = sock.gettimeout()
     deadline = time.monotonic() + timeout
     try:
-        challenge = _recv_exactly(sock, CHALLENGE_SIZE, deadline)
+        challenge = recv_exactly(sock, CHALLENGE_SIZE, deadline)
         if not challenge.startswith(MAGIC):
             raise AuthenticationFailed(f"not a {MAGIC!r} challenge: {challenge[:8]!r}")
-        _send_before(sock, answer_challenge(key, challenge), deadline)
-        verdict = _recv_exactly(sock, 1, deadline)
-    except _ShortRead as exc:
+        send_before(sock, answer_challenge(key, challenge), deadline)
+        verdict = recv_exactly(sock, 1, deadline)
+    except ShortRead as exc:
         raise AuthenticationFailed(str(exc)) from None
     if verdict != ACCEPTED:
         raise AuthenticationFailed("the server rejected the answer (wrong key?)")

@@ -27,6 +27,28 @@ which wakes both its reader (end of file) and its writer (broken pipe).
 Each connection thus has two threads: the request thread reads lines (``handle``)
 and the writer thread sends. ``finish`` closes the outbox and joins the writer
 (with a deadline), so no thread outlives its connection.
+
+Fairness: the outbox rule alone would let one member who *sends* 100,000 lines a
+second overflow every reader's outbox, and the room would drop its readers as
+"too slow". So every member also has a :class:`RateLimit` (a token bucket:
+``max_lines_per_second``, bursts of ``max_burst_lines``), taken for each line it
+sends, commands included. A member over its budget first waits: its request
+thread pauses before reading its next line, so its own socket buffers fill and
+TCP slows *its* sender down. A member still over budget after
+``max_throttled_seconds`` of that (a flood, not a paste) is disconnected, so a
+flooder that hangs up does not leave a thread reading its backlog at ten lines
+a second. Readers receive at most the sum of the senders' budgets and stay.
+
+Terminal safety: what one member types is printed on the others' terminals, so
+control characters are escaped before relay (:func:`handlers.chat_limits.clean_text`): C0 controls
+(ESC, BEL, CR, backspace...), DEL, C1 controls and the bidirectional overrides
+that can reorder a terminal line come out as visible ``\\x1b``-style text, so
+nobody can retitle, clear or recolour another's terminal, write to its clipboard
+(OSC 52) or forge a line. TAB is kept: it only moves the cursor right on the same
+line, and pasted code and tables use it.
+
+Logging: disconnections for a peer's fault (too slow, line too long) are logged
+on ``pyserve.chat`` at most once per reason per minute per room, with a count.
 """
 
 from __future__ import annotations
@@ -36,12 +58,25 @@ import logging
 import re
 import socket
 import threading
+import time
 import weakref
 from typing import Any, NamedTuple, Optional
 
+from handlers.chat_limits import RateLimit, clean_text
 from pyserve import StreamRequestHandler, ThreadingTCPServer
+from pyserve.logs import RateLimitedLog, escape
 
-__all__ = ["ChatHandler", "ChatServer", "Command", "Member", "Outbox", "Room", "parse_line"]
+__all__ = [
+    "ChatHandler",
+    "ChatServer",
+    "Command",
+    "Member",
+    "Outbox",
+    "RateLimit",
+    "Room",
+    "clean_text",
+    "parse_line",
+]
 
 logger = logging.getLogger("pyserve.chat")
 
@@ -126,6 +161,8 @@ class Room:
         self._members: dict[str, Member] = {}
         self._lock = threading.Lock()
         self._guest_number = 0
+        #: Peer faults (slow readers, over-long lines): one line per reason per minute.
+        self.faults = RateLimitedLog(logger)
 
     def join(self, outbox: Outbox, sock: socket.socket, address: Any) -> Member:
         with self._lock:
@@ -164,6 +201,7 @@ class Room:
             return None
 
     def say(self, member: Member, text: str) -> None:
+        text = clean_text(text)
         with self._lock:
             self._broadcast_locked(f"<{member.nick}> {text}\n", exclude=member)
 
@@ -182,9 +220,13 @@ class Room:
     def _drop_locked(self, member: Member) -> None:
         del self._members[member.nick]
         member.dropped = True
-        logger.warning(
+        self.faults.report(
+            logging.WARNING,
+            "too slow",
             "disconnecting chat client %s (%s): %d lines queued and it is not reading",
-            member.nick, member.address, member.outbox.limit,
+            member.nick,
+            escape(member.address),
+            member.outbox.limit,
         )
         try:
             member.sock.shutdown(socket.SHUT_RDWR)  # wakes its reader and its writer
@@ -202,6 +244,9 @@ class ChatHandler(StreamRequestHandler["ChatServer"]):
       connection with a logged reason
     - ``max_queued_lines``: how many lines may wait for a client that is not reading
       before it is disconnected
+    - ``max_lines_per_second`` / ``max_burst_lines``: each member's sending budget;
+      over it, the member's next line waits (its own sender is slowed, nobody
+      else is affected)
     - ``send_buffer_size``: the connection's SO_SNDBUF (None: the system's)
     - ``writer_join_timeout``: how long ``finish`` waits for the writer thread
     """
@@ -210,6 +255,14 @@ class ChatHandler(StreamRequestHandler["ChatServer"]):
     #: At a few hundred lines, a client that reads at all keeps up; one that stopped
     #: is dropped after a bounded amount of memory (lines x max_line_length).
     max_queued_lines: int = 256
+    #: Faster than anyone types, slow enough that a room of a dozen senders at full
+    #: budget (120 lines a second) is read comfortably by any client that reads.
+    max_lines_per_second: float = 10.0
+    #: A pasted paragraph or a short listing goes through at once.
+    max_burst_lines: int = 30
+    #: Over budget without a pause for this long is a flood: the member is dropped.
+    #: Five seconds let a paste of about 80 lines through (30 at once, 10 a second).
+    max_throttled_seconds: float = 5.0
     send_buffer_size: Optional[int] = None
     writer_join_timeout: float = 5.0
 
@@ -219,11 +272,15 @@ class ChatHandler(StreamRequestHandler["ChatServer"]):
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_size)
         self.outbox = Outbox(self.max_queued_lines)
         self.writer = threading.Thread(
-            target=self._write_loop, name=f"pyserve chat writer {self.client_address}",
+            target=self._write_loop,
+            name=f"pyserve chat writer {self.client_address}",
             daemon=True,
         )
         self.writer.start()
         self.room = _room_of(self.server)
+        self.rate_limit = RateLimit(self.max_lines_per_second, self.max_burst_lines)
+        #: When this member last went over budget without a pause since (None: within).
+        self.throttled_since: Optional[float] = None
         self.member = self.room.join(self.outbox, self.request, self.client_address)
 
     def _write_loop(self) -> None:
@@ -248,14 +305,44 @@ class ChatHandler(StreamRequestHandler["ChatServer"]):
             if not raw:
                 return
             if len(raw) > limit and not raw.endswith(b"\n"):
-                logger.warning(
+                self.room.faults.report(
+                    logging.WARNING,
+                    "line too long",
                     "disconnecting chat client %s (%s): line longer than %d bytes",
-                    self.member.nick, self.client_address, limit,
+                    self.member.nick,
+                    escape(self.client_address),
+                    limit,
                 )
+                return
+            if not self._pace():
                 return
             command = parse_line(raw.decode("utf-8", "replace").rstrip("\r\n"))
             if not self._obey(command):
                 return
+
+    def _pace(self) -> bool:
+        """Wait out this line's share of the budget; False once it is a flood."""
+        delay = self.rate_limit.wait()
+        if delay <= 0:
+            self.throttled_since = None
+            return True
+        now = time.monotonic()
+        if self.throttled_since is None:
+            self.throttled_since = now
+        elif now - self.throttled_since > self.max_throttled_seconds:
+            self.room.faults.report(
+                logging.WARNING,
+                "flooding",
+                "disconnecting chat client %s (%s): over %g lines a second for %g s",
+                self.member.nick,
+                escape(self.client_address),
+                self.max_lines_per_second,
+                self.max_throttled_seconds,
+            )
+            return False
+        # Not reading is what slows the sender (TCP flow control); nobody else waits.
+        time.sleep(delay)
+        return True
 
     def _obey(self, command: Command) -> bool:
         """Carry out one command; False when the client asked to leave."""

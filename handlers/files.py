@@ -20,21 +20,40 @@ it is false. The conversation::
 The go-ahead before an upload lets the server refuse a bad path or a file over
 ``max_file_size`` before the client sends a byte of it. Refusals keep the
 connection open; a broken conversation (bad JSON, more data than announced) is a
-protocol error: one logged line, and the connection ends.
+protocol error: one logged line (at most one per reason per minute per server),
+and the connection ends.
+
+Safe by default: the protocol has no authentication, so a server is
+**read-only** unless writes are enabled by name (``writable = True`` on the
+handler class, or ``FileServer(..., writable=True)``); the registry's ``files``
+and the command line serve read-only. Whatever the mode:
+
+* dot-files and dot-directories (``.env``, ``.git/``, ``.ssh/``, our own
+  ``.NAME.part`` temporary files) are neither served nor written;
+* only regular files are served: a FIFO, device or socket is refused from its
+  ``stat``, before any ``open`` (opening a FIFO would block a worker until a
+  writer appears; opening some devices has side effects), and a directory is
+  refused with an error reply, on a connection that stays open;
+* a path has at most ``max_path_depth`` parts (16), so one request cannot make
+  thousands of nested directories;
+* writes are bounded per file (``max_file_size``, 100 MiB) and per server
+  (``max_bytes_written``, 1 GiB since it started): an upload that would pass
+  either is refused before its first byte.
 
 Path safety: a path is relative, ``/``-separated, without ``..``, ``.`` or empty
 parts. It is resolved twice. First with ``os.path.realpath`` and
 ``os.path.commonpath`` against the root, for a clear refusal. Then, where the
 platform allows (Linux), the file is reached by opening one directory at a time
-from the root's descriptor with ``O_NOFOLLOW``: a symbolic link anywhere on the
+from the root's descriptor with ``ONOFOLLOW``: a symbolic link anywhere on the
 way, even one swapped in after the first check, makes the open fail instead of
 leaving the root.
 
-Atomic writes: an upload goes to a hidden temporary file in the target's
-directory; when the last byte has arrived it is ``fsync``-ed and renamed over the
-target with ``os.replace``, and the directory is ``fsync``-ed. A connection that
-drops mid-upload removes its temporary file (``finish``), so the target is
-either the old file or the complete new one, never a partial one.
+Atomic writes (:mod:`handlers.files_storage`): an upload goes to a hidden
+temporary file in the target's directory; when the last byte has arrived it is
+``fsync``-ed and renamed over the target with ``os.replace``, and the directory
+is ``fsync``-ed. A connection that drops mid-upload removes its temporary file
+(``finish``), so the target is either the old file or the complete new one,
+never a partial one.
 
 Client helpers: :func:`upload` and :func:`download` speak the protocol over a
 connected socket and check the SHA-256 checksum the server reports.
@@ -46,12 +65,13 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import socket
 import stat
 from typing import Any, BinaryIO, Optional, Union
 
-from handlers.framing import MessageHandler, recv_message, send_message
+from handlers.files_storage import CLOEXEC, NOFOLLOW, Upload, quota_of
+from handlers.framing import recv_message, send_message
+from handlers.messages import MessageHandler
 from pyserve import ProtocolError, ThreadingTCPServer
 
 __all__ = ["CHUNK_SIZE", "FileHandler", "FileServer", "FileServiceError", "download", "upload"]
@@ -63,9 +83,9 @@ CHUNK_SIZE = 64 * 1024
 # Walking directories by descriptor needs openat(2) and friends (os.replace uses
 # renameat(2) like os.rename, but only os.rename is listed in supports_dir_fd).
 _DIR_FD = {os.open, os.mkdir, os.rename, os.unlink} <= os.supports_dir_fd
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Opening a FIFO for reading blocks until a writer appears, unless non-blocking.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class FileServiceError(Exception):
@@ -76,84 +96,36 @@ def _reply(**fields: Any) -> bytes:
     return json.dumps(fields).encode()
 
 
-class _Upload:
-    """An upload in progress: the open temporary file and what remains to come."""
-
-    def __init__(self, dir_fd: Optional[int], directory: str, name: str, size: int) -> None:
-        self.dir_fd = dir_fd
-        self.directory = directory
-        self.name = name
-        self.temp_name = f".{name}.{secrets.token_hex(8)}.part"
-        self.remaining = size
-        self.size = size
-        self.digest = hashlib.sha256()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-        self.fd = os.open(self._at(self.temp_name), flags, 0o644, **self._dir())
-
-    def _at(self, name: str) -> str:
-        return name if self.dir_fd is not None else os.path.join(self.directory, name)
-
-    def _dir(self) -> dict[str, int]:
-        return {} if self.dir_fd is None else {"dir_fd": self.dir_fd}
-
-    def write(self, data: bytes) -> None:
-        if len(data) > self.remaining:
-            raise ProtocolError(f"upload sent more than the {self.size} bytes announced")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        self.digest.update(data)
-        self.remaining -= len(data)
-
-    def commit(self) -> str:
-        """Make the file durable and visible under its name; return its SHA-256."""
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        if self.dir_fd is not None:
-            os.replace(self.temp_name, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            os.fsync(self.dir_fd)  # the rename itself must survive a crash
-        else:
-            os.replace(self._at(self.temp_name), self._at(self.name))
-        self.temp_name = ""
-        return self.digest.hexdigest()
-
-    def close(self) -> None:
-        """Release everything; remove the temporary file unless committed."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.temp_name:
-            try:
-                os.unlink(self._at(self.temp_name), **self._dir())
-            except OSError:
-                pass  # already gone: nothing to clean
-            self.temp_name = ""
-        if self.dir_fd is not None:
-            os.close(self.dir_fd)
-            self.dir_fd = None
-
-
 class FileHandler(MessageHandler):
-    """Serve uploads and downloads under a root directory.
+    """Serve downloads (and, when enabled, uploads) under a root directory.
 
     Class attributes that may be overridden:
 
     - ``root``: the directory served (None: the server's ``file_root`` if it has
       one, else the current directory)
+    - ``writable``: accept uploads (False; ``FileServer(writable=True)`` also enables)
     - ``max_file_size``: the largest upload accepted, in bytes
+    - ``max_bytes_written``: bytes all uploads to one server may write in total
+    - ``max_path_depth``: the most ``/``-separated parts a path may have
     """
 
     root: Optional[str] = None
+    #: Off: the protocol has no authentication, so writing is a choice made by name.
+    writable: bool = False
     #: 100 MiB: generous for a sample service, yet a bound on one client's disk use.
     max_file_size: int = 100 * 1024 * 1024
+    #: 1 GiB per server: ten maximum files, then uploads are refused.
+    max_bytes_written: int = 1024 * 1024 * 1024
+    #: Deeper than any tree people browse by hand; far from 3,000 directories a request.
+    max_path_depth: int = 16
 
     def connection_made(self) -> None:
         root = self.root or getattr(self.server, "file_root", None) or os.getcwd()
         self.root_path = os.path.realpath(root)
         if not os.path.isdir(self.root_path):
             raise ValueError(f"file root is not a directory: {root!r}")
-        self.upload: Optional[_Upload] = None
+        self.upload: Optional[Upload] = None
+        self.accepts_uploads = self.writable or getattr(self.server, "file_writable", False) is True
 
     def handle_message(self, payload: bytes) -> Optional[bytes]:
         if self.upload is not None:
@@ -185,42 +157,66 @@ class FileHandler(MessageHandler):
         return request
 
     def _start_upload(self, request: dict[str, Any]) -> bytes:
+        if not self.accepts_uploads:
+            raise FileServiceError("this server is read-only: uploads are not accepted")
         size = request.get("size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise FileServiceError("size must be a non-negative integer")
         if size > self.max_file_size:
             raise FileServiceError(f"file too large: {size} bytes (limit {self.max_file_size})")
         directory, name = self._resolve(request.get("path"), create=True)
-        dir_fd = self._open_directory(directory)
+        quota = quota_of(self.server)
+        if not quota.reserve(size, self.max_bytes_written):
+            raise FileServiceError(
+                f"write quota reached: this server accepts {self.max_bytes_written} bytes in all"
+            )
+        dir_fd: Optional[int] = None
         try:
-            self.upload = _Upload(dir_fd, directory, name, size)
-        except OSError as exc:
+            dir_fd = self._open_directory(directory)
+            self.upload = Upload(dir_fd, directory, name, size)
+        except (OSError, FileServiceError) as exc:
+            quota.release(size)
             if dir_fd is not None:
                 os.close(dir_fd)
-            raise FileServiceError(f"cannot write {request['path']}: {exc.strerror}") from None
+            if isinstance(exc, FileServiceError):
+                raise
+            raise FileServiceError(f"cannot write {request['path']!r}: {exc.strerror}") from None
         if size == 0:  # nothing will follow: finish now
             self.send_message(_reply(ok=True))
             return self.handle_message(b"") or b""
         return _reply(ok=True)
 
-    def _send_file(self, request: dict[str, Any]) -> None:
-        directory, name = self._resolve(request.get("path"), create=False)
+    def _open_regular_file(self, path: str) -> int:
+        """A descriptor of the regular file at client path ``path``, or a refusal.
+
+        The file's type is checked from ``stat`` before opening (a FIFO's open
+        would block, a device's may act), then again on the descriptor, in case
+        the file was swapped in between. No descriptor outlives a refusal.
+        """
+        directory, name = self._resolve(path, create=False)
         dir_fd = self._open_directory(directory)
+        at: dict[str, Any] = {} if dir_fd is None else {"dir_fd": dir_fd}
+        target = name if dir_fd is not None else os.path.join(directory, name)
         try:
-            flags = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
-            if dir_fd is not None:
-                fd = os.open(name, flags, dir_fd=dir_fd)
-            else:
-                fd = os.open(os.path.join(directory, name), flags)
+            info = os.stat(target, follow_symlinks=False, **at)
+            if not stat.S_ISREG(info.st_mode):
+                raise FileServiceError(f"not a regular file: {path!r}")
+            flags = os.O_RDONLY | NOFOLLOW | CLOEXEC | _NONBLOCK
+            fd = os.open(target, flags, **at)
         except OSError as exc:
-            raise FileServiceError(f"cannot read {request['path']}: {exc.strerror}") from None
+            raise FileServiceError(f"cannot read {path!r}: {exc.strerror}") from None
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileServiceError(f"not a regular file: {path!r}")
+        return fd
+
+    def _send_file(self, request: dict[str, Any]) -> None:
+        fd = self._open_regular_file(request.get("path"))  # type: ignore[arg-type]
         with open(fd, "rb") as file:
             info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise FileServiceError(f"not a regular file: {request['path']}")
             self.send_message(_reply(ok=True, size=info.st_size))
             digest = hashlib.sha256()
             remaining = info.st_size
@@ -241,10 +237,14 @@ class FileHandler(MessageHandler):
         if not isinstance(path, str) or not path or "\0" in path:
             raise FileServiceError("path must be a non-empty string")
         if path.startswith("/") or os.path.isabs(path):
-            raise FileServiceError(f"absolute paths are not allowed: {path!r}")
-        parts = path.split("/")
+            raise FileServiceError(f"absolute paths are not allowed: {path!r:.100}")
+        parts = path.split("/", self.max_path_depth)
+        if len(parts) > self.max_path_depth:
+            raise FileServiceError(f"path is deeper than {self.max_path_depth} parts")
         if any(part in ("", ".", "..") for part in parts):
             raise FileServiceError(f"path parts may not be empty, '.' or '..': {path!r}")
+        if any(part.startswith(".") for part in parts):
+            raise FileServiceError(f"dot-files and dot-directories are not served: {path!r}")
         real = os.path.realpath(os.path.join(self.root_path, *parts))
         if os.path.commonpath([self.root_path, real]) != self.root_path or real == self.root_path:
             raise FileServiceError(f"path leaves the served directory: {path!r}")
@@ -264,7 +264,7 @@ class FileHandler(MessageHandler):
         """
         if not _DIR_FD:
             return None
-        flags = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
+        flags = os.O_RDONLY | _DIRECTORY | NOFOLLOW | CLOEXEC
         fd = os.open(self.root_path, flags)
         try:
             for part in os.path.relpath(directory, self.root_path).split(os.sep):
@@ -288,13 +288,15 @@ class FileHandler(MessageHandler):
     def finish(self) -> None:
         if getattr(self, "upload", None) is not None:  # dropped mid-upload
             assert self.upload is not None
+            if self.upload.temp_name:  # never committed: its bytes were not written
+                quota_of(self.server).release(self.upload.size)
             self.upload.close()
             self.upload = None
         super().finish()
 
 
 class FileServer(ThreadingTCPServer):
-    """A threaded TCP file server for the directory ``root``."""
+    """A threaded TCP file server for the directory ``root``; read-only unless ``writable``."""
 
     def __init__(
         self,
@@ -302,10 +304,14 @@ class FileServer(ThreadingTCPServer):
         root: Union[str, os.PathLike[str]],
         RequestHandlerClass: Any = FileHandler,
         bind_and_activate: bool = True,
+        *,
+        writable: bool = False,
     ) -> None:
         if not os.path.isdir(root):
             raise ValueError(f"root must be an existing directory, not {root!r}")
         self.file_root = os.fspath(root)
+        #: Accept uploads even if the handler class does not say so itself.
+        self.file_writable = writable
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
 

@@ -15,8 +15,9 @@ This module gives two, each in three pieces that cooperate:
   wire format once and makes decoders and frames for it, so the server, the
   client helpers and your tests cannot disagree.
 
-On top sit :class:`MessageHandler`, a stream handler whose ``handle()`` is a thin
-loop (read, feed, ``handle_message(payload)``, send the reply), and the client
+On top sit :class:`~handlers.messages.MessageHandler` (in :mod:`handlers.messages`,
+still importable from here), a stream handler whose ``handle()`` is a thin loop
+(read, feed, ``handle_message(payload)``, send the reply), and the client
 helpers :func:`send_message` / :func:`recv_message`. ``recv_message`` reads no
 byte beyond the message it returns (it asks the decoder for
 ``safe_read_size()``), so a socket can be handed on to other code afterwards.
@@ -43,38 +44,37 @@ framing=DEFAULT_FRAMING)``, ``recv_message(sock, framing=DEFAULT_FRAMING)``.
 
 Error handling: a peer's bad frame makes the handler log one WARNING line on the
 ``pyserve.handlers`` logger ("closing connection from ADDRESS: REASON") and end
-the connection; the server and its other clients are untouched. A programmer's
+the connection; the server and its other clients are untouched. A stream of bad
+frames is summarised: one line per reason per minute per server and handler
+class, with a count (``handlers._ratelimit``); reasons quote peer bytes only
+through ``repr``. A programmer's
 bad argument (an unsigned-integer header format that is not one, a payload larger
 than the framing allows) raises :class:`ValueError` naming the value.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
 import socket
 import struct
-from typing import Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
-from pyserve import ProtocolError, StreamRequestHandler
+from pyserve import ProtocolError
 
 __all__ = [
     "DEFAULT_FRAMING",
     "DEFAULT_MAX_SIZE",
     "NEED_DATA",
     "Decoder",
-    "EchoMessageHandler",
     "Framing",
     "LengthPrefixDecoder",
     "LengthPrefixed",
-    "MessageHandler",
     "NeedData",
     "NetstringDecoder",
     "Netstrings",
     "recv_message",
     "send_message",
 ]
-
-logger = logging.getLogger("pyserve.handlers")
 
 #: The largest message accepted by default: 1 MiB. A frame header is a promise the
 #: peer makes about memory *we* must spend, so the limit is checked on the header,
@@ -204,15 +204,17 @@ class LengthPrefixed:
     """Frames of ``struct`` header (an unsigned length) then that many bytes.
 
     ``header_format`` is a ``struct`` format of one unsigned integer with an
-    explicit byte order (``"!I"``: 4 bytes, network order; ``"<H"``, ``">Q"``...).
+    explicit byte order (``"!I"``: 4 bytes, network order; ``"<H"``, ``">Q"``...;
+    ``"=I"``: the machine's own order, what ``struct.pack('I', n)`` sends).
     ``max_size`` defaults to the smaller of :data:`DEFAULT_MAX_SIZE` and the
     largest length the header can express.
     """
 
     def __init__(self, header_format: str = "!I", max_size: Optional[int] = None) -> None:
-        if not isinstance(header_format, str) or header_format[:1] not in ("!", "<", ">"):
+        if not isinstance(header_format, str) or header_format[:1] not in ("!", "<", ">", "="):
             raise ValueError(
-                f"header_format {header_format!r} must start with a byte order: '!', '<' or '>'"
+                f"header_format {header_format!r} must start with a byte order: "
+                "'!', '<', '>' or '='"
             )
         # One unsigned integer code, nothing else: "!i" cannot carry the largest
         # length, "!f" and "!?" do not give it back, and interpreters disagree on
@@ -329,93 +331,6 @@ class Netstrings:
 #: The framing used when none is named: a 4-byte network-order length, 1 MiB max.
 DEFAULT_FRAMING: Framing = LengthPrefixed()
 
-
-class MessageHandler(StreamRequestHandler[Any]):
-    """A stream handler that receives and answers whole messages.
-
-    Override ``handle_message(payload)``: return the reply's payload (framed and
-    sent for you) or None for no reply; call ``close()`` to end the connection
-    after this message. ``connection_made()`` runs first (send a greeting there).
-
-    Class attributes that may be overridden: ``framing`` (default: 4-byte
-    length prefix, 1 MiB), ``read_size`` (bytes asked of the socket per read),
-    plus ``pyserve.StreamRequestHandler``'s (``timeout``...).
-
-    May be overridden: ``make_decoder()`` and ``encode(payload)`` (to derive the
-    framing from per-instance state), ``protocol_error(exc)`` (the logging).
-    """
-
-    framing: Framing = DEFAULT_FRAMING
-    #: Bytes requested per read: large enough that a burst of small messages costs
-    #: one system call, small enough to bound the memory one connection holds.
-    read_size: int = 65536
-
-    def setup(self) -> None:
-        super().setup()
-        #: True once ``close()`` was called: the loop stops after the current message.
-        self.close_requested = False
-
-    def make_decoder(self) -> Decoder:
-        """A decoder for this connection. May be overridden."""
-        return self.framing.decoder()
-
-    def encode(self, payload: bytes) -> bytes:
-        """Frame one outgoing payload. May be overridden."""
-        return self.framing.encode(payload)
-
-    def connection_made(self) -> None:
-        """Called before the first message is read. May be overridden."""
-
-    def handle_message(self, payload: bytes) -> Optional[bytes]:
-        """Answer one message: the reply's payload, or None. Override this."""
-        raise NotImplementedError
-
-    def send_message(self, payload: bytes) -> None:
-        """Frame ``payload`` and send it now."""
-        self.wfile.write(self.encode(payload))
-
-    def close(self) -> None:
-        """End the connection once the current message has been answered."""
-        self.close_requested = True
-
-    def protocol_error(self, exc: ProtocolError) -> None:
-        """The peer broke the protocol: log one line. May be overridden."""
-        logger.warning("closing connection from %s: %s", self.client_address, exc)
-
-    def handle(self) -> None:
-        decoder = self.make_decoder()
-        read = getattr(self.rfile, "read1", self.rfile.read)
-        try:
-            self.connection_made()
-            while not self.close_requested:
-                message = decoder.next_message()
-                if message is NEED_DATA:
-                    chunk = read(self.read_size)
-                    if not chunk:
-                        last = decoder.end_of_input()
-                        if last is not None:
-                            self._answer(last)
-                        return
-                    decoder.feed(chunk)
-                    continue
-                assert isinstance(message, bytes)
-                self._answer(message)
-        except ProtocolError as exc:
-            self.protocol_error(exc)
-
-    def _answer(self, message: bytes) -> None:
-        reply = self.handle_message(message)
-        if reply is not None:
-            self.send_message(reply)
-
-
-class EchoMessageHandler(MessageHandler):
-    """Sends every message back unchanged (a ready service and a test peer)."""
-
-    def handle_message(self, payload: bytes) -> Optional[bytes]:
-        return payload
-
-
 # -- client helpers ------------------------------------------------------------------
 
 
@@ -445,3 +360,20 @@ def recv_message(sock: socket.socket, framing: Framing = DEFAULT_FRAMING) -> byt
             raise ProtocolError("connection closed in the middle of a message")
         started = True
         decoder.feed(chunk)
+
+
+# The handler side lives in handlers.messages; these names stay importable from here
+# (they were defined here first), loaded on first use so neither module imports
+# the other at import time.
+_MOVED = frozenset(
+    {"BYTE_ORDERS", "EchoMessageHandler", "MessageHandler", "NativeOrderEchoHandler"}
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module("handlers.messages"), name)
+    raise AttributeError(f"module 'handlers.framing' has no attribute {name!r}")

@@ -27,6 +27,14 @@ or, for your own classes, a decorator::
 
 Registering a name twice raises :class:`ValueError` (pass ``replace=True`` to mean
 it); an unknown name or transport raises :class:`KeyError` listing what exists.
+
+A transport may be *withheld*: registered with a reason instead of a handler
+(``withheld={"udp": "why"}``), so asking for it raises :class:`KeyError` with that
+reason rather than "no such transport". ``chargen`` and ``qotd`` withhold UDP:
+a UDP reply goes to whatever source address the request claims, so a spoofed
+small request makes the server send a larger reply to a victim (chargen's up to
+512 bytes for an empty datagram, qotd's quotation). Serving them over UDP
+takes naming the handler class, which is the explicit opt-in.
 The registry is a process-wide table guarded by a lock: registering from several
 threads is safe.
 """
@@ -36,7 +44,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar, Union
 
 __all__ = [
@@ -62,14 +70,20 @@ HandlerT = TypeVar("HandlerT", bound=type)
 
 @dataclass(frozen=True)
 class Service:
-    """One registered name: its description and a handler per transport."""
+    """One registered name: its description, a handler per transport, and the
+    transports withheld on purpose (with the reason)."""
 
     name: str
     description: str
     handlers: Mapping[str, HandlerRef]
+    withheld: Mapping[str, str] = field(default_factory=dict)
 
     def handler(self, transport: str) -> type:
         """The handler class for ``transport`` (imported on first use)."""
+        if transport in self.withheld:
+            raise KeyError(
+                f"service {self.name!r} is not offered over {transport}: {self.withheld[transport]}"
+            )
         try:
             ref = self.handlers[transport]
         except KeyError:
@@ -99,8 +113,13 @@ def register(
     udp: Optional[HandlerRef] = None,
     description: str = "",
     replace: bool = False,
+    withheld: Optional[Mapping[str, str]] = None,
 ) -> Service:
-    """Register ``name`` with a stream (``tcp``) and/or datagram (``udp``) handler."""
+    """Register ``name`` with a stream (``tcp``) and/or datagram (``udp``) handler.
+
+    ``withheld`` maps a transport not offered on purpose to the reason, which
+    :func:`get` gives in its :class:`KeyError`.
+    """
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"service name {name!r} must be a non-empty string without spaces")
     handlers = {t: h for t, h in (("tcp", tcp), ("udp", udp)) if h is not None}
@@ -111,7 +130,14 @@ def register(
             raise ValueError(
                 f"{transport} handler {ref!r} of {name!r} must be a class or 'module:Class'"
             )
-    entry = Service(name, description, handlers)
+    withheld = dict(withheld or {})
+    for transport in withheld:
+        if transport not in TRANSPORTS or transport in handlers:
+            raise ValueError(
+                f"withheld transport {transport!r} of {name!r} must be one of {TRANSPORTS} "
+                "without a handler"
+            )
+    entry = Service(name, description, handlers, withheld)
     with _lock:
         if name in _services and not replace:
             raise ValueError(f"service {name!r} is already registered (pass replace=True)")
@@ -203,17 +229,35 @@ register(
     udp=_S + "DiscardDatagramHandler",
     description="RFC 863: reads and ignores everything",
 )
+
+# A UDP reply goes to whatever source address the request claims: these two answer
+# a spoofed empty datagram with hundreds of bytes, aimed at someone else.
+_AMPLIFIER = (
+    "over UDP it answers a spoofed {size} request with {reply}, sent to the "
+    "forged address (a traffic amplifier); serve it over TCP, or, on a network "
+    "you trust, name the class explicitly: {ref}"
+)
 register(
     "chargen",
     tcp=_S + "ChargenStreamHandler",
-    udp=_S + "ChargenDatagramHandler",
-    description="RFC 864: lines of rotating characters (paced TCP, bounded UDP)",
+    withheld={
+        "udp": _AMPLIFIER.format(
+            size="1-byte", reply="up to 512 bytes (19x on the wire)",
+            ref=_S + "ChargenDatagramHandler",
+        )
+    },
+    description="RFC 864: lines of rotating characters (paced; UDP off, see docs)",
 )
 register(
     "qotd",
     tcp=_S + "QotdStreamHandler",
-    udp=_S + "QotdDatagramHandler",
-    description="RFC 865: a quotation of the day",
+    withheld={
+        "udp": _AMPLIFIER.format(
+            size="1-byte", reply="a quotation of up to 90 bytes (4x on the wire)",
+            ref=_S + "QotdDatagramHandler",
+        )
+    },
+    description="RFC 865: a quotation of the day (UDP off, see docs)",
 )
 register(
     "daytime",
@@ -228,22 +272,30 @@ register(
     description="RFC 868: seconds since 1900 as 4 bytes (rdate's protocol)",
 )
 register(
-    "uppercase", tcp="handlers.lines:UpperCaseHandler", description="echoes each line in upper case"
+    "uppercase",
+    tcp="handlers.lines:UpperCaseHandler",
+    description="echoes each message in upper case (tutorial 001's server)",
 )
 register(
     "welcome",
     tcp="handlers.lines:WelcomeHandler",
-    description="greets 'Success!', answers 'Welcome! NAME!', closes on 'exit'",
+    description="tutorial 000's server: greets 'Success!', answers 'Welcom! NAME!', ends on 'exit'",
 )
 register(
     "message-echo",
-    tcp="handlers.framing:EchoMessageHandler",
+    tcp="handlers.messages:NativeOrderEchoHandler",
+    description="echoes length-prefixed messages (4-byte length in this machine's byte order,"
+    " as struct.pack('I', n) sends it)",
+)
+register(
+    "message-echo-network",
+    tcp="handlers.messages:EchoMessageHandler",
     description="echoes length-prefixed messages (4-byte big-endian length)",
 )
 register(
     "chat",
     tcp="handlers.chat:ChatHandler",
-    description="a chat room (/nick, /who, /quit); a client that stops reading is dropped",
+    description="a chat room (/nick, /who, /quit); slow readers and flooders are dropped",
 )
 register(
     "resp",
@@ -253,5 +305,5 @@ register(
 register(
     "files",
     tcp="handlers.files:FileHandler",
-    description="uploads and downloads under the current directory (length-prefixed frames)",
+    description="downloads under the current directory (read-only; length-prefixed frames)",
 )

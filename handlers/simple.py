@@ -20,9 +20,12 @@ time       868   sends seconds since 1900-01-01 as 4 big-endian bytes
 Chargen is the one that needs care, because it sends without being asked:
 
 * over **UDP** each request datagram gets exactly one reply of 0 to 512
-  characters (a random length, as the RFC says, or ``datagram_size`` if set), so
-  a spoofed source address cannot turn the server into an amplifier of more than
-  512 bytes per datagram;
+  characters (a random length, as the RFC says, or ``datagram_size`` if set).
+  That still answers a spoofed 1-byte request with up to 512 bytes sent to the
+  forged address (about 19 times the request on the wire), so the registry does
+  not offer chargen -- nor qotd (about 4 times) -- over UDP: serving
+  :class:`ChargenDatagramHandler` or :class:`QotdDatagramHandler` takes naming
+  the class, on a network where source addresses cannot be forged;
 * over **TCP** it is *paced*: ``lines_per_second`` lines, sent in batches every
   ``tick`` seconds, and between batches it waits on the socket itself, so a client
   that closes or resets is noticed within one tick (not when the next send

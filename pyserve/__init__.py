@@ -88,8 +88,9 @@ if hasattr(socket, "AF_UNIX"):
 __all__ += ["ConnectionHandler", "MultiplexingMixIn", "MultiplexingTCPServer"]
 if hasattr(socket, "AF_UNIX"):
     __all__ += ["MultiplexingUnixStreamServer"]
-# Network edges: multicast, systemd activation, socket options, TLS, PROXY protocol.
-__all__ += ["MulticastUDPServer", "ActivationError", "sockopts"]
+# Network edges: multicast, systemd activation, TLS, PROXY protocol. (The module
+# pyserve.sockopts is an attribute too, but not in __all__: `import *` binds no module.)
+__all__ += ["MulticastUDPServer", "ActivationError"]
 __all__ += [
     "TLSMixIn",
     "ProxyProtocolMixIn",
@@ -135,12 +136,14 @@ _LAZY: dict[str, str] = {
     "ProxyParser": "pyserve.net.proxy_header",
 }
 # Only what this platform has (no Forking* without fork, no Unix* without AF_UNIX).
-_LAZY = {name: module for name, module in _LAZY.items() if name in __all__}
+_LAZY = {
+    name: module for name, module in _LAZY.items() if name in __all__ or name == "sockopts"
+}
 
 if TYPE_CHECKING:  # type checkers see every name; the interpreter loads them lazily
     from pyserve.multiplex.connection import ConnectionHandler
     from pyserve.multiplex.server import MultiplexingMixIn
-    from pyserve.net import sockopts
+    from pyserve.net import sockopts as sockopts
     from pyserve.net.activation import ActivationError
     from pyserve.net.multicast import MulticastUDPServer
     from pyserve.net.proxy import ProxiedAddress, ProxiedPath, ProxyProtocolMixIn

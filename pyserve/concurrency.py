@@ -250,6 +250,10 @@ class ForkingMixIn(_Base):
     """
 
     timeout: Optional[float] = 300
+    #: The pids of running children. The class says None, as the stdlib's does
+    #: (code reads it there); every instance has its own set from
+    #: _init_dispatch_state() on, so instance code never sees None.
+    active_children: set[int] = None  # type: ignore[assignment]
     max_children: int = 40
     block_on_close: bool = True
     #: See ThreadingMixIn.close_timeout.

@@ -12,8 +12,8 @@ constructor runs the whole request: ``setup()``, then ``handle()``, then always
   ``self.rfile`` (buffered reads: ``readline()``, ``read(n)``) and ``self.wfile``
   (every ``write()`` is sent in full before it returns).
 * :class:`DatagramRequestHandler` presents one datagram as ``self.rfile`` and
-  collects the reply in ``self.wfile``, sent when the handler finishes (only if it
-  wrote something: an empty reply is not a reply).
+  collects the reply in ``self.wfile``, sent when the handler finishes (if it
+  wrote, even ``b""``; a handler that never wrote sends nothing).
 
 Why the stream files are faster than the stdlib's
 -------------------------------------------------
@@ -39,9 +39,10 @@ from __future__ import annotations
 import io
 import socket
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
-from pyserve.lifecycle.limits import make_rfile
+from pyserve.lifecycle.limits import SocketReader, make_rfile
 
 __all__ = [
     "BaseRequestHandler",
@@ -85,23 +86,6 @@ class BaseRequestHandler(Generic[ServerT_co]):
 
     def finish(self) -> None:
         """Clean up after ``handle()``, even when it raised. May be overridden."""
-
-
-class _SocketReader(io.RawIOBase):
-    """The raw layer under ``rfile``: reads go straight to ``socket.recv_into``."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-        # An instance attribute shadows RawIOBase.readinto, so BufferedReader calls
-        # the C method directly: no Python frame per refill.
-        self.readinto = sock.recv_into  # type: ignore[method-assign]
-
-    def readable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
 
 class _SocketWriter(io.BufferedIOBase):
@@ -180,7 +164,7 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
         # A TLS socket too: its recv_into() decrypts, and the protections of
         # make_rfile() must not depend on the transport.
         size = self.rbufsize if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE
-        raw = _SocketReader(self.connection)
+        raw = SocketReader(self.connection)
         protected = make_rfile(self, raw, size)
         return protected if protected is not None else io.BufferedReader(raw, size)
 
@@ -199,12 +183,32 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
         self.rfile.close()
 
 
+class _ReplyBuffer(io.BytesIO):
+    """``wfile`` of a datagram handler: a ``BytesIO`` that knows whether it was written.
+
+    An empty reply is a reply (an echo of an empty datagram), but a handler that
+    never wrote has nothing to say; the buffer's contents alone cannot tell the two
+    apart.
+    """
+
+    written = False
+
+    def write(self, data: Buffer) -> int:
+        self.written = True
+        return super().write(data)
+
+    def writelines(self, lines: Iterable[Buffer]) -> None:
+        self.written = True
+        super().writelines(lines)
+
+
 class DatagramRequestHandler(BaseRequestHandler[ServerT_co]):
     """A handler for one datagram: read it from ``rfile``, write the reply to ``wfile``.
 
-    The reply is sent to the client when the handler finishes, unless nothing was
-    written (the stdlib sends an empty datagram then). ``self.packet`` is the data,
-    ``self.socket`` the server's socket.
+    The reply is sent to the client when the handler finishes if the handler
+    wrote to ``wfile``, even ``b""`` (an empty datagram); a handler that never
+    wrote sends nothing (the stdlib sends an empty datagram then).
+    ``self.packet`` is the data, ``self.socket`` the server's socket.
     """
 
     request: tuple[bytes, socket.socket]
@@ -212,9 +216,10 @@ class DatagramRequestHandler(BaseRequestHandler[ServerT_co]):
     def setup(self) -> None:
         self.packet, self.socket = self.request
         self.rfile = io.BytesIO(self.packet)
-        self.wfile = io.BytesIO()
+        self.wfile = _ReplyBuffer()
 
     def finish(self) -> None:
         reply = self.wfile.getvalue()
-        if reply:
+        # getattr: a handler may have replaced wfile with a plain BytesIO.
+        if reply or getattr(self.wfile, "written", False):
             self.socket.sendto(reply, self.client_address)

@@ -27,8 +27,10 @@ Defaults that differ from the stdlib, each for a reason:
   while old connections sit in TIME_WAIT (asyncio, gevent, Twisted, trio and Tornado
   do the same; on POSIX it never lets two live listeners share a port). It stays
   false on Windows, where SO_REUSEADDR *would* allow that;
-* a datagram longer than ``max_packet_size`` is not delivered truncated: it is
-  logged, counted in ``datagrams_truncated`` and dropped;
+* ``max_packet_size`` is 65,535 (stdlib: 8192), so every UDP datagram arrives
+  whole; one longer than a ``max_packet_size`` the program set is not delivered
+  truncated: it is logged (once a minute), counted in ``datagrams_truncated`` and
+  dropped;
 * Unix servers remove the socket file they created when they close, and replace a
   *stale* socket file (nobody listening) on bind, but never a live socket or a
   file of another kind;
@@ -58,12 +60,13 @@ import logging
 import os
 import select
 import socket
-import time
+import sys
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from pyserve.base import BaseServer
 from pyserve.errors import RequestDropped
+from pyserve.logs import RateLimitedLog, escape
 from pyserve.net.activation import SocketAdoption
 from pyserve.net.addresses import family_for_address
 from pyserve.net.sockopts import (
@@ -155,10 +158,15 @@ class SocketServer(SocketAdoption, BaseServer):
         return owner not in _FAMILY_FOLLOWS_ADDRESS
 
     def server_bind(self) -> None:
-        """Set the options and bind (an adopted socket: read its address). May be extended."""
-        if self.listen_socket_options:
-            options = check_socket_options(self.listen_socket_options, "listen_socket_options")
-            apply_socket_options(self.socket, options, "listen_socket_options")
+        """Set the options and bind (an adopted socket: read its address). May be extended.
+
+        Like the stdlib's, it calls no other class's ``server_bind()``: code that
+        writes ``UnixStreamServer.server_bind(self)`` in a class that also inherits
+        ``http.server.HTTPServer`` (to skip its host-name lookup) gets the socket
+        bound and nothing more. What a transport adds happens in the private steps
+        ``_configure_socket()`` and ``_bind()``, which mix-ins extend instead.
+        """
+        self._configure_socket()
         if self.socket_adopted:
             self.server_address = self.socket.getsockname()
             return
@@ -168,11 +176,18 @@ class SocketServer(SocketAdoption, BaseServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if self.dualstack_ipv6:
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self._bind()
+
+    def _configure_socket(self) -> None:
+        """Set options on the socket, adopted or not, before binding. Extend; call super()."""
+        if self.listen_socket_options:
+            options = check_socket_options(self.listen_socket_options, "listen_socket_options")
+            apply_socket_options(self.socket, options, "listen_socket_options")
+
+    def _bind(self) -> None:
+        """Bind to ``server_address`` and read the real address back. Extend; call super()."""
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        """Make the socket ready for requests. May be overridden."""
 
     def server_close(self) -> None:
         """Close the socket. May be extended."""
@@ -233,6 +248,17 @@ class TCPServer(SocketServer):
     allow_reuse_address = os.name != "nt"
     #: ``(level, option, value)`` triples set on every accepted connection.
     accepted_socket_options: Sequence[SocketOption] = ()
+    #: Seconds a TLS handshake may take inside ``get_request()`` when the listener
+    #: itself is an ``ssl.SSLSocket`` (the stdlib's HTTPS recipe, which shakes
+    #: hands in the accept loop): bounded, so one silent client stalls the loop
+    #: for this long at most rather than for ever. TLSMixIn avoids the stall.
+    ssl_listener_handshake_timeout: float = 10.0
+
+    def _init_dispatch_state(self) -> None:
+        super()._init_dispatch_state()
+        #: Handshakes that failed on an SSL-wrapped listener (TLSMixIn counts its
+        #: own here too).
+        self.tls_handshake_failures = 0
 
     def server_activate(self) -> None:
         """Listen with a backlog of :attr:`~SocketServer.request_queue_size`.
@@ -261,20 +287,54 @@ class TCPServer(SocketServer):
         """
         listener = self.socket
         if type(listener) is not socket.socket:
-            request = listener.accept()
+            request = self._accept_other(listener)
         else:
             kind = self._accept_kind
             if kind is None or kind[0] is not listener:
                 kind = (listener, listener.family, listener.type, listener.proto)
                 self._accept_kind = kind
             fd, address = listener._accept()  # type: ignore[attr-defined]
-            connection = socket.socket(kind[1], kind[2], kind[3], fd)
-            if listener.gettimeout() and socket.getdefaulttimeout() is None:
-                connection.setblocking(True)  # where accepted sockets inherit O_NONBLOCK
-            request = (connection, address)
+            request = (socket.socket(kind[1], kind[2], kind[3], fd), address)
+        if listener.gettimeout() is not None and socket.getdefaulttimeout() is None:
+            # A listener with a timeout, or a non-blocking one (prefork's), may hand
+            # out connections with O_NONBLOCK set (BSD's and macOS's accept() copy
+            # it; Linux's does not): a request is a blocking socket everywhere.
+            request[0].setblocking(True)
         if self.accepted_socket_options:
             self._set_accepted_options(request)
         return request
+
+    def _accept_other(self, listener: socket.socket) -> tuple[socket.socket, Any]:
+        """Accept from a socket subclass; on an ``ssl.SSLSocket``, shake hands here.
+
+        ``SSLSocket.accept()`` would report a client's failed handshake (a
+        plain-text client, a scanner, a reset) as an error of the listener, which
+        ends in ``handle_error(None, None)`` and a traceback per client. Here the
+        kernel's accept and the handshake are two steps: a failure of the first is
+        the listener's, of the second the client's: one DEBUG line, a count in
+        ``tls_handshake_failures``, and the loop moves on.
+        """
+        ssl = sys.modules.get("ssl")  # an SSLSocket means ssl is imported already
+        if ssl is None or not isinstance(listener, ssl.SSLSocket):
+            return listener.accept()
+        connection, address = socket.socket.accept(listener)
+        handshake_now = listener.do_handshake_on_connect
+        try:
+            if handshake_now:
+                connection.settimeout(self.ssl_listener_handshake_timeout)
+            tls = listener.context.wrap_socket(
+                connection,
+                server_side=True,
+                do_handshake_on_connect=handshake_now,
+                suppress_ragged_eofs=listener.suppress_ragged_eofs,
+            )
+        except OSError as exc:  # ssl.SSLError, a reset, a timeout
+            connection.close()
+            self.tls_handshake_failures += 1
+            logger.debug("TLS handshake with %s failed in accept: %s", escape(address), exc)
+            raise RequestDropped(exc.errno, str(exc)) from exc
+        tls.settimeout(socket.getdefaulttimeout())  # as accept() leaves a socket
+        return tls, address
 
     def _set_accepted_options(self, request: tuple[socket.socket, Any]) -> None:
         try:
@@ -301,16 +361,21 @@ class TCPServer(SocketServer):
 class UDPServer(SocketServer):
     """A datagram server: one datagram per request, as ``(data, socket)``.
 
-    Class attributes: ``max_packet_size`` (longer datagrams are dropped and counted
-    in ``datagrams_truncated``, never delivered cut short) and ``allow_broadcast``
-    (``SO_BROADCAST``, so handlers may send to broadcast addresses).
+    Class attributes: ``max_packet_size`` (the longest datagram delivered; longer
+    ones are dropped and counted in ``datagrams_truncated``, never delivered cut
+    short) and ``allow_broadcast`` (``SO_BROADCAST``, so handlers may send to
+    broadcast addresses).
     """
 
     address_family = socket.AF_INET
     socket_type = socket.SOCK_DGRAM
     allow_reuse_address = False
-    #: The longest datagram delivered to a handler; longer ones are dropped.
-    max_packet_size: int = 8192
+    #: The longest datagram delivered to a handler; longer ones are dropped. By
+    #: default 65,535, the most a UDP datagram can carry (65,507 bytes of payload
+    #: over IPv4), so every datagram arrives whole; the stdlib's 8192 cut longer
+    #: ones short. Set it lower to refuse big datagrams (Unix datagrams can be
+    #: longer: raise it to accept them). Receiving costs the same either way.
+    max_packet_size: int = 65535
     #: Set SO_BROADCAST, so handlers may send to broadcast addresses (the kernel
     #: refuses with EACCES otherwise). Cookbook: a discovery responder::
     #:
@@ -325,20 +390,20 @@ class UDPServer(SocketServer):
     def _init_dispatch_state(self) -> None:
         super()._init_dispatch_state()
         self.datagrams_truncated = 0
-        self._truncation_logged_at: Optional[float] = None
+        self._peer_faults = RateLimitedLog(logger, self.truncation_log_interval)
 
-    def server_bind(self) -> None:
-        """Set SO_BROADCAST if ``allow_broadcast``, then bind. May be extended."""
+    def _configure_socket(self) -> None:
         if self.allow_broadcast:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        super().server_bind()
+        super()._configure_socket()
 
     def get_request(self) -> tuple[tuple[bytes, socket.socket], Any]:
         """Receive one datagram of at most :attr:`max_packet_size` bytes.
 
         One byte more is asked of the kernel: if it arrives, the datagram was too
         long, and handing the handler its first ``max_packet_size`` bytes would
-        corrupt the request silently (the stdlib does).
+        corrupt the request silently (the stdlib does). Asking for 64 KiB costs no
+        more than asking for 8 KiB: the bytes object is shrunk to what arrived.
         """
         data, client_address = self.socket.recvfrom(self.max_packet_size + 1)
         if len(data) > self.max_packet_size:
@@ -348,16 +413,14 @@ class UDPServer(SocketServer):
 
     def _datagram_too_long(self, client_address: Any) -> None:
         self.datagrams_truncated += 1
-        now = time.monotonic()
-        last = self._truncation_logged_at
-        if last is None or now - last >= self.truncation_log_interval:
-            self._truncation_logged_at = now
-            logger.warning(
-                "Dropped a datagram from %s longer than max_packet_size=%d (%d dropped so far)",
-                client_address,
-                self.max_packet_size,
-                self.datagrams_truncated,
-            )
+        self._peer_faults.report(
+            logging.WARNING,
+            "datagram too long",
+            "Dropped a datagram from %s longer than max_packet_size=%d (%d dropped so far)",
+            escape(client_address),
+            self.max_packet_size,
+            self.datagrams_truncated,
+        )
 
     def shutdown_request(self, request: Any) -> None:
         """Nothing to shut down: the socket is the server's."""

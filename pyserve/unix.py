@@ -25,22 +25,25 @@ mix-ins here, combined with the transports in :mod:`pyserve.sockets` as
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import socket
 import stat
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.net.addresses import is_filesystem_path
 
-try:  # POSIX only: user and group names
+try:  # POSIX only: user and group names, file locks
+    import fcntl
     import grp
     import pwd
-except ImportError:  # pragma: no cover - Windows has neither, nor socket files
-    grp = pwd = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - Windows has none of them, nor socket files
+    fcntl = grp = pwd = None  # type: ignore[assignment]
 
 from pyserve.sockets import TCPServer, UDPServer
 
@@ -53,6 +56,7 @@ else:
     _FileBase = _ReplyBase = object
 
 __all__ = [
+    "SocketFileLock",
     "UnixDatagramReplies",
     "UnixDatagramServer",
     "UnixSocketFile",
@@ -62,6 +66,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pyserve")
+
+#: sun_path's size on Linux (108) and the BSDs (104), with room for the NUL.
+_MAX_SOCKET_PATH = 104 if sys.platform != "linux" else 108
 
 
 def _id_of(kind: str, value: Union[int, str], lookup: Any) -> int:
@@ -153,34 +160,124 @@ class UnixSocketFile(_FileBase):
         super()._init_dispatch_state()
         # (st_dev, st_ino, pid) of the file we created; None if we created none.
         self._socket_file: Optional[tuple[int, int, int]] = None
+        self._socket_lock: Optional[SocketFileLock] = None
 
-    def server_bind(self) -> None:
+    def _bind(self) -> None:
         path = self.server_address
-        on_disk = is_filesystem_path(path) and not self.socket_adopted
         access = (self.socket_mode, self.socket_owner, self.socket_group)
-        if not on_disk and access != (None, None, None) and not self.socket_adopted:
-            raise ValueError(f"socket_mode/owner/group need a socket file, not {path!r}")
-        if on_disk:
-            clear_stale_socket(path, self.socket_type)
-        super().server_bind()
-        if on_disk:
-            info = os.stat(path)
-            self._socket_file = (info.st_dev, info.st_ino, os.getpid())
+        if not is_filesystem_path(path):
+            if access != (None, None, None):
+                raise ValueError(f"socket_mode/owner/group need a socket file, not {path!r}")
+            super()._bind()
+            return
+        self._socket_lock = SocketFileLock.acquire(path)
+        clear_stale_socket(path, self.socket_type)
+        if access == (None, None, None) or not _bind_privately(self.socket, path, access):
+            super()._bind()
             set_socket_file_access(path, *access)
+        self.server_address = path  # getsockname() may name the private directory
+        info = os.stat(path)
+        self._socket_file = (info.st_dev, info.st_ino, os.getpid())
 
     def server_close(self) -> None:
         super().server_close()
         owned, self._socket_file = self._socket_file, None
+        lock, self._socket_lock = self._socket_lock, None
         # Only the process that bound it removes it (not a forked child), and only
         # if the path still names our socket (not one a successor bound since).
-        if owned is None or owned[2] != os.getpid():
+        if owned is not None and owned[2] == os.getpid():
+            try:
+                info = os.stat(self.server_address)
+                if (info.st_dev, info.st_ino) == owned[:2]:
+                    os.unlink(self.server_address)
+            except OSError:
+                pass  # already gone
+        if lock is not None:
+            lock.release()  # after the unlink: whoever locks next finds the path free
+
+
+def _bind_privately(
+    sock: socket.socket, path: Union[str, bytes], access: tuple[Any, Any, Any]
+) -> bool:
+    """Bind in a private directory, set the access, then link the file into place.
+
+    So the socket file never sits at ``path`` with the umask's mode and owner (a
+    datagram socket receives from the moment it is bound). ``link()`` never
+    replaces an existing file, unlike ``rename()``: a live socket that appeared
+    at ``path`` meanwhile fails the bind with EADDRINUSE instead. False (nothing
+    done) when the private name would be too long for a socket address.
+    """
+    directory = os.path.dirname(os.fsdecode(path)) or "."
+    private = tempfile.mkdtemp(prefix=".pyserve-", dir=directory)  # mode 0700: ours alone
+    temporary = os.path.join(private, "s")
+    try:
+        if len(os.fsencode(temporary)) >= _MAX_SOCKET_PATH:
+            return False
+        sock.bind(temporary)
+        set_socket_file_access(temporary, *access)
+        os.link(temporary, path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        os.rmdir(private)
+
+
+class SocketFileLock:
+    """An ``flock()`` on ``path + ".lock"``, held for the server's whole life.
+
+    A socket that is bound but not listening yet refuses connections exactly as
+    a stale one does, so probing alone would let a second server delete a live
+    server's file (pyserve itself sets the mode between bind and listen). The
+    lock says "a server holds this path" whatever state the socket is in; the
+    kernel drops it when the process dies, so a crash never leaves it held.
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._pid = os.getpid()
+
+    @classmethod
+    def acquire(cls, socket_path: Union[str, bytes]) -> Optional[SocketFileLock]:
+        """Take the lock, or raise EADDRINUSE if a live server holds it."""
+        if sys.platform == "win32":  # pragma: no cover - no flock(): the probe alone
+            return None
+        path = os.fsdecode(socket_path) + ".lock"
+        flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+        for _attempt in range(10):  # each retry means a holder was just releasing
+            fd = os.open(path, flags, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # A releasing holder unlinks the file before unlocking it: if the
+                # path no longer names what we locked, we locked a ghost. Again.
+                held = os.fstat(fd)
+                now = os.stat(path)
+            except BlockingIOError:
+                os.close(fd)
+                raise OSError(
+                    errno.EADDRINUSE, f"a live server holds {socket_path!r} (lock {path!r})"
+                ) from None
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return cls(path, fd)
+            os.close(fd)
+        raise OSError(errno.EADDRINUSE, f"could not lock {path!r}: it keeps changing")
+
+    def release(self) -> None:
+        """Remove the lock file (only in the process that took it), then unlock."""
+        if self._fd < 0:
             return
-        try:
-            info = os.stat(self.server_address)
-            if (info.st_dev, info.st_ino) == owned[:2]:
-                os.unlink(self.server_address)
-        except OSError:
-            pass  # already gone
+        if self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        os.close(self._fd)  # a forked child's close leaves the parent's lock held
+        self._fd = -1
 
 
 class UnixDatagramReplies(_ReplyBase):

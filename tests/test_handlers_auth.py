@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from handlers._handshake import FailureThrottle
 from handlers.auth import (
     ACCEPTED,
     CHALLENGE_SIZE,
@@ -193,3 +194,86 @@ def test_authenticated_uppercase_service_over_tcp(caplog) -> None:
         with bad, pytest.raises(AuthenticationFailed):
             authenticate(bad, OTHER_KEY)
     assert len(auth_warnings(caplog)) == 1
+
+
+# -- hostile clients: guessing is slowed, the log stays quiet ----------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_short_class_key_is_refused_when_the_class_is_defined() -> None:
+    with pytest.raises(ValueError, match="Weak: auth key must be bytes of at least 16 bytes"):
+
+        class Weak(HMACAuthMixIn, Echo):
+            auth_key = b"short"
+
+
+def test_each_failure_doubles_the_hosts_lock_out_up_to_the_cap() -> None:
+    clock = FakeClock()
+    throttle = FailureThrottle(1.0, 8.0, clock=clock)
+    assert throttle.locked_for("10.0.0.1") == 0.0
+    assert [throttle.failed("10.0.0.1") for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert throttle.locked_for("10.0.0.1") == 8.0
+    assert throttle.locked_for("10.0.0.2") == 0.0  # other hosts are not affected
+    clock.now += 8.0
+    assert throttle.locked_for("10.0.0.1") == 0.0
+    throttle.succeeded("10.0.0.1")
+    assert throttle.failed("10.0.0.1") == 1.0  # a success wiped the history
+
+
+def test_the_per_host_table_is_bounded_and_forgets() -> None:
+    clock = FakeClock()
+    throttle = FailureThrottle(1.0, 60.0, max_hosts=100, forget_after=600.0, clock=clock)
+    for n in range(10_000):
+        throttle.failed(f"10.0.{n // 256}.{n % 256}")
+    assert len(throttle) == 100
+    assert throttle.locked_for("10.0.0.0") == 0.0  # the oldest went first
+    clock.now += 601.0
+    assert throttle.locked_for("10.0.39.15") == 0.0  # the newest is forgotten in time
+    assert len(throttle) == 99
+
+
+def test_a_locked_out_host_is_closed_before_any_challenge(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pyserve")
+    handler = make_handler()  # default lock-out: 1 s after the first failure
+    server = ThreadingTCPServer(("127.0.0.1", 0), handler)
+    address = server.server_address
+    with serving(server):
+        bad = socket.create_connection(address, timeout=10)
+        with bad, pytest.raises(AuthenticationFailed, match="rejected"):
+            authenticate(bad, OTHER_KEY)
+        # Even the right key: the host waits out its lock-out first.
+        good = socket.create_connection(address, timeout=10)
+        with good, pytest.raises(AuthenticationFailed, match="after 0 of 40 bytes"):
+            authenticate(good, KEY)
+    assert not handler.handled.is_set()
+    warnings = auth_warnings(caplog)
+    assert len(warnings) == 2
+    assert "locked out for 1 s" in warnings[0]
+    assert "locked out for" in warnings[1]
+
+
+def test_a_flood_of_wrong_answers_logs_one_line(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pyserve")
+
+    class NoLockOut(HMACAuthMixIn, Echo):  # to reach the log, not the lock-out
+        auth_key = KEY
+        auth_failure_delay = 0.0
+        auth_max_failure_delay = 0.0
+        handled = threading.Event()
+
+    server = ThreadingTCPServer(("127.0.0.1", 0), NoLockOut)
+    with serving(server):
+        for _ in range(50):
+            bad = socket.create_connection(server.server_address, timeout=10)
+            with bad, pytest.raises(AuthenticationFailed):
+                authenticate(bad, OTHER_KEY)
+    warnings = auth_warnings(caplog)
+    assert len(warnings) == 1
+    assert "wrong answer" in warnings[0]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
 
-from handlers.chat import ChatHandler, ChatServer, Outbox, parse_line
+from handlers.chat import ChatHandler, ChatServer, Outbox, clean_text, parse_line
 from pyserve import ThreadingTCPServer
 
 Serve = Callable[..., Any]
@@ -201,6 +202,9 @@ class SmallBuffers(ChatHandler):
     # outbox overflows within the test; fast readers lag at most one round (50 lines).
     send_buffer_size = 4096
     max_queued_lines = 200
+    # This test is about readers; the talkers' own rate limit is not in question.
+    max_lines_per_second = 1e6
+    max_burst_lines = 1_000_000
 
 
 MESSAGES = 1000
@@ -254,3 +258,91 @@ def test_stalled_client_cannot_block_the_others(
 def joined_without_reading(client: Client) -> str:
     """The stalled client reads nothing after its welcome line."""
     return joined(client)
+
+
+# -- a flooding member ---------------------------------------------------------------
+
+FLOOD_SECONDS = 1.5
+
+
+def flood(client: Client, seconds: float) -> int:
+    """Send short lines as fast as the server takes them for ``seconds``; count them."""
+    chunk = b"flood\n" * 1000
+    client.sock.settimeout(0.05)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sent += client.sock.send(chunk) // 6
+        except socket.timeout:
+            continue  # the server stopped reading us: the point
+        except OSError:
+            break  # disconnected: also a way of being limited
+    client.sock.settimeout(10)
+    return sent
+
+
+def test_a_flooding_member_is_slowed_and_a_reading_member_stays(
+    chat: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    connect = chat()
+    reader, flooder, witness = connect(), connect(), connect()
+    reader_nick = joined(reader)
+    flooder_nick = joined(flooder)
+    witness_nick = joined(witness)
+    reader.send("/who")
+    everyone = ", ".join(sorted([reader_nick, flooder_nick, witness_nick]))
+    reader.wait_for(f"* In the room: {everyone}")
+
+    sent: list[int] = []
+    flooding = threading.Thread(target=lambda: sent.append(flood(flooder, FLOOD_SECONDS)))
+    with caplog.at_level(logging.WARNING, logger="pyserve.chat"):
+        flooding.start()
+        flood_lines = 0
+        try:
+            # The reader keeps reading through the flood; the flood ends by itself.
+            end = time.monotonic() + FLOOD_SECONDS
+            while time.monotonic() < end:
+                line = reader.line()
+                assert "has left" not in line, line
+                flood_lines += line == f"<{flooder_nick}> flood"
+        finally:
+            flooding.join(10)
+        witness.send("still here")
+        before = reader.wait_for(f"<{witness_nick}> still here")  # the reader is connected
+        assert not [line for line in before if "has left" in line]
+        flood_lines += before.count(f"<{flooder_nick}> flood")
+        # Still over budget after max_throttled_seconds: the flooder is dropped.
+        flood_lines += reader.wait_for(f"* {flooder_nick} has left").count(
+            f"<{flooder_nick}> flood"
+        )
+    # The flooder pushed far more than the room relayed: it was the one limited.
+    seconds = FLOOD_SECONDS + ChatHandler.max_throttled_seconds + 5  # + 5: a loaded machine
+    limit = ChatHandler.max_burst_lines + ChatHandler.max_lines_per_second * seconds
+    assert sent[0] > 10 * limit, sent
+    assert 0 < flood_lines <= limit
+    reasons = [r.getMessage() for r in caplog.records]
+    assert len(reasons) == 1
+    assert f"disconnecting chat client {flooder_nick}" in reasons[0]
+    assert "over 10 lines a second" in reasons[0]
+
+
+def test_control_characters_are_escaped_before_relay(chat: Any) -> None:
+    connect = chat()
+    reader, sender = connect(), connect()
+    joined(reader)
+    nick = joined(sender)
+    reader.wait_for(f"* {nick} has joined")
+    sender.sock.sendall(
+        b"a\x1b]0;pwned\x07b\x1b]52;c;ZXZpbA==\x07c\x1b[2Jd\re\x7ff\xc2\x9bg\th\xe2\x80\xaei\n"
+    )
+    line = reader.line()
+    assert line == (
+        f"<{nick}> a\\x1b]0;pwned\\x07b\\x1b]52;c;ZXZpbA==\\x07c\\x1b[2Jd\\x0de\\x7ff"
+        "\\x9bg\th\\u202ei"
+    )
+
+
+def test_clean_text_keeps_tab_and_readable_text() -> None:
+    assert clean_text("中文\u3000text\twith tab") == "中文\u3000text\twith tab"
+    assert clean_text("\x00\x1b\x7f\x85\u2067") == "\\x00\\x1b\\x7f\\x85\\u2067"

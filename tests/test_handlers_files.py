@@ -21,6 +21,12 @@ from pyserve.testing import serving
 Serve = Callable[..., Any]
 
 
+class Writable(FileHandler):
+    """Uploads are off by default; these tests are about the upload path too."""
+
+    writable = True
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     served = tmp_path / "root"
@@ -32,7 +38,7 @@ def root(tmp_path: Path) -> Path:
 def connect(serve: Serve, root: Path) -> Iterator[Callable[..., socket.socket]]:
     sockets: list[socket.socket] = []
 
-    def start(handler: type[FileHandler] = FileHandler) -> socket.socket:
+    def start(handler: type[FileHandler] = Writable) -> socket.socket:
         server = serve(FileServer(("127.0.0.1", 0), root, handler))
         sock = socket.create_connection(server.server_address[:2], timeout=10)
         sockets.append(sock)
@@ -129,7 +135,7 @@ def test_missing_file_is_refused(connect: Any) -> None:
 
 
 def test_upload_over_the_size_limit_is_refused_before_any_data(connect: Any, root: Path) -> None:
-    class Small(FileHandler):
+    class Small(Writable):
         max_file_size = 1000
 
     sock = connect(Small)
@@ -142,7 +148,7 @@ def test_upload_over_the_size_limit_is_refused_before_any_data(connect: Any, roo
 def test_dropped_upload_leaves_no_file(root: Path) -> None:
     (root / "target").write_bytes(b"previous")
     # serving() joins the handler thread on exit, so the cleanup has run by then.
-    server = FileServer(("127.0.0.1", 0), root)
+    server = FileServer(("127.0.0.1", 0), root, writable=True)
     with serving(server), socket.create_connection(server.server_address[:2], timeout=10) as sock:
         header = {"op": "put", "path": "target", "size": 100_000}
         send_message(sock, json.dumps(header).encode())

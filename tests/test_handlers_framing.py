@@ -15,6 +15,7 @@ from handlers.framing import (
     EchoMessageHandler,
     LengthPrefixed,
     MessageHandler,
+    NativeOrderEchoHandler,
     NetstringDecoder,
     Netstrings,
     recv_message,
@@ -277,3 +278,26 @@ def test_recv_message_reports_a_truncated_message_as_protocol_error() -> None:
         left.shutdown(socket.SHUT_WR)
         with pytest.raises(ProtocolError, match="middle"):
             recv_message(right)
+
+
+# -- byte order ----------------------------------------------------------------------
+
+
+def test_byte_order_names_the_length_prefix_of_a_handler_class() -> None:
+    class Little(EchoMessageHandler):
+        byte_order = "little"
+
+    assert Little.framing.encode(b"ab") == b"\x02\x00\x00\x00ab"
+    assert NativeOrderEchoHandler.framing.encode(b"ab") == struct.pack("I", 2) + b"ab"
+    assert EchoMessageHandler.framing.encode(b"ab") == b"\x00\x00\x00\x02ab"
+
+
+def test_a_bad_byte_order_is_refused_when_the_class_is_defined() -> None:
+    with pytest.raises(ValueError, match="byte_order 'middle'"):
+
+        class Bad(EchoMessageHandler):
+            byte_order = "middle"
+
+
+def test_native_order_header_format_is_accepted() -> None:
+    assert LengthPrefixed("=H").encode(b"x") == struct.pack("H", 1) + b"x"

@@ -18,6 +18,15 @@ from pyserve import ProtocolError, ThreadingTCPServer
 from pyserve.testing import StreamHarness, run_stream_handler, serving
 
 
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
 def drain(decoder: LineDecoder) -> list[bytes]:
     out = []
     while True:
@@ -123,7 +132,41 @@ def test_uppercase_echoes_each_line_in_upper_case() -> None:
 
 def test_welcome_greets_answers_and_closes_on_exit() -> None:
     reply = run_stream_handler(WelcomeHandler, b"Ada\nGrace\nexit\nnever answered\n")
-    assert reply == b"Success!\nWelcome! Ada!\nWelcome! Grace!\n"
+    assert reply == b"Success!Welcom! Ada!\nWelcom! Grace!\n"
+
+
+def test_welcome_texts_may_be_overridden() -> None:
+    class Polite(WelcomeHandler):
+        greeting = "Success!\n"
+        reply_format = "Welcome! {}!"
+
+    assert run_stream_handler(Polite, b"Ada\n") == b"Success!\nWelcome! Ada!\n"
+
+
+def test_ends_at_read_makes_the_tail_of_a_read_a_message() -> None:
+    decoder = LineDecoder(ends_at_read=True)
+    decoder.feed(b"one\ntwo")
+    assert decoder.next_message() == b"one"
+    assert decoder.terminated
+    assert decoder.next_message() == b"two"
+    assert not decoder.terminated
+    assert decoder.next_message() is NEED_DATA
+
+
+def test_ends_at_read_waits_for_the_lf_of_a_trailing_cr() -> None:
+    decoder = LineDecoder(ends_at_read=True)
+    decoder.feed(b"abc\r")
+    assert decoder.next_message() is NEED_DATA
+    decoder.feed(b"\n")
+    assert decoder.next_message() == b"abc"
+    assert decoder.terminated
+
+
+def test_ends_at_read_still_refuses_an_over_long_tail() -> None:
+    decoder = LineDecoder(max_line_length=4, ends_at_read=True)
+    decoder.feed(b"abcdef")
+    with pytest.raises(ProtocolError, match="maximum of 4"):
+        decoder.next_message()
 
 
 def test_crlf_newline_is_used_on_replies() -> None:
@@ -176,9 +219,9 @@ def test_welcome_over_tcp_with_the_line_client_helpers() -> None:
     server = ThreadingTCPServer(("127.0.0.1", 0), WelcomeHandler)
     # One line, not a parenthesised with: Python 3.9 cannot parse those.
     with serving(server), socket.create_connection(server.server_address, timeout=10) as sock:
-        assert recv_message(sock, framing) == b"Success!"
+        assert recv_exactly(sock, 8) == b"Success!"  # the tutorial's greeting: no newline
         send_message(sock, b"Linus", framing)
-        assert recv_message(sock, framing) == b"Welcome! Linus!"
+        assert recv_message(sock, framing) == b"Welcom! Linus!"
         send_message(sock, b"exit", framing)
         with pytest.raises(EOFError):
             recv_message(sock, framing)
@@ -209,4 +252,4 @@ def test_welcome_with_socat_sending_crlf() -> None:
             timeout=20,
             check=True,
         )
-    assert done.stdout.replace(b"\r", b"") == b"Success!\nWelcome! Bob!\n"
+    assert done.stdout.replace(b"\r", b"") == b"Success!Welcom! Bob!\n"

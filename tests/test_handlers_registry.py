@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import uuid
 from collections.abc import Iterator
 
@@ -22,13 +23,14 @@ from pyserve.testing import serving
 BUILT_IN = {
     "echo": ("tcp", "udp"),
     "discard": ("tcp", "udp"),
-    "chargen": ("tcp", "udp"),
-    "qotd": ("tcp", "udp"),
+    "chargen": ("tcp",),
+    "qotd": ("tcp",),
     "daytime": ("tcp", "udp"),
     "time": ("tcp", "udp"),
     "uppercase": ("tcp",),
     "welcome": ("tcp",),
     "message-echo": ("tcp",),
+    "message-echo-network": ("tcp",),
 }
 
 
@@ -156,3 +158,21 @@ def test_a_service_looked_up_by_name_serves_over_udp() -> None:
         sock.settimeout(10)
         sock.sendto(b"", server.server_address)
         assert len(sock.recv(100)) == 4
+
+
+@pytest.mark.parametrize("name", ["chargen", "qotd"])
+def test_amplifying_udp_services_are_withheld_with_the_reason_and_the_opt_in(name) -> None:
+    with pytest.raises(KeyError) as refused:
+        registry.get(name, "udp")
+    message = refused.value.args[0]
+    assert "amplif" in message
+    assert f"handlers.simple:{name.capitalize()}DatagramHandler" in message
+    assert registry.get(name) is registry.get(name, "tcp")
+
+
+def test_message_echo_reads_the_length_in_this_machines_byte_order() -> None:
+    server = ThreadingTCPServer(("127.0.0.1", 0), registry.get("message-echo"))
+    with serving(server), socket.create_connection(server.server_address, timeout=10) as c:
+        c.sendall(struct.pack("I", 5) + b"hello")
+        assert c.recv(100) == struct.pack("I", 5) + b"hello"
+    assert registry.get("message-echo-network").framing.encode(b"x") == b"\0\0\0\1x"

@@ -68,7 +68,7 @@ def test_unprotected_rfile_is_the_fast_reader() -> None:
     server = pyserve.ThreadingTCPServer(("127.0.0.1", 0), Look)
     with serving(server), connect(server) as client:
         assert client.recv(10) == b""
-    assert kinds == ["_SocketReader"]
+    assert kinds == ["SocketReader"]
 
 
 # -- deadline and idle timeout ---------------------------------------------------------

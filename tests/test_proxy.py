@@ -241,3 +241,83 @@ def test_works_with_the_thread_pool() -> None:
         )
     assert seen == ("192.0.2.78", 8)
     assert line == b"pool\n"
+
+
+# --------------------------------------- peer faults: escaped, one line per reason
+
+
+def test_refusals_of_untrusted_peers_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pyserve")
+    server = make_server(trusted_proxies=["10.0.0.0/8"])
+    with serving(server):
+        for _ in range(5):
+            assert exchange(server.server_address, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n") is None
+        assert wait_for(lambda: server.proxy_rejected == 5)
+    records = [r for r in caplog.records if r.name == "pyserve.proxy"]
+    assert len(records) == 1
+    assert "not a trusted proxy" in records[0].getMessage()
+
+
+def test_bad_headers_are_rate_limited_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pyserve")
+    server = make_server()
+    with serving(server):
+        for _ in range(4):
+            assert exchange(server.server_address, b"GET / HTTP/1.0\r\n\r\n") is None
+        assert wait_for(lambda: server.proxy_header_failures == 4)
+    records = [r for r in caplog.records if r.name == "pyserve.proxy"]
+    assert len(records) == 1
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX")
+def test_untrusted_unix_peer_path_is_escaped_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Unix client names its own socket: a newline in it must not forge a line."""
+    caplog.set_level(logging.INFO, logger="pyserve")
+
+    class UnixProxied(ProxyProtocolMixIn, ThreadingMixIn, pyserve.UnixStreamServer):
+        daemon_threads = True
+
+    path = str(tmp_path / "s")
+    forged = str(tmp_path / "c\nCRITICAL forged line\x1b[2J")
+    with serving(UnixProxied(path, Report, trusted_proxies=["10.0.0.1"])) as server, socket.socket(
+        socket.AF_UNIX
+    ) as client:
+        client.settimeout(10)
+        client.bind(forged)
+        client.connect(path)
+        assert client.recv(10) == b""
+        assert wait_for(lambda: server.proxy_rejected == 1)
+    [record] = [r for r in caplog.records if r.name == "pyserve.proxy"]
+    message = record.getMessage()
+    assert "\n" not in message
+    assert "\x1b" not in message
+    assert "\\nCRITICAL forged line\\x1b[2J" in message
+
+
+def v2_unix(source: bytes, destination: bytes) -> bytes:
+    body = source.ljust(108, b"\0") + destination.ljust(108, b"\0")
+    return V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x31, len(body)) + body
+
+
+def test_proxied_unix_source_path_is_escaped_in_the_tls_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trusted proxy's v2 header names a Unix source path: the TLS failure line
+    that quotes the client address must escape it."""
+    caplog.set_level(logging.INFO, logger="pyserve")
+    certs = make_certificates(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certs.cert), str(certs.key))
+
+    class Server(ProxyProtocolMixIn, TLSMixIn, ThreadingMixIn, TCPServer):
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Report, trusted_proxies=["127.0.0.1"], ssl_context=context)
+    with serving(server), socket.create_connection(server.server_address, timeout=10) as client:
+        client.sendall(v2_unix(b"/run/x\nCRITICAL forged", b"/run/y") + b"not TLS\r\n\r\n")
+        assert wait_for(lambda: server.tls_handshake_failures == 1)
+    [record] = [r for r in caplog.records if "handshake" in r.getMessage()]
+    assert "\n" not in record.getMessage()
+    assert "\\nCRITICAL forged" in record.getMessage()

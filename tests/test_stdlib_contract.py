@@ -25,6 +25,7 @@ import http.server
 import inspect
 import os
 import re
+import socket
 import socketserver
 import subprocess
 import sys
@@ -88,8 +89,8 @@ def url(server: Any, path: str) -> str:
     return f"http://{HOST}:{port_of(server)}{path}"
 
 
-def run_compat_script(name: str) -> subprocess.CompletedProcess[str]:
-    """Run tests/stdlib_compat/<name> with this interpreter and this pyserve.
+def run_compat_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run tests/stdlib_compat/<name> (with ``args``) on this interpreter and this pyserve.
 
     The directory this process imported pyserve from goes first on the child's
     PYTHONPATH, and the child must report that same pyserve back.
@@ -101,7 +102,7 @@ def run_compat_script(name: str) -> subprocess.CompletedProcess[str]:
     )
     try:
         proc = subprocess.run(
-            [sys.executable, str(COMPAT_DIR / name)],
+            [sys.executable, str(COMPAT_DIR / name), *args],
             check=False,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -116,7 +117,12 @@ def run_compat_script(name: str) -> subprocess.CompletedProcess[str]:
             partial = partial.decode(errors="replace")
         pytest.fail(f"{name} still running after {SUBPROCESS_TIMEOUT:.0f} s\n"
                     f"----- subprocess output so far -----\n{partial}", pytrace=False)
-    if proc.returncode != EXIT_SKIP and f"pyserve from {pyserve_file}\n" not in proc.stdout:
+    checks_pyserve = "stdlib" not in args
+    if (
+        checks_pyserve
+        and proc.returncode != EXIT_SKIP
+        and f"pyserve from {pyserve_file}\n" not in proc.stdout
+    ):
         fail_with_output(f"{name} did not test {pyserve_file}", proc)
     return proc
 
@@ -377,3 +383,128 @@ def test_stdlib_servers_work_when_socketserver_is_pyserve() -> None:
     if summary is None or summary.group(1) != summary.group(2):
         fail_with_output("no clean summary line", proc)
     assert "FAIL" not in proc.stdout
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
+@pytest.mark.parametrize("socketserver_module", ["stdlib", "pyserve"])
+def test_unix_http_server_idiom_skips_http_servers_bind(socketserver_module: str) -> None:
+    """``class UnixHTTPServer(UnixStreamServer, HTTPServer)`` calling
+    ``UnixStreamServer.server_bind(self)`` gets the socket bound and nothing
+    more, on a relative path, and serves a request: as on the stdlib."""
+    proc = run_compat_script("run_unix_http_server.py", socketserver_module)
+    if proc.returncode != 0 or "PASS" not in proc.stdout:
+        fail_with_output(f"the UnixHTTPServer idiom failed on {socketserver_module}", proc)
+
+
+# ------------------- C. the API surface, walked on the running interpreter's module
+
+#: Where pyserve's class attributes deliberately differ from the stdlib's, and why.
+#: docs/differences.rst lists each of these names too (checked below).
+DELIBERATE_DIFFERENCES: dict[str, str] = {
+    "allow_reuse_address": (
+        "true for stream servers on POSIX, so a restart binds while old connections "
+        "sit in TIME_WAIT (it never lets two live listeners share a port there)"
+    ),
+    "request_queue_size": (
+        "socket.SOMAXCONN: a backlog of 5 drops most of a burst of connections "
+        "(Python 3.15 makes the same change)"
+    ),
+    "max_packet_size": (
+        "65535: every UDP datagram arrives whole; the stdlib's 8192 cut longer ones short"
+    ),
+    "_threads": (
+        "the registry of live request threads is declared per instance in "
+        "_init_dispatch_state(); there is no class-level placeholder to share"
+    ),
+}
+
+#: Dunder methods that are part of the contract (the rest are object's).
+CONTRACT_DUNDERS = {"__init__", "__enter__", "__exit__"}
+
+
+def stdlib_public_classes() -> list[str]:
+    return sorted(
+        name
+        for name, value in vars(socketserver).items()
+        if inspect.isclass(value)
+        and value.__module__ == "socketserver"
+        and not name.startswith("_")
+    )
+
+
+def contract_names(cls: type) -> set[str]:
+    """Every attribute a class gets from the stdlib classes in its MRO."""
+    names: set[str] = set()
+    for klass in cls.__mro__[:-1]:  # not object
+        names |= {
+            name
+            for name in vars(klass)
+            if not (name.startswith("__") and name.endswith("__")) or name in CONTRACT_DUNDERS
+        }
+    return names
+
+
+def parameter_shape(function: Any) -> list[tuple[str, str, Any]]:
+    """A signature without annotations: each parameter's name, kind and default."""
+    return [
+        (p.name, p.kind.name, p.default) for p in inspect.signature(function).parameters.values()
+    ]
+
+
+def unwrap(value: Any) -> Any:
+    return value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+
+
+@pytest.mark.parametrize("name", stdlib_public_classes())
+def test_every_stdlib_class_attribute_and_method_exists_with_the_same_shape(name: str) -> None:
+    """Each public class of this interpreter's socketserver: every method with the
+    same parameters (names, kinds, defaults), every class attribute with the same
+    value, except the deliberate differences listed above."""
+    theirs = getattr(socketserver, name)
+    ours = getattr(pyserve, name, None)
+    assert ours is not None, f"pyserve has no {name}"
+    problems = []
+    for attribute in sorted(contract_names(theirs)):
+        expected = unwrap(inspect.getattr_static(theirs, attribute))
+        try:
+            actual = unwrap(inspect.getattr_static(ours, attribute))
+        except AttributeError:
+            if attribute not in DELIBERATE_DIFFERENCES:
+                problems.append(f"{attribute}: missing")
+            continue
+        if inspect.isfunction(expected):
+            if not callable(actual):
+                problems.append(f"{attribute}: not a method but {actual!r}")
+            elif parameter_shape(expected) != parameter_shape(actual):
+                problems.append(
+                    f"{attribute}{inspect.signature(expected)} is "
+                    f"{attribute}{inspect.signature(actual)} in pyserve"
+                )
+        elif expected != actual and attribute not in DELIBERATE_DIFFERENCES:
+            problems.append(f"{attribute} = {expected!r} in the stdlib, {actual!r} in pyserve")
+    assert problems == []
+
+
+def test_deliberate_differences_hold_the_documented_values() -> None:
+    reuse = os.name != "nt"
+    assert pyserve.TCPServer.allow_reuse_address is reuse
+    assert pyserve.UDPServer.allow_reuse_address is False
+    assert pyserve.TCPServer.request_queue_size == socket.SOMAXCONN
+    assert pyserve.UDPServer.max_packet_size == 65535
+    with pyserve.ThreadingTCPServer((HOST, 0), pyserve.StreamRequestHandler) as server:
+        assert len(server._threads) == 0  # the instance has it from construction
+
+
+def test_every_deliberate_difference_is_in_the_docs() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "differences.rst").read_text()
+    assert [name for name in DELIBERATE_DIFFERENCES if f"``{name}``" not in text] == []
+
+
+@pytest.mark.parametrize("name", ["TCPServer", "UDPServer"])
+def test_instances_have_every_stdlib_instance_attribute(name: str) -> None:
+    handler = socketserver.BaseRequestHandler
+    with getattr(socketserver, name)((HOST, 0), handler) as theirs, getattr(pyserve, name)(
+        (HOST, 0), handler
+    ) as ours:
+        missing = [attribute for attribute in vars(theirs) if not hasattr(ours, attribute)]
+    assert missing == []

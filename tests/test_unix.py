@@ -7,6 +7,7 @@ parallel runs never meet. Client sockets have timeouts; serving() checks leaks.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -14,12 +15,13 @@ import pwd
 import socket
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
-from pyserve import ForkingMixIn, StreamRequestHandler, ThreadingMixIn
+from pyserve import ForkingMixIn, StreamRequestHandler, ThreadingMixIn, unix
 from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.request import DatagramRequestHandler
 from pyserve.testing import serving
@@ -90,6 +92,97 @@ def test_live_socket_is_not_stolen(tmp_path: Path) -> None:
     path = str(tmp_path / "s.sock")
     with UnixStreamServer(path, Echo), pytest.raises(OSError, match="a live server"):
         UnixStreamServer(path, Echo)
+
+
+def test_bound_but_not_yet_listening_server_keeps_its_socket_file(tmp_path: Path) -> None:
+    """Between bind() and listen() a socket refuses connections just as a stale
+    one does; a second server must not read that as stale and delete the file."""
+    path = str(tmp_path / "s.sock")
+    first = UnixStreamServer(path, Echo, bind_and_activate=False)
+    try:
+        first.server_bind()  # bound, not listening yet
+        with pytest.raises(OSError, match="a live server") as refused:
+            UnixStreamServer(path, Echo)
+        assert refused.value.errno == errno.EADDRINUSE
+        assert os.path.exists(path)
+        first.server_activate()
+        with serving(first):
+            assert echo(path) == b"hello\n"
+    finally:
+        first.server_close()
+
+
+@pytest.mark.parametrize("kind", [UnixStreamServer, UnixDatagramServer])
+def test_servers_starting_at_once_on_one_path_exactly_one_wins(
+    tmp_path: Path, kind: type[Any]
+) -> None:
+    path = str(tmp_path / "s.sock")
+    contenders = 8
+    start = threading.Barrier(contenders, timeout=TIMEOUT)
+    won: list[Any] = []
+    refused: list[int] = []
+
+    def contend() -> None:
+        start.wait()
+        try:
+            won.append(kind(path, Echo))
+        except OSError as exc:
+            refused.append(exc.errno or 0)
+
+    for _round in range(5):  # bounded: a few rounds make a missed race likely to show
+        threads = [threading.Thread(target=contend) for _ in range(contenders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        try:
+            assert len(won) == 1, won
+            assert refused == [errno.EADDRINUSE] * (contenders - 1)
+            assert os.path.exists(path)
+        finally:
+            for server in won:
+                server.server_close()
+        assert os.listdir(tmp_path) == []
+        won.clear()
+        refused.clear()
+        start.reset()
+
+
+def test_lock_file_is_removed_on_close(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with UnixStreamServer(path, Echo):
+        assert sorted(os.listdir(tmp_path)) == ["s.sock", "s.sock.lock"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_start_leaves_no_lock_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    Path(path).write_text("precious data")
+    with pytest.raises(OSError, match="Address already in use"):
+        UnixStreamServer(path, Echo)
+    assert os.listdir(tmp_path) == ["s.sock"]
+
+
+@pytest.mark.parametrize("kind", [UnixStreamServer, UnixDatagramServer])
+def test_socket_file_appears_only_with_its_final_mode(
+    tmp_path: Path, kind: type[Any], monkeypatch: Any
+) -> None:
+    """A datagram socket receives from the moment it is bound: if its file sat at
+    the path with the umask's mode before chmod, anyone could send meanwhile."""
+    path = str(tmp_path / "s.sock")
+    seen_at_path: list[bool] = []
+    real = unix.set_socket_file_access
+
+    def watched(target: Any, *access: Any) -> None:
+        seen_at_path.append(os.path.lexists(path))
+        real(target, *access)
+
+    monkeypatch.setattr(unix, "set_socket_file_access", watched)
+    with server_class(kind, None, socket_mode=0o600)(path, Echo) as server:
+        assert seen_at_path == [False]
+        assert mode_of(path) == 0o600
+        assert server.server_address == path
+    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------- permissions

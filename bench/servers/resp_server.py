@@ -19,12 +19,16 @@ from _common import parse_args
 
 def find_classes(module, base_server, base_handler):
     handlers, servers = [], []
+    # handlers.resp is a package: its public names (``__all__``) are defined in
+    # its submodules, so "defined here" means "in the package".
+    public = getattr(module, "__all__", None)
     for name, obj in vars(module).items():
         if name.startswith("_") or not inspect.isclass(obj):
             continue
-        defined_in = getattr(obj, "__module__", "")
-        # handlers.resp is a package: its classes live in its submodules.
-        if defined_in != module.__name__ and not defined_in.startswith(module.__name__ + "."):
+        if public is not None and name not in public:
+            continue
+        owner = getattr(obj, "__module__", "")
+        if owner != module.__name__ and not owner.startswith(module.__name__ + "."):
             continue
         if issubclass(obj, base_handler):
             handlers.append(obj)

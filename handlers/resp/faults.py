@@ -3,16 +3,21 @@
 A peer that misbehaves on purpose can do it thousands of times a second, so each
 kind of fault (``reason``: "protocol error", "output buffer limit", "idle timeout")
 is logged at most once per interval, and the next line says how many were left
-out. Whatever the peer chose (the detail) goes through ``ascii()``, so control
-bytes, newlines and escape sequences arrive in the log escaped, never raw.
+out. Whatever the peer chose (the detail, its address) goes through
+:func:`pyserve.logs.escape`, so control bytes, newlines and escape sequences
+arrive in the log escaped, never raw. The counting is
+:class:`pyserve.logs.RateLimitedLog`'s; a :class:`FaultLog` keeps one per
+interval, for one server (each server's :class:`~handlers.resp.session.ServerState`
+has its own, so one server's flood does not silence another's).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
+
+from pyserve.logs import RateLimitedLog, escape
 
 __all__ = ["FaultLog"]
 
@@ -24,21 +29,15 @@ class FaultLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._logs: dict[float, RateLimitedLog] = {}
 
     def warn(self, interval: float, reason: str, client_address: Any, detail: str) -> None:
-        now = time.monotonic()
+        """Log that the connection from ``client_address`` closes for ``reason``."""
         with self._lock:
-            last = self._last.get(reason)
-            if last is not None and now - last < interval:
-                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-                return
-            self._last[reason] = now
-            left_out = self._suppressed.pop(reason, 0)
-        more = f" ({left_out} more since the last report)" if left_out else ""
-        # ascii(): every byte a peer chose is escaped, so the log cannot be forged.
-        logger.warning(
-            "closing RESP connection from %s: %s: %s%s", client_address, reason,
-            ascii(detail), more,
+            log = self._logs.get(interval)
+            if log is None:
+                log = self._logs[interval] = RateLimitedLog(logger, interval)
+        log.report(
+            logging.WARNING, reason, "closing RESP connection from %s: %s: %s",
+            escape(client_address), reason, escape(detail),
         )

@@ -37,6 +37,7 @@ from pyserve.multiplex.connection import ConnectionHandler
 from pyserve.multiplex.server import MultiplexingMixIn, finish_request_overriders
 from pyserve.net import activation
 from pyserve.pool.workers import ThreadPoolMixIn
+from pyserve.request import DatagramRequestHandler
 from pyserve.sockets import TCPServer, UDPServer
 
 if hasattr(socket, "AF_UNIX"):
@@ -147,10 +148,18 @@ def strategy_for(concurrency: Optional[str], handler: Any) -> str:
 
     A :class:`~pyserve.multiplex.connection.ConnectionHandler` is called by one I/O thread and
     runs only multiplexed; every other handler blocks and runs anywhere else.
+
+    A datagram handler runs in the loop thread by default (``sync``): answering a
+    datagram takes microseconds, and a thread per datagram turns a flood into a
+    flood of threads that drains a few thousand datagrams a second while a
+    well-behaved client's datagrams are dropped by the kernel.
     """
     callbacks = isinstance(handler, type) and issubclass(handler, ConnectionHandler)
     if concurrency is None:
-        return "multiplex" if callbacks else "thread"
+        if callbacks:
+            return "multiplex"
+        datagram = isinstance(handler, type) and issubclass(handler, DatagramRequestHandler)
+        return "sync" if datagram else "thread"
     if callbacks and concurrency != "multiplex":
         raise CliError(
             f"{handler.__name__} is a ConnectionHandler: it runs with --concurrency "

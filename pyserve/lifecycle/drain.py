@@ -46,8 +46,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from pyserve.lifecycle.events import (
     DRAINED,
@@ -71,8 +70,7 @@ logger = logging.getLogger("pyserve")
 _TIMEOUTS = (socket.timeout, TimeoutError)
 
 
-@dataclass(frozen=True)
-class DrainReport:
+class DrainReport(NamedTuple):
     """What a drain (or a bounded close) achieved.
 
     ``completed``: requests that finished on their own; ``forced``: requests cut

@@ -18,7 +18,7 @@ listens about each of them:
 
 Counting costs nothing extra: the request registry (:mod:`pyserve.lifecycle.registry`)
 already takes one lock per request to add and remove it, and counts under that
-same lock. ``server.stats`` copies the numbers into a frozen :class:`Stats`.
+same lock. ``server.stats`` copies the numbers into an immutable :class:`Stats`.
 
 Events are built only when an observer is registered, so an unobserved server pays
 one truth test per moment. An observer is any callable taking a
@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 __all__ = [
     "ACCEPTED",
@@ -113,8 +112,7 @@ class ServerEvent:
 Observer = Callable[[ServerEvent], None]
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(NamedTuple):
     """A snapshot of a server's counters (``server.stats``).
 
     Gauges: ``active`` (handlers running now), ``queued`` (accepted, waiting for a

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from pyserve.errors import LineTooLong, RequestTimedOut
 from pyserve.lifecycle.registry import LiveRequest, RequestRegistry
 
-__all__ = ["ConnectionLimits", "LineLimitedReader", "client_host"]
+__all__ = ["ConnectionLimits", "DeadlineReader", "LineLimitedReader", "SocketReader", "client_host"]
 
 logger = logging.getLogger("pyserve")
 
@@ -145,7 +145,40 @@ def handler_setting(handler: Any, name: str) -> Any:
     return value
 
 
-class DeadlineReader(io.RawIOBase):
+class SocketReader(io.RawIOBase):
+    """The raw layer under ``rfile``: reads go straight to ``socket.recv_into``.
+
+    It answers what ``socket.SocketIO`` (the stdlib's raw layer) answers, so code
+    inspecting ``rfile.raw``, ``rfile.name`` or ``rfile.mode`` works unchanged.
+    """
+
+    #: The mode ``makefile()`` would have been given.
+    mode = "rb"
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        # An instance attribute shadows RawIOBase.readinto, so BufferedReader calls
+        # the C method directly: no Python frame per refill.
+        self.readinto = sock.recv_into  # type: ignore[method-assign]
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def name(self) -> int:
+        """The socket's descriptor (-1 once closed), as ``SocketIO.name`` is."""
+        return self._sock.fileno()
+
+    def write(self, data: Any) -> int:
+        """Refuse, as a read-only ``SocketIO`` does (PyPy's RawIOBase has no write)."""
+        raise io.UnsupportedOperation("rfile is not writable")
+
+
+class DeadlineReader(SocketReader):
     """A raw reader that enforces an idle timeout and a whole-connection deadline.
 
     With ``saturated`` (a callable the server provides) it also enforces
@@ -163,19 +196,13 @@ class DeadlineReader(io.RawIOBase):
         busy_idle: Optional[float] = None,
         saturated: Optional[Callable[[], bool]] = None,
     ) -> None:
-        super().__init__()
-        self._sock = sock
+        super().__init__(sock)
+        del self.readinto  # the protected readinto() below, not recv_into itself
         self._idle = _NEVER if idle is None else idle
         self._deadline_at = _NEVER if deadline is None else time.monotonic() + deadline
         self._deadline = deadline
         self._saturated = saturated if busy_idle is not None else None
         self._busy_idle = _NEVER if busy_idle is None else busy_idle
-
-    def readable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def readinto(self, buffer: Any) -> int:
         waited_since = time.monotonic()

@@ -11,16 +11,19 @@ Its parts, in the order a connection meets them:
 
 1. ``verify_request()`` (in the accept loop; no I/O): the connecting peer must be
    one of ``trusted_proxies``. Anyone else could claim any address in a header,
-   so other peers are refused with one WARNING line on the ``pyserve.net.proxy``
-   logger and counted in ``proxy_rejected``.
+   so other peers are refused, counted in ``proxy_rejected``, and logged as a
+   WARNING on the ``pyserve.proxy`` logger: one line a minute at most, however
+   many peers are refused (the next line says how many were not logged).
 2. ``finish_request()`` (in the worker: a thread, a pool worker, a forked child):
    read the header under ``proxy_header_timeout`` (a total deadline, so a proxy
-   trickling bytes cannot hold a worker longer). The header is read *exactly*:
+   trickling bytes cannot hold a worker longer; on a thread pool that is
+   saturated, a header still incomplete after half a second is cut off). The header is read *exactly*:
    the parser (:mod:`pyserve.net.proxy_header`) is fed a ``MSG_PEEK`` of what has
    arrived, and only the bytes that belong to the header are then consumed, so
    the application's first bytes stay in the socket for the handler. A missing,
-   malformed or late header closes the connection with one INFO line and counts
-   in ``proxy_header_failures``; the handler never runs.
+   malformed or late header closes the connection and counts in
+   ``proxy_header_failures``, with one INFO line a minute per kind of failure;
+   the handler never runs.
 3. The handler runs with ``client_address`` set to a :class:`ProxiedAddress`: the
    real client's ``(host, port)`` (a tuple, so ``client_address[0]`` and every
    stdlib handler work unchanged) that also carries ``proxy_address`` (the
@@ -34,7 +37,10 @@ With TLS, the PROXY header comes first, in clear, so this mix-in goes *before*
 
     class Server(ProxyProtocolMixIn, TLSMixIn, ThreadingMixIn, TCPServer): ...
 
-Counters are per process: with ``ForkingMixIn`` they grow in the children.
+Every peer-controlled value in these log lines (a Unix client's own socket
+path, a header's source) goes through :func:`pyserve.logs.escape`, so no peer
+can forge a log line. Counters are per process: with ``ForkingMixIn`` they grow
+in the children.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
 from pyserve.errors import ProtocolError
+from pyserve.logs import RateLimitedLog, escape
 from pyserve.net.proxy_header import (
     DEFAULT_MAX_V2_LENGTH,
     NEED_DATA,
@@ -136,6 +143,11 @@ def _parse_trusted(entries: Iterable[TrustedProxy]) -> tuple[tuple[_Network, ...
     return tuple(networks), unix
 
 
+#: While a pool is saturated, a header still incomplete after this long gives its
+#: worker up: a proxy sends the whole header at once, a trickle is an attack.
+_SATURATED_HEADER_WAIT = 0.5
+
+
 class ProxyProtocolMixIn(_Base):
     """Accept PROXY protocol v1/v2 headers from trusted proxies (stream servers).
 
@@ -162,6 +174,9 @@ class ProxyProtocolMixIn(_Base):
     #: seconds is far beyond that, and bounds what a stuck peer costs a worker.
     proxy_header_timeout: float = 5.0
     proxy_max_v2_length: int = DEFAULT_MAX_V2_LENGTH
+    #: Seconds between two log lines of one kind of peer fault (a refused peer,
+    #: a bad header): a scan of the port costs one line, not one per connection.
+    proxy_log_interval: float = 60.0
 
     def __init__(
         self,
@@ -186,6 +201,7 @@ class ProxyProtocolMixIn(_Base):
         self.proxy_rejected = 0
         self.proxy_header_failures = 0
         self._proxy_counter_lock = threading.Lock()
+        self._proxy_faults = RateLimitedLog(logger, self.proxy_log_interval)
 
     def is_trusted_proxy(self, peer: Any) -> bool:
         """True if ``peer`` (a connection's address) may send PROXY headers."""
@@ -204,7 +220,14 @@ class ProxyProtocolMixIn(_Base):
         if not self.is_trusted_proxy(client_address):
             with self._proxy_counter_lock:
                 self.proxy_rejected += 1
-            logger.warning("Refused %s: not a trusted proxy", client_address)
+                refused = self.proxy_rejected
+            self._proxy_faults.report(
+                logging.WARNING,
+                "untrusted peer",
+                "Refused %s: not a trusted proxy (%d refused so far)",
+                escape(client_address),
+                refused,
+            )
             return False
         return super().verify_request(request, client_address)
 
@@ -215,7 +238,13 @@ class ProxyProtocolMixIn(_Base):
         except (ProtocolError, OSError, EOFError) as exc:
             with self._proxy_counter_lock:
                 self.proxy_header_failures += 1
-            logger.info("Bad PROXY header from %s: %s", client_address, _reason(exc))
+            self._proxy_faults.report(
+                logging.INFO,
+                f"bad header: {type(exc).__name__}",  # a class of ours or the stdlib's
+                "Bad PROXY header from %s: %s",
+                escape(client_address),
+                _reason(exc),
+            )
             return
         super().finish_request(request, self._client_address(header, client_address))
 
@@ -226,16 +255,34 @@ class ProxyProtocolMixIn(_Base):
         or ``OSError`` (including ``socket.timeout``).
         """
         parser = ProxyParser(max_v2_length=self.proxy_max_v2_length)
-        deadline = time.monotonic() + self.proxy_header_timeout
+        started = time.monotonic()
+        deadline = started + self.proxy_header_timeout
         previous_timeout = request.gettimeout()
+        # A pool that can be saturated (every worker busy, requests waiting) cuts
+        # a trickling header short: a real proxy sends it in one packet.
+        saturated = getattr(self, "saturated", None)
+        if not callable(saturated):
+            saturated = None
         try:
             while True:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     raise socket.timeout("timed out waiting for the PROXY header")
+                if saturated is not None:
+                    if now - started >= _SATURATED_HEADER_WAIT and saturated():
+                        raise socket.timeout(
+                            "PROXY header incomplete while every worker was busy"
+                        )
+                    remaining = min(remaining, _SATURATED_HEADER_WAIT)
                 request.settimeout(remaining)
                 # Look without taking: only the header's bytes are consumed below.
-                chunk = request.recv(16 + self.proxy_max_v2_length, socket.MSG_PEEK)
+                try:
+                    chunk = request.recv(16 + self.proxy_max_v2_length, socket.MSG_PEEK)
+                except socket.timeout:
+                    if saturated is None:
+                        raise
+                    continue  # look at the pool, then wait again
                 if not chunk:
                     raise EOFError("connection closed before the PROXY header ended")
                 parser.feed(chunk)
@@ -269,6 +316,7 @@ def _consume(request: socket.socket, count: int) -> None:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why a header failed, in our words (peer bytes inside are already repr()'d)."""
     if isinstance(exc, socket.timeout):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -16,8 +16,10 @@ synchronous default, ``ThreadingMixIn``, a thread pool, ``ForkingMixIn``):
   ``ssl.SSLSocket`` as its ``request``: ``StreamRequestHandler``'s ``rfile`` and
   ``wfile`` work over it unchanged.
 * A failed handshake (a plain-text client, an untrusted certificate, a timeout,
-  a reset) is one INFO line on the ``pyserve.net.tls`` logger and one more in the
-  ``tls_handshake_failures`` counter; the handler does not run. No traceback:
+  a reset) is one more in the ``tls_handshake_failures`` counter and an INFO
+  line on the ``pyserve.tls`` logger, at most one a minute per kind of failure
+  (:class:`pyserve.logs.RateLimitedLog`), with the client's address escaped (a
+  PROXY header may have named it); the handler does not run. No traceback:
   a scanner must not be able to flood the log.
 * ``shutdown_request()`` is given the *plain* socket by the strategy, but
   wrapping detached it (its descriptor now belongs to the ``SSLSocket``). So the
@@ -40,6 +42,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from pyserve.base import BaseServer
+from pyserve.logs import RateLimitedLog, escape
 
 __all__ = ["TLSMixIn"]
 
@@ -85,6 +88,8 @@ class TLSMixIn(_Base):
     #: A handshake is two round trips; ten seconds survives a slow mobile link
     #: while bounding what a silent or trickling client costs a worker.
     tls_handshake_timeout: float = 10.0
+    #: Seconds between two log lines about one kind of failed handshake.
+    tls_log_interval: float = 60.0
 
     def __init__(
         self,
@@ -111,6 +116,7 @@ class TLSMixIn(_Base):
             )
         self.tls_handshake_failures = 0
         self._tls_counter_lock = threading.Lock()
+        self._tls_faults = RateLimitedLog(logger, self.tls_log_interval)
         # plain socket -> the SSLSocket it became. Each key is touched only by the
         # worker that owns that request, and single dict operations are atomic.
         self._tls_sockets: dict[socket.socket, ssl.SSLSocket] = {}
@@ -144,7 +150,14 @@ class TLSMixIn(_Base):
     def _handshake_failed(self, client_address: Any, exc: OSError) -> None:
         with self._tls_counter_lock:
             self.tls_handshake_failures += 1
-        logger.info("TLS handshake with %s failed: %s", client_address, _reason(exc))
+        reason = _reason(exc)
+        self._tls_faults.report(
+            logging.INFO,
+            f"handshake: {type(exc).__name__}",  # a bounded set of exception classes
+            "TLS handshake with %s failed: %s",
+            escape(client_address),
+            reason,
+        )
 
     def shutdown_request(self, request: Any) -> None:
         """End the TLS session (if one was made for ``request``), then the socket."""

@@ -18,6 +18,17 @@ share the slot's socket, so a connection is never refused while the old one
 drains. (Sockets opened *in* the workers would lose their queue each time a
 worker closed its listener.)
 
+**Non-blocking for good.** Every socket is switched to non-blocking once, here,
+and never back. Several processes wait on one socket (all workers, where it is
+shared; the old and the new worker of a slot during a roll), and one connection
+makes every waiter's ``select()`` readable; only one ``accept()`` gets it. A
+blocking loser would sleep inside ``accept()``, where neither its loop's wake-up
+nor a drain reaches it; a non-blocking one gets EAGAIN, which the serve loop
+treats as the normal "another worker won" and goes back to waiting. Blocking
+mode is a property of the socket's shared file description, so it is set
+before any fork and nobody may toggle it afterwards. The connections a worker
+accepts are blocking all the same (``TCPServer.get_request()`` sees to it).
+
 In a forked worker, :meth:`Listeners.keep_only` closes every socket but its
 slot's. The worker's server adopts that socket (:func:`adopt_listener`): it is
 built with ``bind_and_activate=False``, so it neither binds nor, for a Unix
@@ -91,6 +102,7 @@ class Listeners:
             self.address = listener.getsockname()
             if kind == socket.SOCK_STREAM:
                 listener.listen(backlog)
+            listener.setblocking(False)  # for good: see the module documentation
 
     @property
     def closed(self) -> bool:

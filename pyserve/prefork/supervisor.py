@@ -29,11 +29,16 @@ restored when it returns. They land on a self-pipe (``signal.set_wakeup_fd``), s
 the supervisor's single ``select()`` sees signals, readiness bytes and child exits
 (``SIGCHLD``) alike, and computes its timeout from its own deadlines:
 
-* ``SIGTERM``/``SIGINT``: graceful stop. Every worker gets ``SIGTERM``, which makes
-  it drain (``server.drain(grace)`` when the server has one, else ``shutdown()``
-  then ``server_close()``, which waits for requests in flight) and exit. Whatever
-  is left ``drain_timeout`` + a margin later gets ``SIGKILL``. A second signal
-  kills at once. ``run()`` returns 0 after a graceful stop, 1 if it had to kill.
+* ``SIGTERM``/``SIGINT``: graceful stop. The supervisor closes its listening
+  sockets at once (and removes a Unix socket file it created), and every worker
+  gets ``SIGTERM``, which makes it withdraw its own copy of the listener, drain
+  its requests for up to ``drain_timeout`` seconds and exit (the worker's side is
+  in :mod:`pyserve.prefork.worker`). Once the last process has closed the
+  listener the kernel refuses new connections instead of completing handshakes
+  nobody will serve. A worker still alive ``KILL_MARGIN`` seconds past the
+  deadline gets ``SIGKILL``; a second signal kills at once. ``run()`` returns 0
+  after a graceful stop, 1 if a request had to be cut short (a worker killed, or
+  a worker that exited with requests still running).
 * ``SIGHUP``: roll, one slot at a time: start the new worker, wait until it is
   ready, then drain the old one, then the next slot. A new worker that fails to
   become ready aborts the roll and the old one keeps serving. (The new workers
@@ -67,9 +72,14 @@ __all__ = ["Prefork"]
 
 logger = logging.getLogger("pyserve.prefork")
 
-#: Seconds between the drain deadline and SIGKILL: the worker's own drain may use
-#: all of ``drain_timeout`` and then needs a moment to close and exit.
-KILL_MARGIN = 2.0
+#: Seconds between the drain deadline and SIGKILL. A worker exits by itself within
+#: ``worker.EXIT_MARGIN`` (0.5 s) of the deadline, having given the requests it
+#: forced ``worker.FORCE_TIMEOUT`` (0.25 s) to end; the kill catches only a worker
+#: too wedged to do so (it holds the GIL in C code, say), and the extra half second
+#: keeps it from cutting short a worker that is closing cleanly on a loaded
+#: machine. So the workers are gone by ``drain_timeout`` + 0.5 s as a rule, and
+#: by ``drain_timeout`` + 1 s at worst.
+KILL_MARGIN = 1.0
 
 _SUPERVISED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
@@ -151,8 +161,9 @@ class Prefork:
         self._roll_queue: list[int] = []
         self._rolling = False
         self._stopping = False
-        self._forced = False
+        self._forced = False  # a request was cut short during the stop
         self._wake_r = -1
+        self._wake_w = -1
 
     # -- sockets -------------------------------------------------------------------
 
@@ -184,8 +195,9 @@ class Prefork:
         """Start the workers and supervise them until stopped; return an exit status.
 
         Must be called from the main thread (signal handlers live there). Returns
-        0 when every worker drained in time, 1 when some had to be killed. The
-        listening sockets are closed on return and the previous signal handlers
+        0 when every request in flight ended in time, 1 when one had to be cut
+        short (see the module documentation). The listening sockets are closed
+        on return (on a stop signal, at once) and the previous signal handlers
         restored.
         """
         if threading.current_thread() is not threading.main_thread():
@@ -195,7 +207,7 @@ class Prefork:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
-        self._wake_r = wake_r
+        self._wake_r, self._wake_w = wake_r, wake_w
         previous = {signum: signal.getsignal(signum) for signum in _SUPERVISED}
         previous_wakeup = signal.set_wakeup_fd(wake_w)
         try:
@@ -219,6 +231,7 @@ class Prefork:
                 self._reap(blocking=True)
             os.close(wake_r)
             os.close(wake_w)
+            self._wake_r = self._wake_w = -1
             self.close()
 
     def _turn(self) -> None:
@@ -265,6 +278,10 @@ class Prefork:
                     self.drain_timeout)
         self._stopping = True
         self._roll_queue.clear()
+        # Nobody will be started again: close our copies now, so that the kernel
+        # stops completing handshakes as soon as the workers have closed theirs.
+        self.close()
+        logger.info("closed the listening sockets")
         for worker in self._live.values():
             self._drain(worker)
 
@@ -313,10 +330,9 @@ class Prefork:
         try:
             pid = os.fork()
             if pid == 0:
-                inherited = [self._wake_r, ready_r]
-                inherited += [w.ready_fd for w in self._live.values() if w.ready_fd is not None]
                 become_worker(self.make_server, self._listeners, slot, ready_w=ready_w,
-                              grace=self.drain_timeout, mask=blocked, inherited=inherited)
+                              grace=self.drain_timeout, mask=blocked,
+                              supervisor_fds=[ready_r, *self._own_fds()])
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(ready_w)
@@ -324,6 +340,11 @@ class Prefork:
         self._live[pid] = _Worker(pid, slot, ready_r, role, deadline)
         logger.info("worker %d starting (slot %d%s)", pid, slot,
                     ", rolling" if role is _Role.INCOMING else "")
+
+    def _own_fds(self) -> list[int]:
+        """The supervisor's own descriptors, which a new worker must close."""
+        pipes = [w.ready_fd for w in self._live.values() if w.ready_fd is not None]
+        return [self._wake_r, self._wake_w, *pipes]
 
     def _read_ready(self, worker: _Worker) -> None:
         assert worker.ready_fd is not None
@@ -385,6 +406,8 @@ class Prefork:
         how = _describe_status(status)
         if worker.role is _Role.DRAINING or self._stopping:
             logger.info("worker %d exited (%s)", worker.pid, how)
+            if self._stopping and status != 0:
+                self._forced = True  # it had to cut requests short, or was killed
             return
         lived = time.monotonic() - worker.started_at
         if worker.role is _Role.INCOMING:

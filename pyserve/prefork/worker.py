@@ -3,10 +3,15 @@
 Theory of operation
 -------------------
 The supervisor forks with its signals blocked and calls :func:`become_worker` in
-the child, which never returns: it closes the supervisor's descriptors the child
-inherited (its wake-up pipe, other workers' readiness pipes, other slots' sockets),
-runs :func:`serve_in_worker` and ends the process with ``os._exit`` (a failure is
-logged and is exit status 1). A ``WorkerProcess`` then:
+the child, which never returns. It first closes every descriptor that belongs to
+the supervisor alone (the two ends of its signal pipe, the readiness pipes of
+the other workers, the other slots' sockets): a worker that kept the write end
+of the supervisor's signal pipe could wake the supervisor, and would keep pipes
+and sockets alive that the supervisor believes closed. What the worker keeps is
+its slot's listener, its own readiness pipe, and whatever the program had open
+before it made the supervisor. Then it runs :func:`serve_in_worker` and ends the
+process with ``os._exit`` (a failure is logged and is exit status 1). A
+``WorkerProcess``:
 
 1. installs its own signal handling: ``SIGTERM`` means *drain and exit*;
    ``SIGINT`` and ``SIGHUP`` are ignored (the supervisor decides); only then are
@@ -16,16 +21,44 @@ logged and is exit status 1). A ``WorkerProcess`` then:
    to the readiness pipe: the supervisor's proof that this worker accepts;
 4. sleeps in ``select()`` on a wake-up pipe until ``SIGTERM`` (or until the loop
    ends by itself, a failure);
-5. drains: ``server.drain(grace)`` when the server has one (pyserve's graceful
-   drain), then ``shutdown()`` and ``server_close()``, which for the threading and
-   forking mix-ins waits for the requests in flight. The supervisor kills the
-   worker if this outlasts the grace period.
+5. stops, within a deadline of ``grace`` seconds from the signal (below).
+
+Stopping
+--------
+The listener is shared with other processes (the supervisor, the other workers,
+during a roll this slot's new worker), so a stopping worker must *withdraw* it
+from this process, never shut it down for everyone. A helper thread does, in
+order:
+
+1. **stop accepting**: ``shutdown()`` ends the serve loop (a synchronous server
+   first finishes the request it runs). Once the loop has ended nothing in this
+   process accepts;
+2. **withdraw the listener**: take every connection the kernel has already
+   queued (it completed their handshakes: the clients believe they are being
+   served, and the last process to close the socket would reset them), close
+   this process's copy of the socket, log ``closed its listener``, then serve
+   what it took like any other request. A synchronous server serves them here,
+   one after another; its own drain could not (it never serves beside its loop
+   thread);
+3. **drain** what is in flight: ``server.drain(remaining grace)`` (pyserve's
+   graceful drain: at the deadline it shuts open connections for reading, so a
+   handler blocked in a read sees EOF, and gives them ``FORCE_TIMEOUT``
+   more), then ``server_close()``. A server without ``drain()`` gets
+   ``shutdown()`` and ``server_close()`` only.
+
+The main thread waits for that helper until the deadline plus
+``EXIT_MARGIN`` and then exits regardless: a request still running then is
+cut short by the end of the process, and the exit status is 1 (0 when every
+request ended). The supervisor kills a worker still alive a little later
+(``KILL_MARGIN`` in :mod:`pyserve.prefork.supervisor`), for a worker too wedged even
+to exit.
 
 Why the main thread waits and a thread serves: the kernel may deliver ``SIGTERM``
 to any thread, but Python runs handlers only in the main thread, so the handler
 is paired with ``signal.set_wakeup_fd``, which makes the main thread's
-``select()`` return whichever thread caught the signal. Draining from the main
-thread also keeps ``shutdown()`` away from the signal handler (it takes locks).
+``select()`` return whichever thread caught the signal. Stopping in a helper
+thread keeps ``shutdown()`` away from the signal handler (it takes locks), and
+leaves the main thread free to keep the deadline.
 """
 
 from __future__ import annotations
@@ -36,10 +69,12 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any, Callable, NoReturn, Optional
 
+from pyserve.base import BaseServer
 from pyserve.prefork.sockets import Listeners
 
 __all__ = ["READY", "become_worker", "serve_in_worker"]
@@ -48,6 +83,17 @@ logger = logging.getLogger("pyserve.prefork")
 
 #: The byte a worker writes to its readiness pipe once its loop runs.
 READY = b"R"
+
+#: Seconds the handlers still running at the deadline get, once their connections
+#: are shut for reading, to end: a handler blocked in a read sees EOF at once.
+#: (The same as the ``pyserve`` command's own, so both stop alike.)
+FORCE_TIMEOUT = 0.25
+#: Seconds past the deadline after which a worker exits whatever its requests do:
+#: ``FORCE_TIMEOUT``, then a quarter second to close the server.
+EXIT_MARGIN = 0.5
+#: At most this many queued connections are taken when a worker withdraws its
+#: listener (a bound for the loop; a listen backlog is rarely deeper).
+_MOST_QUEUED = 4096
 
 
 class WorkerProcess:
@@ -107,8 +153,8 @@ class WorkerProcess:
         os.write(ready_w, READY)
         os.close(ready_w)
         self._wait_for_stop()
-        self._drain(server, thread)
-        return 0 if self.asked_to_stop.is_set() else 1
+        status = self._stop(server, thread)
+        return status if self.asked_to_stop.is_set() else 1
 
     def _wait_for_stop(self) -> None:
         while not (self.asked_to_stop.is_set() or self.loop_ended.is_set()):
@@ -118,15 +164,82 @@ class WorkerProcess:
             except BlockingIOError:
                 pass  # another wake-up consumed it
 
-    def _drain(self, server: Any, thread: threading.Thread) -> None:
-        logger.info("worker %d draining", self.pid)
+    def _stop(self, server: Any, serving: threading.Thread) -> int:
+        """Stop within the deadline (see the module documentation); the exit status."""
+        deadline = time.monotonic() + self.grace
+        logger.info("worker %d draining (up to %.1fs)", self.pid, self.grace)
+        outcome: list[int] = []
+        stopper = threading.Thread(
+            target=self._stop_server,
+            args=(server, serving, deadline, outcome),
+            name="pyserve-prefork-stop",
+            daemon=True,
+        )
+        stopper.start()
+        stopper.join(max(0.0, deadline + EXIT_MARGIN - time.monotonic()))
+        if stopper.is_alive() or not outcome:
+            logger.warning(
+                "worker %d: requests still running %.2fs after the deadline; exiting",
+                self.pid, EXIT_MARGIN,
+            )
+            return 1
+        return outcome[0]
+
+    def _stop_server(
+        self,
+        server: Any,
+        serving: threading.Thread,
+        deadline: float,
+        outcome: list[int],
+    ) -> None:
+        if _withdrawable(server):
+            self._withdraw(server, serving, deadline)
+        clean = True
         drain = getattr(server, "drain", None)
         if callable(drain):
-            report = drain(self.grace)
+            report = drain(max(0.0, deadline - time.monotonic()), force_timeout=FORCE_TIMEOUT)
             logger.info("worker %d drained: %s", self.pid, report)
-        server.shutdown()
-        thread.join(self.grace)
-        server.server_close()  # the stdlib's mix-ins wait here for requests in flight
+            clean = not report.stragglers
+        else:
+            server.shutdown()
+        serving.join(max(0.0, deadline + FORCE_TIMEOUT - time.monotonic()))
+        if serving.is_alive():
+            clean = False
+        if clean:  # nothing left to wait for: closing is quick
+            server.server_close()
+        outcome.append(0 if clean else 1)
+
+    def _withdraw(self, server: Any, serving: threading.Thread, deadline: float) -> None:
+        """Steps 1 and 2 of a stop (see the module documentation)."""
+        threading.Thread(target=server.shutdown, name="pyserve-prefork-shutdown",
+                         daemon=True).start()
+        serving.join(max(0.0, deadline - time.monotonic()))
+        if serving.is_alive():
+            # A synchronous request still runs at the deadline: the drain closes
+            # the listener beside it (its barrier allows that), then forces it.
+            return
+        taken = []
+        for _ in range(_MOST_QUEUED):
+            if not select.select([server], [], [], 0)[0]:
+                break
+            request = server._accept_and_admit()  # None: another process won it
+            if request is not None:
+                taken.append(request)
+        server.socket.close()  # this process's copy only: the others keep theirs
+        logger.info("worker %d closed its listener; %d queued connections taken",
+                    self.pid, len(taken))
+        for request in taken:
+            server._serve_accepted(*request)
+
+
+def _withdrawable(server: Any) -> bool:
+    """True for a pyserve stream server (its accept path is known to this module)."""
+    listener = getattr(server, "socket", None)
+    return (
+        isinstance(server, BaseServer)
+        and isinstance(listener, socket.socket)
+        and listener.type == socket.SOCK_STREAM
+    )
 
 
 def serve_in_worker(
@@ -150,13 +263,14 @@ def become_worker(
     ready_w: int,
     grace: float,
     mask: Iterable[int],
-    inherited: Iterable[int],
+    supervisor_fds: Iterable[int],
 ) -> NoReturn:
-    """In a freshly forked child: close ``inherited`` fds, serve ``slot``, ``os._exit``."""
+    """In a freshly forked child: close the supervisor's own descriptors
+    (``supervisor_fds`` and the other slots' sockets), serve ``slot``, ``os._exit``."""
     status = 1
     try:
         signal.set_wakeup_fd(-1)
-        for fd in inherited:
+        for fd in supervisor_fds:
             os.close(fd)
         listener = listeners.keep_only(slot)
         status = serve_in_worker(make_server, listener, ready_w, grace, mask)

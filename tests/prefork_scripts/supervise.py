@@ -6,11 +6,14 @@ supervisor's log lines to stdout (the test waits on them), and exits with
 ``run()``'s status. Signal handlers in force after ``run()`` are
 compared with those before and reported as ``HANDLERS restored|changed``.
 
-Stream protocol (TCP: a threading server, or a pool with ``--kind pool``; Unix: a
+Stream protocol (TCP: a threading server, or a pool with ``--kind pool``, whose
+workers accept themselves with ``--kind pool-accept``; Unix: a
 one-request-at-a-time server, or a one-worker pool with ``--kind unix-pool``),
 one line per command: ``pid`` -> this worker's pid; ``hold`` -> ``holding``, then
-waits for any line and answers ``released``. UDP (one-at-a-time server): the
-datagram ``pid`` is answered with this worker's pid.
+waits for any line and answers ``released``; ``slow`` -> waits 50 ms, answers
+``done <pid>``; ``forever`` -> ``stuck``, then never ends (it ignores EOF: a
+handler only a deadline can stop). UDP (one-at-a-time server): the datagram
+``pid`` is answered with this worker's pid.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from pyserve import (
@@ -44,6 +48,13 @@ class Handler(StreamRequestHandler[Any]):
                 self.wfile.write(b"holding\n")
                 self.rfile.readline()
                 self.wfile.write(b"released\n")
+            elif command == b"slow":
+                time.sleep(0.05)
+                self.wfile.write(b"done %d\n" % os.getpid())
+            elif command == b"forever":
+                self.wfile.write(b"stuck\n")
+                for _ in range(3600):  # bounded: the supervisor kills us long before
+                    time.sleep(1)
 
 
 class PidDatagramHandler(DatagramRequestHandler[Any]):
@@ -57,6 +68,10 @@ class OneWorkerUnixPool(ThreadPoolUnixStreamServer):
     queue_size = 0  # so in hand-off mode too, a busy worker leaves the rest to the other
 
 
+class WorkersAcceptPool(ThreadPoolTCPServer):
+    workers_accept = True  # idle workers wait on the (shared) listener themselves
+
+
 def broken_factory(listener: Any) -> Any:
     raise RuntimeError("this factory always fails")
 
@@ -68,9 +83,12 @@ def main() -> int:
     parser.add_argument("--broken", action="store_true")
     parser.add_argument("--backoff-max", type=float, default=10.0)
     parser.add_argument(
-        "--kind", choices=("tcp", "udp", "unix", "pool", "unix-pool"), default="tcp"
+        "--kind",
+        choices=("tcp", "udp", "unix", "pool", "pool-accept", "unix-pool"),
+        default="tcp",
     )
     parser.add_argument("--path", help="the Unix socket path (--kind unix)")
+    parser.add_argument("--shared", action="store_true", help="one socket (no SO_REUSEPORT)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="LOG %(message)s")
     watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -83,6 +101,8 @@ def main() -> int:
         server_class, address, handler = UnixStreamServer, args.path, Handler
     elif args.kind == "unix-pool":  # one request at a time, like "unix", on a pool
         server_class, address, handler = OneWorkerUnixPool, args.path, Handler
+    elif args.kind == "pool-accept":
+        server_class, address, handler = WorkersAcceptPool, ("127.0.0.1", 0), Handler
     elif args.kind == "pool":
         server_class, address, handler = ThreadPoolTCPServer, ("127.0.0.1", 0), Handler
     else:
@@ -94,6 +114,7 @@ def main() -> int:
         workers=args.workers,
         drain_timeout=args.drain_timeout,
         make_server=broken_factory if args.broken else None,
+        reuse_port=False if args.shared else None,
         restart_backoff_initial=0.05,
         restart_backoff_max=args.backoff_max,
     )

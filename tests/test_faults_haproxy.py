@@ -1,0 +1,152 @@
+"""A backend drained under load behind HAProxy loses no request.
+
+Two ``pyserve echo`` processes sit behind HAProxy (TCP mode, health checks,
+``retries`` and ``option redispatch``). Clients send requests through HAProxy in
+a bounded loop while one backend is stopped with SIGTERM mid-load. A graceful
+drain closes the listener first (DESIGN: "stop accepting — close the listener,
+so the kernel completes no handshake that nobody will serve and a load balancer
+retries elsewhere"), so HAProxy's next connect() to that backend is refused and
+it redispatches the request to the other one: not one request may fail. A long
+request on the stopped backend keeps its drain going while the load goes on. A
+backend whose listener stayed open during its drain would let the kernel accept
+connections it then drops, which HAProxy in TCP mode cannot retry.
+
+HAProxy is Debian's ``haproxy``: skipped locally without it, a failure under
+``CI=true`` (CI installs it, see .ci/run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from faults import HOST, TIMEOUT
+from peers import ProxyProcess, listening_socket, require_binary
+from test_cli import Command, host_port
+
+from pyserve.cli import command as cli
+
+CLIENTS = 3
+REQUESTS_BEFORE_STOP = 60  # per client, before the backend is stopped
+REQUESTS_AFTER_STOP = 120  # per client, while and after it drains
+LOAD_DEADLINE = 60.0  # seconds for the whole load, a bound not an expectation
+
+
+def _haproxy() -> str:
+    if os.environ.get("CI") == "true" and shutil.which("haproxy") is None:
+        pytest.fail("haproxy is missing under CI=true (Debian package: haproxy)")
+    return require_binary("haproxy", "haproxy")
+
+
+def _start_haproxy(tmp_path: Path, backends: list[tuple[str, int]]) -> ProxyProcess:
+    haproxy = _haproxy()
+    listener = listening_socket()
+    servers = "\n".join(
+        f"    server s{index} {host}:{port} check inter 200ms fall 1 rise 2"
+        for index, (host, port) in enumerate(backends)
+    )
+    config = tmp_path / "haproxy.cfg"
+    # retries + redispatch: a refused connect is retried on the other server.
+    config.write_text(
+        f"""\
+global
+    maxconn 200
+defaults
+    mode tcp
+    retries 3
+    option redispatch
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+frontend front
+    bind fd@{listener.fileno()}
+    default_backend back
+backend back
+    balance roundrobin
+{servers}
+"""
+    )
+    return ProxyProcess(
+        [haproxy, "-db", "-f", str(config)], listener, {}, tmp_path / "haproxy.log"
+    )
+
+
+def _request(address: tuple[str, int], payload: bytes) -> bytes:
+    with socket.create_connection(address, timeout=TIMEOUT) as client:
+        client.sendall(payload)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_backend_drained_under_load_behind_haproxy_loses_no_request(tmp_path: Path) -> None:
+    _haproxy()
+    backends = [
+        Command("echo", "--bind", f"{HOST}:0", "--drain-timeout", "30") for _ in range(2)
+    ]
+    try:
+        addresses = [host_port(backend.addresses()[0]) for backend in backends]
+        with _start_haproxy(tmp_path, addresses) as proxy:
+            failures: list[str] = []
+            done = [0] * CLIENTS
+            stop_now = threading.Event()
+            deadline = time.monotonic() + LOAD_DEADLINE
+
+            def load(index: int) -> None:
+                for number in range(REQUESTS_BEFORE_STOP + REQUESTS_AFTER_STOP):
+                    if time.monotonic() > deadline:
+                        failures.append(f"client {index}: load deadline passed")
+                        return
+                    payload = b"client %d request %d\n" % (index, number)
+                    try:
+                        answer = _request(proxy.address, payload)
+                    except OSError as exc:
+                        answer = repr(exc).encode()
+                    if answer != payload:
+                        failures.append(f"client {index} request {number}: {answer!r}")
+                    done[index] += 1
+                    if min(done) >= REQUESTS_BEFORE_STOP:
+                        stop_now.set()
+
+            clients = [
+                threading.Thread(target=load, args=(i,), daemon=True) for i in range(CLIENTS)
+            ]
+            for thread in clients:
+                thread.start()
+            assert stop_now.wait(LOAD_DEADLINE), f"no load through HAProxy: {failures[:5]}"
+            # A long request on the stopped backend keeps its drain going while
+            # the load goes on; it finishes after the load.
+            with socket.create_connection(addresses[0], timeout=TIMEOUT) as slow:
+                slow.sendall(b"slow\n")
+                assert slow.recv(100) == b"slow\n"
+                backends[0].process.send_signal(signal.SIGTERM)  # drain it mid-load
+                for thread in clients:
+                    thread.join(LOAD_DEADLINE)
+                assert not any(thread.is_alive() for thread in clients)
+                slow.sendall(b"last\n")
+                try:
+                    slow_answer = slow.recv(100)
+                except OSError as exc:
+                    slow_answer = repr(exc).encode()
+            stopped_status = backends[0].finish()[0]
+            assert failures == [], f"{len(failures)} failed requests, first: {failures[:5]}"
+            assert slow_answer == b"last\n", "the drain cut the long request"
+            assert stopped_status == cli.EXIT_OK
+            assert sum(done) == CLIENTS * (REQUESTS_BEFORE_STOP + REQUESTS_AFTER_STOP)
+    finally:
+        for backend in backends:
+            if backend.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    backend.process.kill()
+            backend.finish()
