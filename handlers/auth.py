@@ -73,8 +73,9 @@ from handlers._handshake import (
     send_before,
     throttle_of,
 )
-from handlers._ratelimit import escaped, fault_log
+from handlers._ratelimit import fault_log
 from pyserve import BaseRequestHandler, ProtocolError
+from pyserve.logs import escape
 
 __all__ = [
     "ACCEPTED",
@@ -219,9 +220,10 @@ class ChallengeAuthMixIn(_Handler):
     def _fault(self, reason: str, detail: str) -> None:
         log = fault_log(self.server, "shared-key auth", logger)
         log.report(
+            logging.WARNING,
             reason,
             "authentication failed for %s: %s",
-            escaped(self.client_address),
+            escape(self.client_address),
             detail,
         )
 

@@ -62,9 +62,9 @@ import time
 import weakref
 from typing import Any, NamedTuple, Optional
 
-from handlers._ratelimit import PeerFaultLog, escaped
 from handlers.chat_limits import RateLimit, clean_text
 from pyserve import StreamRequestHandler, ThreadingTCPServer
+from pyserve.logs import RateLimitedLog, escape
 
 __all__ = [
     "ChatHandler",
@@ -162,7 +162,7 @@ class Room:
         self._lock = threading.Lock()
         self._guest_number = 0
         #: Peer faults (slow readers, over-long lines): one line per reason per minute.
-        self.faults = PeerFaultLog(logger)
+        self.faults = RateLimitedLog(logger)
 
     def join(self, outbox: Outbox, sock: socket.socket, address: Any) -> Member:
         with self._lock:
@@ -221,10 +221,11 @@ class Room:
         del self._members[member.nick]
         member.dropped = True
         self.faults.report(
+            logging.WARNING,
             "too slow",
             "disconnecting chat client %s (%s): %d lines queued and it is not reading",
             member.nick,
-            escaped(member.address),
+            escape(member.address),
             member.outbox.limit,
         )
         try:
@@ -305,10 +306,11 @@ class ChatHandler(StreamRequestHandler["ChatServer"]):
                 return
             if len(raw) > limit and not raw.endswith(b"\n"):
                 self.room.faults.report(
+                    logging.WARNING,
                     "line too long",
                     "disconnecting chat client %s (%s): line longer than %d bytes",
                     self.member.nick,
-                    escaped(self.client_address),
+                    escape(self.client_address),
                     limit,
                 )
                 return
@@ -329,10 +331,11 @@ class ChatHandler(StreamRequestHandler["ChatServer"]):
             self.throttled_since = now
         elif now - self.throttled_since > self.max_throttled_seconds:
             self.room.faults.report(
+                logging.WARNING,
                 "flooding",
                 "disconnecting chat client %s (%s): over %g lines a second for %g s",
                 self.member.nick,
-                escaped(self.client_address),
+                escape(self.client_address),
                 self.max_lines_per_second,
                 self.max_throttled_seconds,
             )

@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from handlers._ratelimit import escaped, fault_log
+from handlers._ratelimit import fault_log
 from handlers.framing import DEFAULT_FRAMING, NEED_DATA, Decoder, Framing, LengthPrefixed
 from pyserve import ProtocolError, StreamRequestHandler
+from pyserve.logs import escape
 
 __all__ = ["BYTE_ORDERS", "EchoMessageHandler", "MessageHandler", "NativeOrderEchoHandler"]
 
@@ -111,7 +112,13 @@ class MessageHandler(StreamRequestHandler[Any]):
         text = str(exc)
         reason = "".join(c for c in text if not c.isdigit())[:60]
         log = fault_log(self.server, type(self).__qualname__, logger)
-        log.report(reason, "closing connection from %s: %s", escaped(self.client_address), text)
+        log.report(
+            logging.WARNING,
+            reason,
+            "closing connection from %s: %s",
+            escape(self.client_address),
+            text,
+        )
 
     def handle(self) -> None:
         decoder = self.make_decoder()

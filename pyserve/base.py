@@ -58,6 +58,7 @@ from pyserve.lifecycle.drain import Lifecycle
 from pyserve.lifecycle.events import ACCEPTED
 from pyserve.lifecycle.limits import ConnectionLimits
 from pyserve.lifecycle.registry import LiveRequest
+from pyserve.logs import RateLimitedLog, escape
 from pyserve.loop import ServeLoop, _Selector
 
 if sys.version_info >= (3, 11):
@@ -126,6 +127,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         self.RequestHandlerClass = RequestHandlerClass
         self._init_loop_state()
         self._init_lifecycle_state()
+        self._peer_fault_log = RateLimitedLog(logger, self.rejection_log_interval)
         self._init_dispatch_state()
         if explain.requested(self):  # the attribute, then the environment; free when off
             explain.install(self)
@@ -302,11 +304,20 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         line, so no client can flood the log; anything else at ERROR with the
         traceback, in the stdlib's wording. A peer's fault that pyserve detected (an
         over-long line, a missed deadline, a protocol error) is one WARNING line
-        giving the reason.
+        giving the reason, at most once per kind of fault per
+        ``rejection_log_interval`` (the next line counts the ones held back).
         """
         exc = sys.exc_info()[1]
         if isinstance(exc, PeerFault):
-            logger.warning("Closed the connection from %s: %s", client_address, exc)
+            # The peer's doing, as often as it likes: one line per kind of fault
+            # per rejection_log_interval, with the peer's values escaped.
+            self._peer_fault_log.report(
+                logging.WARNING,
+                type(exc).__name__,
+                "Closed the connection from %s: %s",
+                escape(client_address),
+                escape(str(exc)),
+            )
         elif isinstance(exc, PeerGone):
             logger.debug("Connection from %s ended by the peer: %r", client_address, exc)
         else:

@@ -315,3 +315,15 @@ def test_the_documented_exit_codes_are_the_commands() -> None:
     table = page.read_text().split("Exit codes")[-1]
     documented = {int(code) for code in re.findall(r"^(\d+)\s{2,}\S", table, re.MULTILINE)}
     assert documented == set(cli.EXIT_CODES)
+
+
+def test_the_access_log_escapes_a_peer_chosen_unix_path() -> None:
+    """A PROXY v2 header may carry any Unix source path: it cannot forge a line."""
+    from pyserve.cli.features import _client  # noqa: PLC0415 - the one helper under test
+
+    assert _client(("127.0.0.1", 5555)) == "127.0.0.1:5555"
+    assert _client(("::1", 5555)) == "[::1]:5555"
+    forged = _client("/tmp/x\n2026-12-06 INFO pyserve.access: 10.0.0.1:1 0.001s ok")
+    assert "\n" not in forged
+    assert forged.startswith("'/tmp/x\\n")
+    assert _client("") == "-"

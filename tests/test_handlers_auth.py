@@ -11,7 +11,6 @@ import threading
 import pytest
 
 from handlers._handshake import FailureThrottle
-from handlers._ratelimit import PeerFaultLog
 from handlers.auth import (
     ACCEPTED,
     CHALLENGE_SIZE,
@@ -238,20 +237,6 @@ def test_the_per_host_table_is_bounded_and_forgets() -> None:
     clock.now += 601.0
     assert throttle.locked_for("10.0.39.15") == 0.0  # the newest is forgotten in time
     assert len(throttle) == 99
-
-
-def test_peer_fault_log_writes_one_line_per_reason_per_minute_with_a_count(caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="pyserve")
-    clock = FakeClock()
-    log = PeerFaultLog(logging.getLogger("pyserve.test"), clock=clock)
-    written = [log.report("bad", "fault %d", n) for n in range(1000)]
-    assert written.count(True) == 1
-    assert log.report("other", "another reason")
-    clock.now += 60.0
-    assert log.report("bad", "fault again")
-    messages = [r.getMessage() for r in caplog.records]
-    again = "fault again (and 999 more since the last report)"
-    assert messages == ["fault 0", "another reason", again]
 
 
 def test_a_locked_out_host_is_closed_before_any_challenge(caplog) -> None:

@@ -158,3 +158,59 @@ def test_a_raw_socket_handler_is_held_to_the_idle_timeout() -> None:
         assert time.monotonic() - started < DEADLINE / 2
         # Served and logged quietly: a timeout is the peer's doing.
     assert server.stats.timed_out + server.stats.errored == 1
+
+
+def test_a_flood_of_peer_faults_logs_one_line_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    """Fifty clients each send an over-long line: fifty connections closed, one
+    WARNING (the rest are counted into the next line for that kind of fault)."""
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=4)
+    server.max_line_length = 64
+    with serving(server):
+        for _ in range(50):
+            with socket.create_connection(server.server_address, timeout=DEADLINE) as client:
+                client.sendall(b"x" * 200 + b"\n")
+                assert client.recv(64) == b""
+    closed = [r for r in caplog.records if "Closed the connection" in r.getMessage()]
+    assert len(closed) == 1
+    assert "LineTooLong" not in closed[0].getMessage()  # the reason, not the class
+    assert "max_line_length=64" in closed[0].getMessage()
+
+
+class ProxiedPool(pyserve.ProxyProtocolMixIn, pyserve.ThreadPoolTCPServer):
+    """The PROXY protocol on the ready pool; local peers are the trusted proxy."""
+
+    trusted_proxies = ("127.0.0.1",)
+
+
+def test_trickling_proxy_headers_cannot_hold_a_saturated_pool() -> None:
+    """Two peers trickle a PROXY header a byte at a time and hold both workers;
+    a real proxy's connection is served within about a second, not after the
+    five-second header timeout."""
+    server = ProxiedPool(("127.0.0.1", 0), LineEcho, max_workers=2)
+    with serving(server), ExitStack() as stack:
+        header = b"PROXY TCP4 192.0.2.9 192.0.2.2 6666 80\r\n"
+        tricklers = []
+        for _ in range(2):
+            trickler = stack.enter_context(socket.create_connection(server.server_address))
+            trickler.settimeout(DEADLINE)
+            trickler.sendall(header[:1])
+            tricklers.append(trickler)
+        with socket.create_connection(server.server_address, timeout=DEADLINE) as real:
+            started = time.monotonic()
+            real.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 5555 80\r\nhello\n")
+            for step in range(1, 21):  # keep trickling (bounded) while the real one waits
+                for trickler in tricklers:
+                    try:
+                        trickler.sendall(header[step : step + 1])
+                    except OSError:
+                        pass  # cut off: that is the point
+                real.settimeout(0.3)
+                try:
+                    reply = real.recv(64)
+                    break
+                except socket.timeout:
+                    continue
+            else:
+                raise AssertionError("the real proxy's client was never served")
+            assert reply == b"hello\n"
+            assert time.monotonic() - started < server.proxy_header_timeout

@@ -20,6 +20,7 @@ from pyserve.base import BaseServer
 from pyserve.cli.build import Features
 from pyserve.cli.exits import EXIT_TLS, EXIT_USAGE, CliError
 from pyserve.errors import ProtocolError
+from pyserve.logs import escape
 from pyserve.net.proxy import ProxyProtocolMixIn, _parse_trusted
 from pyserve.net.proxy_header import ProxyHeader
 
@@ -211,10 +212,15 @@ class AccessLogMixIn(_Base):
 
 
 def _client(address: Any) -> str:
+    """The client as one safe token: ``host:port``, or an escaped Unix path.
+
+    A path can come from a peer (a PROXY v2 header's Unix source), so it is
+    escaped: a newline in it cannot forge a second access-log line.
+    """
     if isinstance(address, tuple) and len(address) >= 2:
         host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-        return f"{host}:{address[1]}"
-    return str(address or "-")  # a Unix peer is usually unnamed
+        return escape(f"{host}:{address[1]}")[1:-1]  # addresses print bare
+    return escape(address) if address else "-"  # a Unix peer is usually unnamed
 
 
 def access_log_feature(enabled: bool) -> Features:

@@ -16,7 +16,8 @@ Its parts, in the order a connection meets them:
    many peers are refused (the next line says how many were not logged).
 2. ``finish_request()`` (in the worker: a thread, a pool worker, a forked child):
    read the header under ``proxy_header_timeout`` (a total deadline, so a proxy
-   trickling bytes cannot hold a worker longer). The header is read *exactly*:
+   trickling bytes cannot hold a worker longer; on a thread pool that is
+   saturated, a header still incomplete after half a second is cut off). The header is read *exactly*:
    the parser (:mod:`pyserve.net.proxy_header`) is fed a ``MSG_PEEK`` of what has
    arrived, and only the bytes that belong to the header are then consumed, so
    the application's first bytes stay in the socket for the handler. A missing,
@@ -142,6 +143,11 @@ def _parse_trusted(entries: Iterable[TrustedProxy]) -> tuple[tuple[_Network, ...
     return tuple(networks), unix
 
 
+#: While a pool is saturated, a header still incomplete after this long gives its
+#: worker up: a proxy sends the whole header at once, a trickle is an attack.
+_SATURATED_HEADER_WAIT = 0.5
+
+
 class ProxyProtocolMixIn(_Base):
     """Accept PROXY protocol v1/v2 headers from trusted proxies (stream servers).
 
@@ -249,16 +255,34 @@ class ProxyProtocolMixIn(_Base):
         or ``OSError`` (including ``socket.timeout``).
         """
         parser = ProxyParser(max_v2_length=self.proxy_max_v2_length)
-        deadline = time.monotonic() + self.proxy_header_timeout
+        started = time.monotonic()
+        deadline = started + self.proxy_header_timeout
         previous_timeout = request.gettimeout()
+        # A pool that can be saturated (every worker busy, requests waiting) cuts
+        # a trickling header short: a real proxy sends it in one packet.
+        saturated = getattr(self, "saturated", None)
+        if not callable(saturated):
+            saturated = None
         try:
             while True:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     raise socket.timeout("timed out waiting for the PROXY header")
+                if saturated is not None:
+                    if now - started >= _SATURATED_HEADER_WAIT and saturated():
+                        raise socket.timeout(
+                            "PROXY header incomplete while every worker was busy"
+                        )
+                    remaining = min(remaining, _SATURATED_HEADER_WAIT)
                 request.settimeout(remaining)
                 # Look without taking: only the header's bytes are consumed below.
-                chunk = request.recv(16 + self.proxy_max_v2_length, socket.MSG_PEEK)
+                try:
+                    chunk = request.recv(16 + self.proxy_max_v2_length, socket.MSG_PEEK)
+                except socket.timeout:
+                    if saturated is None:
+                        raise
+                    continue  # look at the pool, then wait again
                 if not chunk:
                     raise EOFError("connection closed before the PROXY header ended")
                 parser.feed(chunk)
