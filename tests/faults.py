@@ -573,6 +573,20 @@ class Leaks:
             ) from None
 
 
+def process_group_gone(pgid: int, timeout: float = TIMEOUT) -> None:
+    """Wait until no process of group ``pgid`` is left (a supervisor's workers,
+    a forking server's children); fail at the deadline."""
+
+    def gone() -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(gone, timeout, what=f"every process of group {pgid} to exit")
+
+
 @contextlib.contextmanager
 def thread_exceptions() -> Iterator[list[str]]:
     """What request threads raised to ``threading.excepthook`` (as text)."""

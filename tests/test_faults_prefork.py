@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import HOST, TIMEOUT, client_socket, connection_ended, round_trip, wait_until
+from faults import (
+    HOST,
+    TIMEOUT,
+    client_socket,
+    connection_ended,
+    process_group_gone,
+    round_trip,
+    wait_until,
+)
 from test_cli import ROOT, _readline
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
@@ -124,5 +132,6 @@ def test_hook_exception_in_a_prefork_worker_never_leaves_the_port_unserved(
         assert round_trip(address, b"next\n") == b"next\n"
         supervisor.process.send_signal(signal.SIGTERM)
         assert supervisor.process.wait(TIMEOUT) == 0, supervisor.output
+        process_group_gone(supervisor.process.pid)  # no worker left behind
     finally:
         supervisor.kill()

@@ -39,6 +39,8 @@ from faults import (
 
 import pyserve
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads
+
 HOLDERS = 8
 ROUNDS = 500
 ROUNDS_SIGNAL = 20

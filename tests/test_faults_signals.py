@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import HOST, TIMEOUT
+from faults import HOST, TIMEOUT, process_group_gone
 from test_cli import Command, _wait_for_stderr, host_port
 
 from pyserve.cli import command as cli
@@ -119,6 +119,7 @@ def test_sigterm_mid_request_lets_it_finish_and_exits_0(mode: str, pyserve_comma
         assert _finish(client) == b"done\n", "the request in flight was cut"
     status, _out, err = command.finish()
     assert status == cli.EXIT_OK, err
+    process_group_gone(command.process.pid)  # no worker or child left behind
 
 
 def test_sighup_rolls_prefork_workers_without_cutting_a_request(pyserve_command: Any) -> None:
@@ -133,3 +134,4 @@ def test_sighup_rolls_prefork_workers_without_cutting_a_request(pyserve_command:
     command.process.send_signal(signal.SIGTERM)
     status, _out, err = command.finish()
     assert status == cli.EXIT_OK, err
+    process_group_gone(command.process.pid)
