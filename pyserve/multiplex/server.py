@@ -50,6 +50,7 @@ force step shuts connections for reading: their handlers see EOF) and the bounde
 from __future__ import annotations
 
 import collections
+import logging
 import selectors
 import socket
 import threading
@@ -63,6 +64,8 @@ from pyserve.lifecycle.registry import LiveRequest
 from pyserve.multiplex.connection import ConnectionHandler
 
 __all__ = ["MultiplexingMixIn", "finish_request_overriders"]
+
+logger = logging.getLogger("pyserve")
 
 if TYPE_CHECKING:
     _Base = BaseServer
@@ -103,7 +106,22 @@ class _IOLoop:
         except OSError:
             pass  # stopped: nothing runs callbacks any more
 
+    def discard(self) -> None:
+        """Release what a loop whose thread never started holds."""
+        self.selector.close()
+        self.receiver.close()
+        self.sender.close()
+
     # -- in the I/O thread -----------------------------------------------------------
+
+    def report(self, request: Any, client_address: Any) -> None:
+        """``handle_error()`` for the exception being handled; if that raises too,
+        log it and carry on: the one I/O thread serves every connection, so a
+        broken error hook must cost one connection, never all of them."""
+        try:
+            self.server.handle_error(request, client_address)
+        except Exception:
+            logger.exception("handle_error() failed in the I/O thread")
 
     def run(self) -> None:
         try:
@@ -149,7 +167,7 @@ class _IOLoop:
             try:
                 callback()
             except Exception:
-                self.server.handle_error(None, None)
+                self.report(None, None)
 
     def open(self, request: Any, client_address: Any, entry: LiveRequest) -> None:
         server = self.server
@@ -162,8 +180,8 @@ class _IOLoop:
                 raise TypeError(f"{handler!r} is not a pyserve.ConnectionHandler")
         except Exception as exc:
             server._failed(request, exc)
-            server.handle_error(request, client_address)
-            server.shutdown_request(request)
+            self.report(request, client_address)
+            self.shut(request, client_address)
             server._ended(entry, exc)
             return
         handler._loop = self
@@ -186,7 +204,7 @@ class _IOLoop:
             callback(*args)
         except Exception as exc:
             self.server._failed(handler.request, exc)
-            self.server.handle_error(handler.request, handler.client_address)
+            self.report(handler.request, handler.client_address)
             self.finish(handler, exc)
 
     def read(self, handler: ConnectionHandler[Any]) -> None:
@@ -259,16 +277,25 @@ class _IOLoop:
         handler._output.clear()
         server = self.server
         try:
-            server.shutdown_request(request)
+            self.shut(request, handler.client_address)
         finally:
             try:
                 handler.connection_lost(exc)
             except Exception as lost_error:
                 server._failed(request, lost_error)
-                server.handle_error(request, handler.client_address)
+                self.report(request, handler.client_address)
                 exc = exc or lost_error
             if handler._entry is not None:
                 server._ended(handler._entry, exc)
+
+    def shut(self, request: Any, client_address: Any) -> None:
+        """``shutdown_request()``; if that raises, report it and close the socket
+        anyway, so the client is not left waiting for the garbage collector."""
+        try:
+            self.server.shutdown_request(request)
+        except Exception:
+            self.report(request, client_address)
+            request.close()
 
     def expire_idle(self) -> None:
         """Close the connections silent for longer than their idle timeout."""
@@ -351,8 +378,13 @@ class MultiplexingMixIn(_Base):
                     raise TypeError(
                         f"{type(self).__name__}: multiplexing serves stream sockets only"
                     )
-                self._io = _IOLoop(self)
-                self._io.thread.start()
+                io_loop = _IOLoop(self)
+                try:
+                    io_loop.thread.start()
+                except BaseException:
+                    io_loop.discard()  # the next connection tries again
+                    raise
+                self._io = io_loop
             return self._io
 
     def process_request(self, request: Any, client_address: Any) -> None:

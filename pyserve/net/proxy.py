@@ -17,10 +17,11 @@ Its parts, in the order a connection meets them:
 2. ``finish_request()`` (in the worker: a thread, a pool worker, a forked child):
    read the header under ``proxy_header_timeout`` (a total deadline, so a proxy
    trickling bytes cannot hold a worker longer; on a thread pool that is
-   saturated, a header still incomplete after half a second is cut off). The header is read *exactly*:
-   the parser (:mod:`pyserve.net.proxy_header`) is fed a ``MSG_PEEK`` of what has
-   arrived, and only the bytes that belong to the header are then consumed, so
-   the application's first bytes stay in the socket for the handler. A missing,
+   saturated, a header still incomplete after half a second is cut off). The
+   header is read *exactly*: the parser (:mod:`pyserve.net.proxy_header`) is fed
+   a ``MSG_PEEK`` of what has arrived, and only the bytes that belong to the
+   header are then consumed, so the application's first bytes stay in the
+   socket for the handler. A missing,
    malformed or late header closes the connection and counts in
    ``proxy_header_failures``, with one INFO line a minute per kind of failure;
    the handler never runs.
