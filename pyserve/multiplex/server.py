@@ -12,8 +12,8 @@ work itself.
 :class:`MultiplexingMixIn` serves every connection of a server from *one* I/O
 thread instead. The serve loop still accepts (with its hooks, limits, holds and
 back-off unchanged); ``process_request()`` hands the connection to the I/O thread,
-which waits on all connections at once in one ``selectors`` selector (epoll on
-Linux) and, for each that is readable, calls ``recv()`` once and gives the bytes
+which waits on all connections at once in one poller (epoll on Linux, else
+poll) and, for each that is readable, calls ``recv()`` once and gives the bytes
 to the handler. While many connections are busy, one wait returns many of them,
 and no thread switch happens between them.
 
@@ -49,8 +49,7 @@ force step shuts connections for reading: their handlers see EOF) and the bounde
 
 from __future__ import annotations
 
-import collections
-import selectors
+import select
 import socket
 import threading
 import time
@@ -69,23 +68,47 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-_WAKE = "wake"  # the selector key data of the wake-up socket
-_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# The poller: epoll where there is one (Linux), else poll(2). Both take the same
+# event bits (EPOLLIN == POLLIN, ...) and the same register/modify/unregister
+# calls; only poll()'s timeout unit differs. The selectors module would add a key
+# object lookup and a tuple per ready connection, on every event.
+_EPOLL = hasattr(select, "epoll")
+_READ, _WRITE = select.POLLIN, select.POLLOUT
+# Reported whether asked for or not: the connection failed or hung up. Whatever is
+# watched (reading, writing or both) then runs, and finds out how.
+_FAULT = select.POLLERR | select.POLLHUP | getattr(select, "POLLNVAL", 0)
 _NEVER = float("inf")
 
 
+def _new_poller() -> tuple[Any, float]:
+    """A poller and what a timeout in seconds is multiplied by for its ``poll()``."""
+    if _EPOLL:
+        return select.epoll(), 1.0
+    return select.poll(), 1000.0
+
+
 class _IOLoop:
-    """The I/O thread of one server: its selector, connections and hand-over queue."""
+    """The I/O thread of one server: its poller, connections and hand-over queue.
+
+    It implements :class:`~pyserve.multiplex.connection.Transport` (``watch``,
+    ``finish``) for its handlers.
+    """
 
     def __init__(self, server: MultiplexingMixIn) -> None:
         self.server = server
-        self.selector = selectors.DefaultSelector()
+        self.poller, self.timeout_scale = _new_poller()
         self.receiver, self.sender = socket.socketpair()
         self.receiver.setblocking(False)
         self.sender.setblocking(False)
-        self.selector.register(self.receiver, _READ, _WAKE)
-        self.incoming: collections.deque[Callable[[], None]] = collections.deque()
-        self.connections: set[ConnectionHandler[Any]] = set()
+        self.wake_fd = self.receiver.fileno()
+        self.poller.register(self.wake_fd, _READ)
+        # Open connections by file descriptor: what poll() reports is a number.
+        self.connections: dict[int, ConnectionHandler[Any]] = {}
+        # Callbacks from other threads, and whether a wake-up byte is already on
+        # its way (then another caller need not send one: one wake-up, one batch).
+        self.incoming_lock = threading.Lock()
+        self.incoming: list[Callable[[], None]] = []
+        self.wake_pending = False
         self.stopping = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
         # Reads only push expiries later, so one scan at that moment is enough.
@@ -95,7 +118,11 @@ class _IOLoop:
     # -- from any thread -------------------------------------------------------------
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        self.incoming.append(callback)  # deque.append is atomic
+        with self.incoming_lock:
+            self.incoming.append(callback)
+            if self.wake_pending:
+                return  # the I/O thread will take this batch when it wakes
+            self.wake_pending = True
         try:
             self.sender.send(b"x")
         except (BlockingIOError, InterruptedError):
@@ -110,40 +137,71 @@ class _IOLoop:
             self.serve()
         finally:  # stopped, or a BaseException escaped a callback: close everything
             self.stopping = True
-            for handler in list(self.connections):
+            for handler in list(self.connections.values()):
                 self.finish(handler, None)
-            self.selector.close()
+            if _EPOLL:
+                self.poller.close()
             self.receiver.close()
             self.sender.close()
 
     def serve(self) -> None:
-        select = self.selector.select
+        poll = self.poller.poll
+        scale = self.timeout_scale
         while not self.stopping:
             timeout = None
             if self.next_expiry != _NEVER:
-                timeout = max(0.0, self.next_expiry - time.monotonic())
-            for key, events in select(timeout):
-                handler = key.data
-                if handler is _WAKE:
-                    self.take_incoming()
-                    continue
-                if handler._closed:
-                    continue  # ended by another connection's callback this turn
-                if events & _WRITE:
-                    self.flush(handler)
-                if events & _READ and not handler._closing:
-                    self.read(handler)
+                timeout = max(0.0, self.next_expiry - time.monotonic()) * scale
+            self.dispatch(poll(timeout))
             if self.next_expiry != _NEVER and self.next_expiry <= time.monotonic():
                 self.expire_idle()  # no clock read per turn while no idle timeout is set
 
+    def dispatch(self, ready: list[tuple[int, int]]) -> None:
+        """Serve one poll()'s readiness: the hot path, so the read is written inline."""
+        connections = self.connections
+        for fd, reported in ready:
+            handler = connections.get(fd)
+            if handler is None:  # the wake-up socket, or a connection ended this turn
+                if fd == self.wake_fd:
+                    self.take_incoming()
+                continue
+            # (An fd ended earlier in this turn may already serve a new connection:
+            # then this event is stale, and reading or writing finds nothing.)
+            events = (_READ | _WRITE if reported & _FAULT else reported) & handler._events
+            if events & _WRITE:
+                self.flush(handler)
+            if not events & _READ or handler._closing:
+                continue
+            try:
+                data = handler._recv(handler.receive_size)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                self.call(handler, _raise, exc)  # a reset: logged as the peer's going
+                continue
+            if data:
+                if handler._idle is not None:
+                    handler._last_read = time.monotonic()
+                try:
+                    handler.data_received(data)
+                except Exception as exc:
+                    self.failed(handler, exc)
+                continue
+            handler._eof = True  # EOF stays readable: stop watching for it
+            self.call(handler, handler.eof_received)
+            self.watch(handler)
+
     def take_incoming(self) -> None:
+        # Empty the wake-up socket *before* taking the batch: a caller that finds
+        # wake_pending false after this sends a byte the next poll() sees.
         try:
             while self.receiver.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-        while self.incoming:
-            callback = self.incoming.popleft()
+        with self.incoming_lock:
+            batch, self.incoming = self.incoming, []
+            self.wake_pending = False
+        for callback in batch:
             try:
                 callback()
             except Exception:
@@ -166,13 +224,15 @@ class _IOLoop:
             return
         handler._loop = self
         handler._entry = entry
+        handler._recv = request.recv
+        handler._fd = fd = request.fileno()
         handler._idle = handler_setting(handler, "idle_timeout")
         if handler._idle is not None:
             handler._last_read = time.monotonic()
             self.next_expiry = min(self.next_expiry, handler._last_read + handler._idle)
-        self.connections.add(handler)
+        self.connections[fd] = handler
         handler._events = _READ
-        self.selector.register(request, _READ, handler)
+        self.poller.register(fd, _READ)
         server._started(entry)
         self.call(handler, handler.connection_made)
 
@@ -183,26 +243,13 @@ class _IOLoop:
         try:
             callback(*args)
         except Exception as exc:
-            self.server._failed(handler.request, exc)
-            self.server.handle_error(handler.request, handler.client_address)
-            self.finish(handler, exc)
+            self.failed(handler, exc)
 
-    def read(self, handler: ConnectionHandler[Any]) -> None:
-        try:
-            data = handler.request.recv(handler.receive_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.call(handler, _raise, exc)  # a reset: logged as the peer's going
-            return
-        if data:
-            if handler._idle is not None:
-                handler._last_read = time.monotonic()
-            self.call(handler, handler.data_received, data)
-            return
-        handler._eof = True  # EOF stays readable: stop watching for it
-        self.call(handler, handler.eof_received)
-        self.want(handler)
+    def failed(self, handler: ConnectionHandler[Any], exc: Exception) -> None:
+        """A callback raised ``exc`` (handled now): log it, end that connection."""
+        self.server._failed(handler.request, exc)
+        self.server.handle_error(handler.request, handler.client_address)
+        self.finish(handler, exc)
 
     def flush(self, handler: ConnectionHandler[Any]) -> None:
         output = handler._output
@@ -223,9 +270,9 @@ class _IOLoop:
         if not output and handler._closing:
             self.finish(handler, None)
         else:
-            self.want(handler)
+            self.watch(handler)
 
-    def want(self, handler: ConnectionHandler[Any]) -> None:
+    def watch(self, handler: ConnectionHandler[Any]) -> None:
         """Watch what ``handler`` needs now: output to send, room to read."""
         if handler._closed:
             return
@@ -237,21 +284,30 @@ class _IOLoop:
         ):
             events |= _READ
         if events != handler._events:
-            handler._events = events
-            if events:
-                self.selector.modify(handler.request, events, handler)
+            fd = handler._fd
+            if not events:
+                self.poller.unregister(fd)
+            elif handler._events:
+                self.poller.modify(fd, events)
             else:
-                self.selector.unregister(handler.request)
+                self.poller.register(fd, events)
+            handler._events = events
 
     def finish(self, handler: ConnectionHandler[Any], exc: Optional[BaseException]) -> None:
         if handler._closed:
             return
         handler._closed = handler._closing = True
         request = handler.request
+        fd = handler._fd
         if handler._events:
-            self.selector.unregister(request)
             handler._events = 0
-        self.connections.discard(handler)
+            try:
+                self.poller.unregister(fd)
+            except OSError:
+                pass  # the handler closed its socket itself: the kernel forgot it
+        # Forget the fd before the socket closes: the number is free for reuse then.
+        if self.connections.get(fd) is handler:
+            del self.connections[fd]
         handler._output.clear()
         server = self.server
         try:
@@ -270,7 +326,7 @@ class _IOLoop:
         """Close the connections silent for longer than their idle timeout."""
         now = time.monotonic()
         self.next_expiry = _NEVER
-        for handler in list(self.connections):
+        for handler in list(self.connections.values()):
             if handler._idle is None or handler._closed:
                 continue
             expiry = handler._last_read + handler._idle
