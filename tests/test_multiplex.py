@@ -330,6 +330,17 @@ def test_call_soon_after_close_is_refused() -> None:
         server.call_soon(lambda: None)
 
 
+def test_a_connection_accepted_as_the_server_closes_is_not_left_in_flight() -> None:
+    server = pyserve.MultiplexingTCPServer(LOCAL, Recorder)
+    server.server_close()
+    ours, peer = socket.socketpair()
+    with ours, peer, pytest.raises(RuntimeError, match="is closed"):
+        server.process_request(ours, ("127.0.0.1", 1))
+    stats = server.stats
+    assert (stats.active, stats.queued) == (0, 0)
+    assert server.in_flight() == ()
+
+
 def test_a_mix_in_working_in_finish_request_is_refused() -> None:
     class Logged(pyserve.MultiplexingTCPServer):
         def finish_request(self, request: Any, client_address: Any) -> None:
