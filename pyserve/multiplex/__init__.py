@@ -5,8 +5,9 @@
   (callbacks that never block, ``write()`` and ``close()``), and
   :class:`~pyserve.multiplex.connection.Transport`, what it needs from the loop;
 * :mod:`pyserve.multiplex.server`: :class:`~pyserve.multiplex.server.MultiplexingMixIn`, the
-  server side: the accept loop hands each connection to the I/O thread, which reads, writes
-  and times out every connection with one poller.
+  server side: the accept loop hands each connection to the I/O thread;
+* :mod:`pyserve.multiplex.ioloop`: :class:`~pyserve.multiplex.ioloop.IOLoop`, that thread,
+  which reads, writes and times out every connection with one poller.
 """
 
 from pyserve.multiplex.connection import ConnectionHandler, Transport
