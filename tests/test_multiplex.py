@@ -341,6 +341,13 @@ def test_a_connection_accepted_as_the_server_closes_is_not_left_in_flight() -> N
     assert server.in_flight() == ()
 
 
+@pytest.mark.parametrize("batch", [0, -1, 2.5, True])
+def test_a_bad_accept_batch_is_refused_at_construction(batch: Any) -> None:
+    server_class = type("Batched", (pyserve.MultiplexingTCPServer,), {"accept_batch": batch})
+    with pytest.raises(ValueError, match=f"accept_batch .*{batch!r}"):
+        server_class(LOCAL, Recorder)
+
+
 def test_a_mix_in_working_in_finish_request_is_refused() -> None:
     class Logged(pyserve.MultiplexingTCPServer):
         def finish_request(self, request: Any, client_address: Any) -> None:

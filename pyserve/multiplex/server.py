@@ -112,6 +112,9 @@ class MultiplexingMixIn(_Base):
                 f"{type(self).__name__} needs a pyserve.ConnectionHandler subclass "
                 f"(called on readiness, never blocking), not {handler_class.__qualname__}"
             )
+        batch = self.accept_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"accept_batch must be a whole number >= 1, not {batch!r}")
         skipped = finish_request_overriders(type(self))
         if skipped:
             raise TypeError(
