@@ -141,7 +141,7 @@ class IOLoop:
         poll = self.poller.poll
         scale = self.timeout_scale
         while not self.stopping:
-            timeout = None
+            timeout = -1.0  # forever: both pollers take -1 (PyPy's epoll refuses None)
             if self.next_expiry != _NEVER:
                 timeout = max(0.0, self.next_expiry - time.monotonic()) * scale
             self.dispatch(poll(timeout))
