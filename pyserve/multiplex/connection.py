@@ -4,8 +4,9 @@ A :class:`ConnectionHandler` is what :class:`~pyserve.multiplex.server.Multiplex
 runs for each connection. Unlike a request handler it does not *run*: the
 server's I/O thread calls it when something happens (``connection_made()``,
 ``data_received(data)`` for every chunk that arrives, ``eof_received()``,
-``connection_lost(exc)`` once at the end), and it answers with ``write(data)``
-and ends the connection with ``close()``. None of these may block: a callback
+``connection_lost(exc)`` once at the end, ``write_buffer_drained()`` when output
+that had to wait is all sent), and it answers with ``write(data)`` and ends the
+connection with ``close()``. None of these may block: a callback
 that waits stalls every connection of the server. How the I/O thread drives
 them is in :mod:`pyserve.multiplex.server`.
 
@@ -49,9 +50,10 @@ class ConnectionHandler(Generic[ServerT_co]):
     """Handle one connection of a multiplexing server by callbacks (never blocking).
 
     For derived classes: ``connection_made()``, ``data_received(data)``,
-    ``eof_received()``, ``connection_lost(exc)``. For them: ``write(data)``,
-    ``close()``, ``closing``. The instance has ``request``, ``client_address`` and
-    ``server``, as a request handler does.
+    ``eof_received()``, ``connection_lost(exc)``, ``write_buffer_drained()``. For
+    them: ``write(data)``, ``write_buffer_size``, ``close()``, ``closing``. The
+    instance has ``request``, ``client_address`` and ``server``, as a request
+    handler does.
 
     Class attributes that may be overridden:
 
@@ -99,12 +101,24 @@ class ConnectionHandler(Generic[ServerT_co]):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         """The connection is closed; ``exc`` is why, when it was not a normal end."""
 
+    def write_buffer_drained(self) -> None:
+        """Everything ``write()`` had to buffer is sent. May be overridden.
+
+        A handler that stops producing output while ``write_buffer_size`` is high
+        (a peer that sends requests but reads replies slowly) resumes here.
+        """
+
     # -- actions ---------------------------------------------------------------------
 
     @property
     def closing(self) -> bool:
         """True once ``close()`` was called or the connection is gone."""
         return self._closing
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes given to ``write()`` that the kernel has not taken yet."""
+        return self._output_size
 
     def write(self, data: bytes) -> None:
         """Send ``data``: now as far as the kernel takes it, the rest when it can."""

@@ -22,6 +22,7 @@ that connection only (``handle_error()`` logs it). The loop implements the
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import threading
@@ -35,6 +36,8 @@ from pyserve.lifecycle.registry import LiveRequest
 from pyserve.multiplex.connection import ConnectionHandler
 
 __all__ = ["IOLoop"]
+
+logger = logging.getLogger("pyserve")
 
 # The poller: epoll where there is one (Linux), else poll(2). Both take the same
 # event bits (EPOLLIN == POLLIN, ...) and the same register/modify/unregister
@@ -117,7 +120,32 @@ class IOLoop:
             self.poller.register(fd, _READ | _WRITE)
         return True
 
+    def discard(self) -> None:
+        """Release what a loop whose thread never started holds."""
+        if _EPOLL:
+            self.poller.close()
+        self.receiver.close()
+        self.sender.close()
+
     # -- in the I/O thread -----------------------------------------------------------
+
+    def report(self, request: Any, client_address: Any) -> None:
+        """``handle_error()`` for the exception being handled; if that raises too,
+        log it and carry on: the one I/O thread serves every connection, so a
+        broken error hook must cost one connection, never all of them."""
+        try:
+            self.server.handle_error(request, client_address)
+        except Exception:
+            logger.exception("handle_error() failed in the I/O thread")
+
+    def shut(self, request: Any, client_address: Any) -> None:
+        """``shutdown_request()``; if that raises, report it and close the socket
+        anyway, so the client is not left waiting for the garbage collector."""
+        try:
+            self.server.shutdown_request(request)
+        except Exception:
+            self.report(request, client_address)
+            request.close()
 
     def run(self) -> None:
         try:
@@ -131,8 +159,8 @@ class IOLoop:
                 arriving, self.arriving = self.arriving, {}
                 if _EPOLL:
                     self.poller.close()
-            for request, _client_address, entry in arriving.values():
-                self.server.shutdown_request(request)
+            for request, client_address, entry in arriving.values():
+                self.shut(request, client_address)
                 self.server._ended(entry)
             self.receiver.close()
             self.sender.close()
@@ -196,11 +224,14 @@ class IOLoop:
         with self.incoming_lock:
             batch, self.incoming = self.incoming, []
             self.wake_pending = False
+        # Only what was queued before this turn (the batch taken above): a callback
+        # that queues another (a long job done in pieces) lets every connection be
+        # served in between.
         for callback in batch:
             try:
                 callback()
             except Exception:
-                self.server.handle_error(None, None)
+                self.report(None, None)
 
     def arrive(self, fd: int) -> None:
         """Open the connection handed over on ``fd``, if one was (else: stale)."""
@@ -221,8 +252,8 @@ class IOLoop:
         except Exception as exc:
             self.poller.unregister(fd)  # before the close frees the number
             server._failed(request, exc)
-            server.handle_error(request, client_address)
-            server.shutdown_request(request)
+            self.report(request, client_address)
+            self.shut(request, client_address)
             server._ended(entry, exc)
             return
         handler._loop = self
@@ -251,7 +282,7 @@ class IOLoop:
     def failed(self, handler: ConnectionHandler[Any], exc: Exception) -> None:
         """A callback raised ``exc`` (handled now): log it, end that connection."""
         self.server._failed(handler.request, exc)
-        self.server.handle_error(handler.request, handler.client_address)
+        self.report(handler.request, handler.client_address)
         self.finish(handler, exc)
 
     def flush(self, handler: ConnectionHandler[Any]) -> None:
@@ -272,8 +303,10 @@ class IOLoop:
             output.popleft()
         if not output and handler._closing:
             self.finish(handler, None)
-        else:
-            self.watch(handler)
+            return
+        if not output:
+            self.call(handler, handler.write_buffer_drained)
+        self.watch(handler)
 
     def watch(self, handler: ConnectionHandler[Any]) -> None:
         """Watch what ``handler`` needs now: output to send, room to read."""
@@ -314,13 +347,13 @@ class IOLoop:
         handler._output.clear()
         server = self.server
         try:
-            server.shutdown_request(request)
+            self.shut(request, handler.client_address)
         finally:
             try:
                 handler.connection_lost(exc)
             except Exception as lost_error:
                 server._failed(request, lost_error)
-                server.handle_error(request, handler.client_address)
+                self.report(request, handler.client_address)
                 exc = exc or lost_error
             if handler._entry is not None:
                 server._ended(handler._entry, exc)

@@ -156,8 +156,13 @@ class MultiplexingMixIn(_Base):
                     raise TypeError(
                         f"{type(self).__name__}: multiplexing serves stream sockets only"
                     )
-                self._io = IOLoop(self)
-                self._io.thread.start()
+                io_loop = IOLoop(self)
+                try:
+                    io_loop.thread.start()
+                except BaseException:
+                    io_loop.discard()  # the next connection tries again
+                    raise
+                self._io = io_loop
             return self._io
 
     def process_request(self, request: Any, client_address: Any) -> None:
