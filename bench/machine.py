@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, Union
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -45,7 +45,16 @@ def pick_cpus() -> tuple[Optional[int], Optional[int]]:
     return cpus[0], cpus[1]
 
 
-def pinned(argv: list[str], cpu: Optional[int]) -> list[str]:
+def all_cpus() -> Optional[str]:
+    """This process's allowed CPUs as a taskset list ("0,1"); None if unknown."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    return ",".join(map(str, cpus)) if shutil.which("taskset") else None
+
+
+def pinned(argv: list[str], cpu: Union[int, str, None]) -> list[str]:
     return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
 
 
@@ -101,7 +110,7 @@ def is_listening(port: int) -> bool:
 
 
 def start_server(
-    argv: list[str], port: int, cpu: Optional[int], log: IO[bytes], env: dict[str, str]
+    argv: list[str], port: int, cpu: Union[int, str, None], log: IO[bytes], env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], Optional[str]]:
     proc = subprocess.Popen(
         pinned(argv, cpu), stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -124,6 +124,8 @@ def draw(table: Any, inproc: list[dict[str, Any]], meta: dict[str, Any], outdir:
         ("connections.png", "Connection handling", ["connrate-10", "burst-2000", "idle-5000"]),
         ("protocols.png", "Protocols: HTTP (wrk) and RESP (redis-benchmark)",
          ["http", "resp-P1", "resp-P16"]),
+        ("cpu.png", "CPU-bound requests: with the GIL (-gil) and free-threaded (-ft)",
+         ["cpu-10"]),
     ]
     for name, title, wanted in groups:
         _figure(table, [s for s in wanted if s in scenarios], targets,

@@ -125,6 +125,17 @@ def targets_table(table: Table, inproc: Rows) -> list[list[str]]:
     value = statistics.median(shut) if shut else None
     row("shutdown() latency, pyserve (median)", value, f"{fmt(value, 3)} ms", "< 5 ms",
         value is not None and value < 5.0)
+    r = table.ratio("cpu-10", "pyserve-pool-ft")
+    row("CPU-bound cpu-10: pool free-threaded / pool with the GIL", r, f"{fmt(r)}{X}",
+        f"≥ 1.8{X} on 2 cores", r is not None and r >= 1.8)
+    pool, multiplex = (table.value("connrate-10", t) for t in ("pyserve-pool", "pyserve-multiplex"))
+    r = multiplex / pool if multiplex and pool else None
+    row("connrate-10: MultiplexingTCPServer / ThreadPoolTCPServer", r, f"{fmt(r)}{X}",
+        f"≥ 1.0{X}", r is not None and r >= 1.0)
+    uvloop, multiplex = (table.value("echo-100", t) for t in ("uvloop-proto", "pyserve-multiplex"))
+    r = multiplex / uvloop if multiplex and uvloop else None
+    row("echo-100: MultiplexingTCPServer / uvloop", r, f"{fmt(r)}{X}", f"≥ 1.0{X}",
+        r is not None and r >= 1.0)
     for scen in ("resp-P1", "resp-P16"):
         r = table.ratio(scen, "pyserve-resp")
         row(f"RESP {scen}: pyserve store / redis-server", r, f"{fmt(r)}{X}", f"≥ 0.5{X}",

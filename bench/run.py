@@ -38,14 +38,16 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import machine
 import report
-from scenarios import BENCH, LOADGEN, SCENARIOS, TARGETS, available, run_one
+from scenarios import BENCH, LOADGEN, SCENARIOS, TARGETS, available, python_for, run_one
 
 PROJECT = os.path.dirname(BENCH)
 DOCS_RESULTS = os.path.join(PROJECT, "docs", "results")  # what docs/results.rst shows
+# Where shared/tools/build-free-threaded-python.sh installs CPython 3.13t.
+FREE_THREADED_DEFAULT = "/opt/python3.13t/bin/python3.13t"
 CLIENTS = {"wrk": "wrk", "redis-benchmark": "redis-benchmark"}
 
 
@@ -66,6 +68,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--python", default=sys.executable,
                         help="the Python that runs the servers (default: this one)")
+    parser.add_argument("--gil-python", default=None,
+                        help="CPython with the GIL for the cpu-* scenarios (default: "
+                        "python3.13 on PATH, else --python)")
+    parser.add_argument("--free-threaded-python", default=None,
+                        help="free-threaded CPython for the cpu-* scenarios (default: "
+                        f"{FREE_THREADED_DEFAULT} when it exists, else n/a)")
     parser.add_argument("--backlog", default="somaxconn",
                         help="listen backlog, the same for every server so the comparison "
                         "measures their code: a number, 'somaxconn' (the kernel's maximum, "
@@ -84,6 +92,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--docs", action="store_true",
                         help="also publish the report, plots and raw data to docs/results/")
     opts = parser.parse_args()
+    if opts.gil_python is None:
+        opts.gil_python = _runs(shutil.which("python3.13")) or opts.python
+    if opts.free_threaded_python is None and os.access(FREE_THREADED_DEFAULT, os.X_OK):
+        opts.free_threaded_python = FREE_THREADED_DEFAULT
     if opts.backlog == "default":
         opts.backlog = None
     elif opts.backlog == "somaxconn":
@@ -91,6 +103,18 @@ def parse() -> argparse.Namespace:
     else:
         opts.backlog = int(opts.backlog)
     return opts
+
+
+def _runs(python: Optional[str]) -> Optional[str]:
+    """``python`` if it starts (a pyenv shim of a version not selected does not)."""
+    if python is None:
+        return None
+    try:
+        done = subprocess.run([python, "-c", "pass"], capture_output=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return python if done.returncode == 0 else None
 
 
 def build() -> None:
@@ -151,7 +175,7 @@ def select(opts: argparse.Namespace, env: dict[str, str]) -> tuple[list[Any], li
     for t in TARGETS:
         if wanted is not None and t.name not in wanted:
             continue
-        why = available(t, opts.python, env)
+        why = available(t, python_for(t, opts), env)
         if why:
             unavailable[t.name] = why
         else:
@@ -174,6 +198,7 @@ def main() -> None:
         return
     machine.raise_fd_limit()
     build()
+    opts.all_cpus = machine.all_cpus()  # before this runner pins itself
     opts.server_cpu, opts.client_cpu = machine.pick_cpus()
     if opts.client_cpu is not None:
         os.sched_setaffinity(0, {opts.client_cpu})  # keep this runner off the server's CPU
@@ -195,6 +220,9 @@ def main() -> None:
         "targets": [t.name for t in targets], "scenarios": scenarios,
         "unavailable": unavailable, "cpus": [opts.server_cpu, opts.client_cpu],
     }
+    if any(t.family == "cpu" for t in targets):
+        meta["facts"]["python_gil"] = opts.gil_python
+        meta["facts"]["python_free_threaded"] = opts.free_threaded_python
     with open(os.path.join(outdir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     log(f"output: {outdir}")

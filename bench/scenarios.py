@@ -2,9 +2,12 @@
 
 A *target* is a server command (an argv template with ``{py}``, ``{port}``,
 ``{bench}``) plus a probe saying whether it can run here (uvloop installed?
-pyserve has a thread pool? redis-server on PATH?). A *scenario* names the
-client that loads it: the C load generator (echo, connrate, burst, idle), wrk
-(HTTP) or redis-benchmark (RESP). ``run_one`` starts a fresh server, drives it
+pyserve has a thread pool? redis-server on PATH?), and which Python runs it:
+the servers' Python (``--python``), or for the CPU-bound family the same code on
+CPython with the GIL (``--gil-python``) and on free-threaded CPython
+(``--free-threaded-python``). A *scenario* names the client that loads it: the C
+load generator (echo, connrate, burst, idle, and echo again for the CPU-bound
+``cpu-*``), wrk (HTTP) or redis-benchmark (RESP). ``run_one`` starts a fresh server, drives it
 once, samples the server's process tree at the load generator's window marks,
 stops the server and returns one flat result dict; it never raises for a
 failing server, it records ``error`` instead.
@@ -40,6 +43,7 @@ class Target:
     argv: tuple[str, ...]
     probe: Optional[str] = None  # Python code that must exit 0 for the target to exist
     binary: Optional[str] = None  # an executable that must be on PATH
+    python: str = "server"  # "server", "gil" or "free-threaded": see python_for()
 
 
 def _echo(module: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -48,6 +52,24 @@ def _echo(module: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 POOL_PROBE = "import pyserve, sys; sys.exit(not hasattr(pyserve, 'ThreadPoolTCPServer'))"
 RESP_PROBE = "import handlers.resp"
+MULTIPLEX_PROBE = "import pyserve, sys; sys.exit(not hasattr(pyserve, 'MultiplexingTCPServer'))"
+# The GIL is really off (an extension module imported at start-up could turn it on).
+FREE_THREADED_PROBE = "import sys; sys.exit(sys._is_gil_enabled())"
+GIL_PROBE = "import sys; sys.exit(not getattr(sys, '_is_gil_enabled', lambda: True)())"
+# The CPU-bound family's per-request load (_common.work): ~1.2 ms on CPython 3.13.
+CPU_WORK = "5000"
+
+
+def _cpu(name: str, argv: tuple[str, ...], probe: Optional[str] = None) -> list[Target]:
+    """One CPU-bound contender twice: with the GIL and free-threaded."""
+    return [
+        Target(f"{name}-gil", "cpu", (*argv, "--work", CPU_WORK),
+               probe="\n".join(p for p in (probe, GIL_PROBE) if p), python="gil"),
+        Target(f"{name}-ft", "cpu", (*argv, "--work", CPU_WORK),
+               probe="\n".join(p for p in (probe, FREE_THREADED_PROBE) if p),
+               python="free-threaded"),
+    ]
+
 
 TARGETS = [
     Target("stdlib-thread", "echo", _echo("socketserver")),
@@ -56,6 +78,9 @@ TARGETS = [
     Target("pyserve-thread-stream", "echo", _echo("pyserve", ("--handler", "stream"))),
     Target("pyserve-pool", "echo", _echo("pyserve", ("--server-class", "ThreadPoolTCPServer")),
            probe=POOL_PROBE),
+    Target("pyserve-multiplex", "echo",
+           _echo("pyserve", ("--server-class", "MultiplexingTCPServer", "--handler", "callback")),
+           probe=MULTIPLEX_PROBE),
     Target("asyncio-proto", "echo", ("{py}", f"{SERVERS}/echo_asyncio.py")),
     Target("asyncio-streams", "echo", ("{py}", f"{SERVERS}/echo_asyncio.py", "--streams")),
     Target("uvloop-proto", "echo", ("{py}", f"{SERVERS}/echo_asyncio.py", "--uvloop"),
@@ -70,8 +95,13 @@ TARGETS = [
     Target("redis-server", "resp", ("redis-server", "--bind", "127.0.0.1", "--save", "",
                                     "--appendonly", "no", "--port"), binary="redis-server"),
     Target("pyserve-resp", "resp", ("{py}", f"{SERVERS}/resp_server.py"), probe=RESP_PROBE),
+    *_cpu("pyserve-pool", _echo("pyserve", ("--server-class", "ThreadPoolTCPServer")),
+          POOL_PROBE),
+    *_cpu("pyserve-thread", _echo("pyserve")),
+    *_cpu("asyncio-proto", ("{py}", f"{SERVERS}/echo_asyncio.py")),
 ]
-BASELINE = {"echo": "stdlib-thread", "http": "stdlib-http", "resp": "redis-server"}
+BASELINE = {"echo": "stdlib-thread", "http": "stdlib-http", "resp": "redis-server",
+            "cpu": "pyserve-pool-gil"}
 
 # scenario -> (family, client, parameters)
 SCENARIOS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -82,6 +112,9 @@ SCENARIOS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # every connection offered at once; the open phase ends when all are served
     "burst-2000": ("echo", "loadgen", {"mode": "idle", "conns": 2000, "inflight": 2000}),
     "idle-5000": ("echo", "loadgen", {"mode": "idle", "conns": 5000, "inflight": 64}),
+    # CPU-bound echo (CPU_WORK per message) on 10 connections; the server may use
+    # every CPU, since spreading the work over cores is what is measured
+    "cpu-10": ("cpu", "loadgen", {"mode": "echo", "conns": 10}),
     "http": ("http", "wrk", {"conns": 10}),
     "resp-P1": ("resp", "redis-benchmark", {"pipeline": 1}),
     "resp-P16": ("resp", "redis-benchmark", {"pipeline": 16}),
@@ -109,8 +142,19 @@ def kind(scenario: str) -> str:
     return SCENARIOS[scenario][2].get("mode", scenario)
 
 
-def available(target: Target, python: str, env: dict[str, str]) -> Optional[str]:
+def python_for(target: Target, opts: Any) -> Optional[str]:
+    """The interpreter that runs ``target`` (None: not configured here)."""
+    if target.python == "gil":
+        return opts.gil_python
+    if target.python == "free-threaded":
+        return opts.free_threaded_python
+    return str(opts.python)
+
+
+def available(target: Target, python: Optional[str], env: dict[str, str]) -> Optional[str]:
     """None if the target can run here, else why not (shown as n/a)."""
+    if python is None:
+        return f"no {target.python} Python (see --{target.python}-python)"
     if target.binary and shutil.which(target.binary) is None:
         return f"{target.binary} not installed"
     if target.probe:
@@ -221,10 +265,13 @@ def run_one(target: Target, scenario: str, *, opts: Any, env: dict[str, str], lo
     _, client, params = SCENARIOS[scenario]
     port = machine.free_port()
     result: dict[str, Any] = {"scenario": scenario, "target": target.name, "round": rnd}
-    argv = server_argv(target, opts.python, port, opts.backlog)
+    argv = server_argv(target, python_for(target, opts) or "python3", port, opts.backlog)
     logpath = os.path.join(logdir, f"{scenario}.{target.name}.r{rnd}.log")
+    # CPU-bound servers get every CPU (their point is to use more than one);
+    # the others one, with the load generator on another.
+    cpus = opts.all_cpus if target.family == "cpu" else opts.server_cpu
     with open(logpath, "wb") as log:
-        proc, error = machine.start_server(argv, port, opts.server_cpu, log, env)
+        proc, error = machine.start_server(argv, port, cpus, log, env)
         try:
             if error:
                 result["error"] = error

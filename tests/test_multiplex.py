@@ -333,6 +333,24 @@ def test_call_soon_after_close_is_refused() -> None:
         server.call_soon(lambda: None)
 
 
+def test_a_connection_accepted_as_the_server_closes_is_not_left_in_flight() -> None:
+    server = pyserve.MultiplexingTCPServer(LOCAL, Recorder)
+    server.server_close()
+    ours, peer = socket.socketpair()
+    with ours, peer, pytest.raises(RuntimeError, match="is closed"):
+        server.process_request(ours, ("127.0.0.1", 1))
+    stats = server.stats
+    assert (stats.active, stats.queued) == (0, 0)
+    assert server.in_flight() == ()
+
+
+@pytest.mark.parametrize("batch", [0, -1, 2.5, True])
+def test_a_bad_accept_batch_is_refused_at_construction(batch: Any) -> None:
+    server_class = type("Batched", (pyserve.MultiplexingTCPServer,), {"accept_batch": batch})
+    with pytest.raises(ValueError, match=f"accept_batch .*{batch!r}"):
+        server_class(LOCAL, Recorder)
+
+
 def test_a_mix_in_working_in_finish_request_is_refused() -> None:
     class Logged(pyserve.MultiplexingTCPServer):
         def finish_request(self, request: Any, client_address: Any) -> None:
@@ -341,3 +359,130 @@ def test_a_mix_in_working_in_finish_request_is_refused() -> None:
     with pytest.raises(TypeError, match=r"never calls finish_request\(\).*Logged"):
         Logged(LOCAL, Recorder)
     assert pyserve.multiplex.finish_request_overriders(pyserve.MultiplexingTCPServer) == []
+
+
+# -- the hand-over, the poller and the Transport protocol ------------------------------
+
+
+def test_connection_made_greets_a_client_that_sends_nothing(serve: Serve) -> None:
+    class Greeter(pyserve.ConnectionHandler[Any]):
+        def connection_made(self) -> None:
+            self.write(b"hello\n")
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Greeter))
+    clients = [connect(server) for _ in range(5)]
+    try:
+        for client in clients:  # opened without a byte from the peer
+            assert recv_exactly(client, 6) == b"hello\n"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_burst_of_connections_is_opened_and_served(serve: Serve) -> None:
+    count = 200
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Recorder))
+    clients = []
+    try:
+        for _ in range(count):  # all connected before any is read
+            clients.append(connect(server))
+        for number, client in enumerate(clients):
+            client.sendall(b"%d;" % number)
+        for number, client in enumerate(clients):
+            assert recv_exactly(client, len(b"%d;" % number)) == b"%d;" % number
+    finally:
+        for client in clients:
+            client.close()
+    wait_until(lambda: server.stats.finished == count)
+    assert server.stats.accepted == count
+
+
+def test_a_handler_that_fails_to_construct_closes_only_its_connection(
+    serve: Serve, pyserve_log: LogCatcher
+) -> None:
+    made: list[bool] = []
+
+    class Fragile(Recorder):
+        def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+            super().__init__(request, client_address, server)
+            made.append(True)
+            if len(made) == 1:
+                raise ZeroDivisionError("the first one breaks")
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, type("F", (Fragile,), {"calls": []})))
+    with connect(server) as broken:
+        assert read_until_eof(broken) == b""
+    with connect(server) as working:
+        working.sendall(b"ok")
+        assert recv_exactly(working, 2) == b"ok"
+    wait_until(lambda: server.stats.errored == 1)
+    assert [r for r in pyserve_log.records if r.levelno == logging.ERROR]
+
+
+def test_a_peer_that_resets_while_its_reading_is_paused_is_ended(serve: Serve) -> None:
+    reply = b"r" * 65536
+    lost: list[Optional[BaseException]] = []
+    done = threading.Event()
+
+    class Flood(pyserve.ConnectionHandler[Any]):
+        max_write_buffer = 64 * 1024
+
+        def data_received(self, data: bytes) -> None:
+            self.write(reply)
+
+        def connection_lost(self, exc: Optional[BaseException]) -> None:
+            lost.append(exc)
+            done.set()
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Flood))
+    greedy = connect(server)
+    greedy.settimeout(0.5)
+    with pytest.raises(socket.timeout):  # the server stopped reading it
+        send_at_most(greedy, 64 * 1024 * 1024)
+    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    greedy.close()  # RST while the server watches it for writing only
+    assert done.wait(TIMEOUT)
+    assert isinstance(lost[0], OSError)
+    wait_until(lambda: server.stats.active == 0)
+    with connect(server) as polite:  # and the loop still serves
+        polite.sendall(b"y")
+        assert recv_exactly(polite, len(reply)) == reply
+
+
+def test_a_handler_runs_on_any_transport() -> None:
+    """ConnectionHandler needs only the Transport protocol, not the server's loop."""
+    calls: list[tuple[str, Any]] = []
+
+    class Recording:
+        def watch(self, handler: pyserve.ConnectionHandler[Any]) -> None:
+            calls.append(("watch", handler._output_size))
+
+        def finish(
+            self, handler: pyserve.ConnectionHandler[Any], exc: Optional[BaseException]
+        ) -> None:
+            calls.append(("finish", exc))
+
+    transport: pyserve.multiplex.Transport = Recording()
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        ours.setblocking(False)
+        peer.settimeout(TIMEOUT)
+        handler = pyserve.ConnectionHandler[Any](ours, "peer", None)
+        with pytest.raises(RuntimeError, match="not open"):
+            handler.write(b"too early")
+        handler._loop = transport
+        handler.write(b"sent at once")
+        assert peer.recv(64) == b"sent at once"
+        assert calls == []  # the kernel took it all: nothing to watch
+        handler._output.append(b"queued")  # as if the kernel had been full
+        handler._output_size = 6
+        handler.write(b"after")
+        assert calls == [("watch", 11)]
+        handler.close()
+        assert calls[-1] == ("watch", 11)  # buffered output first: no finish yet
+        handler._output.clear()
+        handler._output_size = 0
+        other = pyserve.ConnectionHandler[Any](ours, "peer", None)
+        other._loop = transport
+        other.close()
+        assert calls[-1] == ("finish", None)

@@ -1,10 +1,16 @@
-"""Echo on asyncio (or uvloop): a Protocol, or streams (reader.read / writer.write)."""
+"""Echo on asyncio (or uvloop): a Protocol, or streams (reader.read / writer.write).
+
+``--work N``: CPU-bound requests, as in echo_socketserver.py (in the event loop's
+one thread, as a naive asyncio server would run them).
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from _common import parse_args
+from _common import parse_args, work
+
+TURNS = 0  # --work
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -12,6 +18,8 @@ class EchoProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data):
+        if TURNS:
+            work(TURNS)
         self.transport.write(data)
 
 
@@ -21,6 +29,8 @@ async def handle_stream(reader, writer):
             data = await reader.read(65536)
             if not data:
                 break
+            if TURNS:
+                work(TURNS)
             writer.write(data)
             await writer.drain()
     except ConnectionError:
@@ -44,8 +54,11 @@ def main() -> None:
     def extra(parser):
         parser.add_argument("--streams", action="store_true")
         parser.add_argument("--uvloop", action="store_true")
+        parser.add_argument("--work", type=int, default=0, metavar="N")
 
     args = parse_args(__doc__, extra)
+    global TURNS  # noqa: PLW0603 - set once, before the loop starts
+    TURNS = args.work
     if args.uvloop:
         import uvloop  # noqa: PLC0415 - optional, only for --uvloop
 

@@ -2,13 +2,15 @@
 
 * :mod:`pyserve.multiplex.connection`:
   :class:`~pyserve.multiplex.connection.ConnectionHandler`, the handler a user writes
-  (callbacks that never block, ``write()`` and ``close()``);
+  (callbacks that never block, ``write()`` and ``close()``), and
+  :class:`~pyserve.multiplex.connection.Transport`, what it needs from the loop;
 * :mod:`pyserve.multiplex.server`: :class:`~pyserve.multiplex.server.MultiplexingMixIn`, the
-  server side: the accept loop hands each connection to the I/O thread, which reads, writes
-  and times out every connection with one selector.
+  server side: the accept loop hands each connection to the I/O thread;
+* :mod:`pyserve.multiplex.ioloop`: :class:`~pyserve.multiplex.ioloop.IOLoop`, that thread,
+  which reads, writes and times out every connection with one poller.
 """
 
-from pyserve.multiplex.connection import ConnectionHandler
+from pyserve.multiplex.connection import ConnectionHandler, Transport
 from pyserve.multiplex.server import MultiplexingMixIn, finish_request_overriders
 
-__all__ = ["ConnectionHandler", "MultiplexingMixIn", "finish_request_overriders"]
+__all__ = ["ConnectionHandler", "MultiplexingMixIn", "Transport", "finish_request_overriders"]

@@ -9,20 +9,41 @@ that had to wait is all sent), and it answers with ``write(data)`` and ends the
 connection with ``close()``. None of these may block: a callback
 that waits stalls every connection of the server. How the I/O thread drives
 them is in :mod:`pyserve.multiplex.server`.
+
+What a handler needs from the loop that drives it is written down here, as the
+:class:`Transport` protocol (two methods), so this module does not import the
+server's loop and the loop is one implementation among possible others (a test
+double, another event loop).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Generic, Optional
+from typing import Any, Callable, Generic, Optional, Protocol
 
 from pyserve.lifecycle.registry import LiveRequest
 from pyserve.request import ServerT_co
 
-if TYPE_CHECKING:
-    from pyserve.multiplex.server import _IOLoop
+__all__ = ["ConnectionHandler", "Transport"]
 
-__all__ = ["ConnectionHandler"]
+
+def _not_open(size: int) -> bytes:
+    raise RuntimeError("the connection is not open")
+
+
+class Transport(Protocol):
+    """What a :class:`ConnectionHandler` needs from the loop that drives it.
+
+    Both are called in the loop's own thread (from a callback, or from ``write()``
+    and ``close()`` which belong there).
+    """
+
+    def watch(self, handler: ConnectionHandler[Any]) -> None:
+        """Watch what ``handler`` needs now: room to write its buffered output,
+        and data to read unless it is closing, at EOF or over ``max_write_buffer``."""
+
+    def finish(self, handler: ConnectionHandler[Any], exc: Optional[BaseException]) -> None:
+        """End the connection now: shut it down, then ``connection_lost(exc)`` once."""
 
 
 class ConnectionHandler(Generic[ServerT_co]):
@@ -50,16 +71,20 @@ class ConnectionHandler(Generic[ServerT_co]):
         self.request = request
         self.client_address = client_address
         self.server = server
-        self._loop: Optional[_IOLoop] = None  # set by the I/O thread before connection_made
+        self._loop: Optional[Transport] = None  # set by the I/O thread before connection_made
         self._entry: Optional[LiveRequest] = None
         self._output: collections.deque[bytes] = collections.deque()
         self._output_size = 0
         self._closing = False
         self._closed = False
         self._eof = False  # the peer finished sending: never read again
-        self._events = 0  # what the selector watches for this connection
+        self._events = 0  # what the I/O loop's poller watches for this connection
         self._idle: Optional[float] = None  # idle_timeout, read once when it opens
         self._last_read = 0.0
+        # Set by the I/O loop when the connection opens: its descriptor (what the
+        # poller reports) and request.recv, looked up once rather than per read.
+        self._fd = -1
+        self._recv: Callable[[int], bytes] = _not_open
 
     # -- callbacks: override these ---------------------------------------------------
 
@@ -102,7 +127,7 @@ class ConnectionHandler(Generic[ServerT_co]):
         loop = self._loop
         if loop is None:
             raise RuntimeError("write() before connection_made(): the connection is not open")
-        if not self._output:
+        if not self._output:  # nothing queued: try the kernel first (the usual case)
             try:
                 sent = self.request.send(data)
             except (BlockingIOError, InterruptedError):
@@ -115,7 +140,7 @@ class ConnectionHandler(Generic[ServerT_co]):
             data = data[sent:]
         self._output.append(data)
         self._output_size += len(data)
-        loop.want(self)
+        loop.watch(self)
 
     def close(self) -> None:
         """Send what is buffered, then end the connection."""
@@ -124,6 +149,6 @@ class ConnectionHandler(Generic[ServerT_co]):
         self._closing = True
         if self._loop is not None:
             if self._output:
-                self._loop.want(self)  # stops reading; finish() once the buffer is out
+                self._loop.watch(self)  # stops reading; finish() once the buffer is out
             else:
                 self._loop.finish(self, None)

@@ -1,0 +1,377 @@
+"""The I/O thread of a multiplexing server: one poller, many connections.
+
+:class:`IOLoop` is what :class:`~pyserve.multiplex.server.MultiplexingMixIn` starts
+(see that module for the whole picture). It owns one poller (epoll on Linux, else
+poll), the open connections by file descriptor, and what other threads hand over:
+
+* ``hand_over()`` (the serve loop, per accepted connection) registers the new
+  socket for reading *and* writing; a new connection is writable, so the next
+  ``poll()`` reports it and ``arrive()`` opens it: the handler is made, watched
+  for reading, and gets ``connection_made()``;
+* ``call_soon()`` (any thread) queues a callback and sends one wake-up byte per
+  batch.
+
+``dispatch()`` is the hot path: for each ready connection it flushes buffered
+output when writable, and when readable calls ``recv()`` once and gives the bytes
+to ``data_received()``. ``watch()`` re-registers what a handler needs (write when
+output waits; read unless closing, at EOF or over ``max_write_buffer``);
+``finish()`` ends a connection exactly once. An exception from a callback ends
+that connection only (``handle_error()`` logs it). The loop implements the
+:class:`~pyserve.multiplex.connection.Transport` protocol its handlers rely on.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from pyserve.base import BaseServer
+from pyserve.errors import RequestTimedOut
+from pyserve.lifecycle.limits import handler_setting
+from pyserve.lifecycle.registry import LiveRequest
+from pyserve.multiplex.connection import ConnectionHandler
+
+__all__ = ["IOLoop"]
+
+logger = logging.getLogger("pyserve")
+
+# The poller: epoll where there is one (Linux), else poll(2). Both take the same
+# event bits (EPOLLIN == POLLIN, ...) and the same register/modify/unregister
+# calls; only poll()'s timeout unit differs. The selectors module would add a key
+# object lookup and a tuple per ready connection, on every event.
+_EPOLL = hasattr(select, "epoll")
+_READ, _WRITE = select.POLLIN, select.POLLOUT
+# Reported whether asked for or not: the connection failed or hung up. Whatever is
+# watched (reading, writing or both) then runs, and finds out how.
+_FAULT = select.POLLERR | select.POLLHUP | getattr(select, "POLLNVAL", 0)
+_NEVER = float("inf")
+
+
+def _new_poller() -> tuple[Any, float]:
+    """A poller and what a timeout in seconds is multiplied by for its ``poll()``."""
+    if _EPOLL:
+        return select.epoll(), 1.0
+    return select.poll(), 1000.0
+
+
+class IOLoop:
+    """The I/O thread of one server: its poller, connections and hand-over queue.
+
+    It implements :class:`~pyserve.multiplex.connection.Transport` (``watch``,
+    ``finish``) for its handlers.
+    """
+
+    def __init__(self, server: BaseServer) -> None:
+        self.server = server
+        self.poller, self.timeout_scale = _new_poller()
+        self.receiver, self.sender = socket.socketpair()
+        self.receiver.setblocking(False)
+        self.sender.setblocking(False)
+        self.wake_fd = self.receiver.fileno()
+        self.poller.register(self.wake_fd, _READ)
+        # Open connections by file descriptor: what poll() reports is a number.
+        self.connections: dict[int, ConnectionHandler[Any]] = {}
+        # What other threads hand over, under one lock: callbacks, with whether a
+        # wake-up byte is already on its way (then another caller need not send
+        # one: one wake-up, one batch); and connections just accepted, by fd.
+        self.incoming_lock = threading.Lock()
+        self.incoming: list[Callable[[], None]] = []
+        self.wake_pending = False
+        self.arriving: dict[int, tuple[Any, Any, LiveRequest]] = {}
+        self.closed = False  # the poller is closed: nothing is handed over any more
+        self.stopping = False
+        # Idle timeouts: the earliest moment one may have expired (inf: none set).
+        # Reads only push expiries later, so one scan at that moment is enough.
+        self.next_expiry = _NEVER
+        self.thread = threading.Thread(target=self.run, name="pyserve-io", daemon=True)
+
+    # -- from any thread -------------------------------------------------------------
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        with self.incoming_lock:
+            self.incoming.append(callback)
+            if self.wake_pending:
+                return  # the I/O thread will take this batch when it wakes
+            self.wake_pending = True
+        try:
+            self.sender.send(b"x")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full of wake-ups already
+        except OSError:
+            pass  # stopped: nothing runs callbacks any more
+
+    def hand_over(self, request: Any, client_address: Any, entry: LiveRequest) -> bool:
+        """Give the I/O thread a connection just accepted (False: it has stopped).
+
+        No wake-up byte: the connection is watched at once for reading *and*
+        writing, and a new connection is writable, so the next ``poll()`` reports
+        it and the I/O thread opens it (``arrive()``) in the same turn as any
+        other work. That saves two system calls and a callback per connection.
+        """
+        fd = request.fileno()
+        with self.incoming_lock:  # the poller stays open while we register
+            if self.closed:
+                return False
+            self.arriving[fd] = (request, client_address, entry)
+            self.poller.register(fd, _READ | _WRITE)
+        return True
+
+    def discard(self) -> None:
+        """Release what a loop whose thread never started holds."""
+        if _EPOLL:
+            self.poller.close()
+        self.receiver.close()
+        self.sender.close()
+
+    # -- in the I/O thread -----------------------------------------------------------
+
+    def report(self, request: Any, client_address: Any) -> None:
+        """``handle_error()`` for the exception being handled; if that raises too,
+        log it and carry on: the one I/O thread serves every connection, so a
+        broken error hook must cost one connection, never all of them."""
+        try:
+            self.server.handle_error(request, client_address)
+        except Exception:
+            logger.exception("handle_error() failed in the I/O thread")
+
+    def shut(self, request: Any, client_address: Any) -> None:
+        """``shutdown_request()``; if that raises, report it and close the socket
+        anyway, so the client is not left waiting for the garbage collector."""
+        try:
+            self.server.shutdown_request(request)
+        except Exception:
+            self.report(request, client_address)
+            request.close()
+
+    def run(self) -> None:
+        try:
+            self.serve()
+        finally:  # stopped, or a BaseException escaped a callback: close everything
+            self.stopping = True
+            for handler in list(self.connections.values()):
+                self.finish(handler, None)
+            with self.incoming_lock:
+                self.closed = True
+                arriving, self.arriving = self.arriving, {}
+                if _EPOLL:
+                    self.poller.close()
+            for request, client_address, entry in arriving.values():
+                self.shut(request, client_address)
+                self.server._ended(entry)
+            self.receiver.close()
+            self.sender.close()
+
+    def serve(self) -> None:
+        poll = self.poller.poll
+        scale = self.timeout_scale
+        while not self.stopping:
+            timeout = -1.0  # forever: both pollers take -1 (PyPy's epoll refuses None)
+            if self.next_expiry != _NEVER:
+                timeout = max(0.0, self.next_expiry - time.monotonic()) * scale
+            self.dispatch(poll(timeout))
+            if self.next_expiry != _NEVER and self.next_expiry <= time.monotonic():
+                self.expire_idle()  # no clock read per turn while no idle timeout is set
+
+    def dispatch(self, ready: list[tuple[int, int]]) -> None:
+        """Serve one poll()'s readiness: the hot path, so the read is written inline."""
+        connections = self.connections
+        for fd, reported in ready:
+            handler = connections.get(fd)
+            if handler is None:  # the wake-up socket, a new connection, or a stale event
+                if fd == self.wake_fd:
+                    self.take_incoming()
+                else:
+                    self.arrive(fd)
+                continue
+            # (An fd ended earlier in this turn may already serve a new connection:
+            # then this event is stale, and reading or writing finds nothing.)
+            events = (_READ | _WRITE if reported & _FAULT else reported) & handler._events
+            if events & _WRITE:
+                self.flush(handler)
+            if not events & _READ or handler._closing:
+                continue
+            try:
+                data = handler._recv(handler.receive_size)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                self.call(handler, _raise, exc)  # a reset: logged as the peer's going
+                continue
+            if data:
+                if handler._idle is not None:
+                    handler._last_read = time.monotonic()
+                try:
+                    handler.data_received(data)
+                except Exception as exc:
+                    self.failed(handler, exc)
+                continue
+            handler._eof = True  # EOF stays readable: stop watching for it
+            self.call(handler, handler.eof_received)
+            self.watch(handler)
+
+    def take_incoming(self) -> None:
+        # Empty the wake-up socket *before* taking the batch: a caller that finds
+        # wake_pending false after this sends a byte the next poll() sees. (At most
+        # one byte waits: only the caller that set wake_pending sends one.)
+        try:
+            self.receiver.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            pass
+        with self.incoming_lock:
+            batch, self.incoming = self.incoming, []
+            self.wake_pending = False
+        # Only what was queued before this turn (the batch taken above): a callback
+        # that queues another (a long job done in pieces) lets every connection be
+        # served in between.
+        for callback in batch:
+            try:
+                callback()
+            except Exception:
+                self.report(None, None)
+
+    def arrive(self, fd: int) -> None:
+        """Open the connection handed over on ``fd``, if one was (else: stale)."""
+        with self.incoming_lock:
+            arrival = self.arriving.pop(fd, None)
+        if arrival is not None:
+            self.open(fd, *arrival)
+
+    def open(self, fd: int, request: Any, client_address: Any, entry: LiveRequest) -> None:
+        server = self.server
+        try:
+            request.setblocking(False)
+            handler: ConnectionHandler[Any] = server.RequestHandlerClass(
+                request, client_address, server
+            )
+            if not isinstance(handler, ConnectionHandler):
+                raise TypeError(f"{handler!r} is not a pyserve.ConnectionHandler")
+        except Exception as exc:
+            self.poller.unregister(fd)  # before the close frees the number
+            server._failed(request, exc)
+            self.report(request, client_address)
+            self.shut(request, client_address)
+            server._ended(entry, exc)
+            return
+        handler._loop = self
+        handler._entry = entry
+        handler._recv = request.recv
+        handler._fd = fd
+        handler._idle = handler_setting(handler, "idle_timeout")
+        if handler._idle is not None:
+            handler._last_read = time.monotonic()
+            self.next_expiry = min(self.next_expiry, handler._last_read + handler._idle)
+        self.connections[fd] = handler
+        handler._events = _READ
+        self.poller.modify(fd, _READ)  # hand_over() watched writing too, to be seen
+        server._started(entry)
+        self.call(handler, handler.connection_made)
+
+    def call(
+        self, handler: ConnectionHandler[Any], callback: Callable[..., None], *args: Any
+    ) -> None:
+        """Run one callback; an exception ends that connection (and is logged)."""
+        try:
+            callback(*args)
+        except Exception as exc:
+            self.failed(handler, exc)
+
+    def failed(self, handler: ConnectionHandler[Any], exc: Exception) -> None:
+        """A callback raised ``exc`` (handled now): log it, end that connection."""
+        self.server._failed(handler.request, exc)
+        self.report(handler.request, handler.client_address)
+        self.finish(handler, exc)
+
+    def flush(self, handler: ConnectionHandler[Any]) -> None:
+        output = handler._output
+        while output:
+            data = output[0]
+            try:
+                sent = handler.request.send(data)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.call(handler, _raise, exc)
+                return
+            handler._output_size -= sent
+            if sent < len(data):
+                output[0] = data[sent:]
+                break
+            output.popleft()
+        if not output and handler._closing:
+            self.finish(handler, None)
+            return
+        if not output:
+            self.call(handler, handler.write_buffer_drained)
+        self.watch(handler)
+
+    def watch(self, handler: ConnectionHandler[Any]) -> None:
+        """Watch what ``handler`` needs now: output to send, room to read."""
+        if handler._closed:
+            return
+        events = _WRITE if handler._output else 0
+        if (
+            not handler._closing
+            and not handler._eof
+            and handler._output_size <= handler.max_write_buffer
+        ):
+            events |= _READ
+        if events != handler._events:
+            fd = handler._fd
+            if not events:
+                self.poller.unregister(fd)
+            elif handler._events:
+                self.poller.modify(fd, events)
+            else:
+                self.poller.register(fd, events)
+            handler._events = events
+
+    def finish(self, handler: ConnectionHandler[Any], exc: Optional[BaseException]) -> None:
+        if handler._closed:
+            return
+        handler._closed = handler._closing = True
+        request = handler.request
+        fd = handler._fd
+        if handler._events:
+            handler._events = 0
+            try:
+                self.poller.unregister(fd)
+            except OSError:
+                pass  # the handler closed its socket itself: the kernel forgot it
+        # Forget the fd before the socket closes: the number is free for reuse then.
+        if self.connections.get(fd) is handler:
+            del self.connections[fd]
+        handler._output.clear()
+        server = self.server
+        try:
+            self.shut(request, handler.client_address)
+        finally:
+            try:
+                handler.connection_lost(exc)
+            except Exception as lost_error:
+                server._failed(request, lost_error)
+                self.report(request, handler.client_address)
+                exc = exc or lost_error
+            if handler._entry is not None:
+                server._ended(handler._entry, exc)
+
+    def expire_idle(self) -> None:
+        """Close the connections silent for longer than their idle timeout."""
+        now = time.monotonic()
+        self.next_expiry = _NEVER
+        for handler in list(self.connections.values()):
+            if handler._idle is None or handler._closed:
+                continue
+            expiry = handler._last_read + handler._idle
+            if expiry <= now:
+                error = RequestTimedOut(f"no data for {handler._idle:g} s")
+                self.call(handler, _raise, error)
+            else:
+                self.next_expiry = min(self.next_expiry, expiry)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
