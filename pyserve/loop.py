@@ -100,6 +100,8 @@ class ServeLoop:
         self._backoff_delay = 0.0  # 0.0: not in a back-off episode
         self._backoff_resume_at: Optional[float] = None
         self._backoff_failures = 0
+        # Workers that accept may fail and recover at once: one episode, one line.
+        self._backoff_lock = threading.Lock()
 
     if TYPE_CHECKING:  # provided by BaseServer, the class this one is a part of
 
@@ -305,29 +307,33 @@ class ServeLoop:
 
     def _accept_backoff(self, exc: OSError) -> None:
         """Pause watching the listener; log the first failure of an episode only."""
-        self._backoff_failures += 1
-        if not self._backoff_delay:
-            self._backoff_delay = self.accept_backoff_initial
+        with self._backoff_lock:
+            self._backoff_failures += 1
+            first = not self._backoff_delay
+            if first:
+                self._backoff_delay = self.accept_backoff_initial
+            else:
+                self._backoff_delay = min(self._backoff_delay * 2, self.accept_backoff_max)
+            delay = self._backoff_delay
+        if first:
             logger.warning(
                 "accept() failed: %s; not accepting for a while (retrying with back-off, "
                 "logged once per episode)",
                 exc,
             )
-        else:
-            self._backoff_delay = min(self._backoff_delay * 2, self.accept_backoff_max)
         if self._loop_running.is_set() and self._backoff_in_loop():
-            self._backoff_resume_at = time.monotonic() + self._backoff_delay
+            self._backoff_resume_at = time.monotonic() + delay
             self._hold_accept("accept-backoff")
         else:  # handle_request(): no loop to pause, so pause the caller instead
-            time.sleep(self._backoff_delay)
+            time.sleep(delay)
 
     def _backoff_in_loop(self) -> bool:
         """True if this thread accepts for the running loop (so holding pauses it)."""
         return threading.get_ident() == self._serving_ident
 
     def _accept_recovered(self) -> None:
-        logger.info(
-            "accept() works again after %d failed attempts", self._backoff_failures
-        )
-        self._backoff_delay = 0.0
-        self._backoff_failures = 0
+        with self._backoff_lock:
+            failures, self._backoff_failures = self._backoff_failures, 0
+            self._backoff_delay = 0.0
+        if failures:  # another thread may have reported this recovery already
+            logger.info("accept() works again after %d failed attempts", failures)

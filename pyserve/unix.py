@@ -33,6 +33,7 @@ import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -292,17 +293,21 @@ class UnixDatagramReplies(_ReplyBase):
         super()._init_dispatch_state()
         self.unreplyable_datagrams = 0
         self._unreplyable_logged_at: Optional[float] = None
+        self._unreplyable_lock = threading.Lock()  # handle_error runs in any thread
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log a reply that could not be sent in one line; anything else as usual."""
         if not _is_unreplyable(sys.exc_info()[1], client_address):
             super().handle_error(request, client_address)
             return
-        self.unreplyable_datagrams += 1
         now = time.monotonic()
-        last = self._unreplyable_logged_at
-        if last is None or now - last >= self.truncation_log_interval:
-            self._unreplyable_logged_at = now
+        with self._unreplyable_lock:
+            self.unreplyable_datagrams += 1
+            last = self._unreplyable_logged_at
+            due = last is None or now - last >= self.truncation_log_interval
+            if due:
+                self._unreplyable_logged_at = now
+        if due:
             logger.warning(
                 "Could not reply to the Unix datagram client at %r: %s (%d so far; "
                 "a client must bind its socket to receive replies)",

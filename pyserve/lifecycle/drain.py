@@ -113,6 +113,7 @@ class Lifecycle:
     def _init_lifecycle_state(self) -> None:
         self._registry = RequestRegistry()
         self._observers: list[Observer] = []
+        self._observers_lock = threading.Lock()
         # reason -> (monotonic time of the last log line, rejections not logged since)
         self._rejection_log: dict[str, tuple[float, int]] = {}
         #: Set when a drain begins: handlers may check it or wait on it.
@@ -139,10 +140,12 @@ class Lifecycle:
         """Call ``observer(event)`` on every lifecycle event (:mod:`pyserve.lifecycle.events`)."""
         if not callable(observer):
             raise TypeError(f"observer must be callable, got {observer!r}")
-        self._observers = [*self._observers, observer]  # copy: emitters iterate freely
+        with self._observers_lock:  # copy on write: emitters iterate without a lock
+            self._observers = [*self._observers, observer]
 
     def remove_observer(self, observer: Observer) -> None:
-        self._observers = [o for o in self._observers if o is not observer]
+        with self._observers_lock:
+            self._observers = [o for o in self._observers if o is not observer]
 
     # -- for strategies: the request path ----------------------------------------------
 

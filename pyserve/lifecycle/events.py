@@ -27,11 +27,12 @@ a worker, or the parent after a forked child exits), so it must be quick and
 thread-safe. An observer that raises is logged once and removed: monitoring must
 never take a server down. Example, counting finished requests per client host::
 
-    >>> import collections, pyserve
-    >>> per_host = collections.Counter()
-    >>> def count(event):
+    >>> import collections, threading, pyserve
+    >>> per_host, lock = collections.Counter(), threading.Lock()
+    >>> def count(event):  # observers run in many threads: += needs the lock
     ...     if event.kind == pyserve.FINISHED:
-    ...         per_host[event.client_address[0]] += 1
+    ...         with lock:
+    ...             per_host[event.client_address[0]] += 1
     >>> server = pyserve.TCPServer(("127.0.0.1", 0), pyserve.BaseRequestHandler)
     >>> server.add_observer(count)
     >>> server.add_observer(pyserve.LoggingObserver())  # or log every event
