@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import socket
 import threading
@@ -96,6 +97,7 @@ class ServeLoop:
         self.accept_gate = AcceptGate()
         self.accept_gate.subscribe(self._gate_changed)
         self._watches: dict[int, Callable[[], None]] = {}
+        self._ready_probe: Optional[tuple[int, Any]] = None  # (listener fd, poll object)
         self._selector_dirty = True
         self._backoff_delay = 0.0  # 0.0: not in a back-off episode
         self._backoff_resume_at: Optional[float] = None
@@ -237,6 +239,27 @@ class ServeLoop:
     def _accept_holds(self) -> frozenset[str]:
         """The reasons holding the listener now (read-only; see ``accept_gate``)."""
         return self.accept_gate.holds()
+
+    def _may_accept_more(self) -> bool:
+        """For strategies that accept in batches (the pool, multiplexing): True while
+        the loop still wants requests and one is waiting on the listener now.
+
+        Checked before every extra accept, because a drain may close the gate and
+        the listener from another thread between two of them. The readiness check
+        is a zero-timeout poll, so the listener's blocking mode is untouched.
+        """
+        if self._stop_requested or not self.accept_gate.is_open:
+            return False
+        fd = self.fileno()
+        if fd < 0:
+            return False  # closed since the check above
+        probe = self._ready_probe
+        if probe is None or probe[0] != fd:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            probe = self._ready_probe = (fd, poller)
+        # POLLIN only: a closed listener reports POLLNVAL, which is no connection.
+        return any(events & select.POLLIN for _fd, events in probe[1].poll(0))
 
     def _gate_changed(self) -> None:
         """The gate's subscriber: look at the listener again on the next turn."""

@@ -49,7 +49,6 @@ force step shuts connections for reading: their handlers see EOF) and the bounde
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -124,7 +123,6 @@ class MultiplexingMixIn(_Base):
         self._io: Optional[IOLoop] = None
         self._io_closed = False
         self._io_lock = threading.Lock()
-        self._ready_probe: Optional[tuple[int, Any]] = None  # (listener fd, poll object)
 
     def _handle_request_noblock(self) -> None:
         """Take one connection, then more while the backlog has them (one wake-up)."""
@@ -132,19 +130,9 @@ class MultiplexingMixIn(_Base):
         if threading.get_ident() != self._serving_ident:
             return  # handle_request(): exactly one request
         for _ in range(self.accept_batch - 1):
-            if self._accept_holds or self._stop_requested or not self._listener_ready():
+            if not self._may_accept_more():
                 return
             super()._handle_request_noblock()
-
-    def _listener_ready(self) -> bool:
-        fd = self.fileno()
-        probe = self._ready_probe
-        if probe is None or probe[0] != fd:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            probe = self._ready_probe = (fd, poller)
-        # POLLIN only: a closed listener reports POLLNVAL, which is no connection
-        return any(events & select.POLLIN for _fd, events in probe[1].poll(0))
 
     def _io_loop(self) -> IOLoop:
         with self._io_lock:

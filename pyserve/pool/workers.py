@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import select
 import socket
 import threading
 import time
@@ -173,8 +172,6 @@ class ThreadPoolMixIn(WorkersAccept):
         self._worker_serial = 0
         self._saturation_logged = -float("inf")  # monotonic time of the last warning
         self._saturation_unlogged = 0
-        # A zero-timeout poll on the listener, for batch accepts: (fd, poll object).
-        self._ready_poll: Optional[tuple[int, Any]] = None
         # The workers' own gate follows the server's accept gate.
         self.accept_gate.subscribe(self._sync_gate)
         # Workers accept: the gate (receiver, sender), whether it is open, the
@@ -196,20 +193,10 @@ class ThreadPoolMixIn(WorkersAccept):
         super()._handle_request_noblock()
         if threading.get_ident() != self._serving_ident:
             return  # handle_request(), or a worker that accepts: exactly one request
-        ready = self._listener_ready
         for _ in range(self.accept_batch - 1):
-            if not self.accept_gate.is_open or self._stop_requested or not ready():
+            if not self._may_accept_more():
                 return
             super()._handle_request_noblock()
-
-    def _listener_ready(self) -> bool:
-        fd = self.fileno()
-        probe = self._ready_poll
-        if probe is None or probe[0] != fd:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            probe = self._ready_poll = (fd, poller)
-        return bool(probe[1].poll(0))
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Run here (a worker that accepted it), or hand over to a worker or the queue."""
