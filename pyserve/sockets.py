@@ -73,6 +73,7 @@ from pyserve.net.sockopts import (
     SocketOption,
     apply_socket_options,
     check_socket_options,
+    drop_new_handshakes,
     probe_socket_options,
 )
 
@@ -198,15 +199,22 @@ class SocketServer(SocketAdoption, BaseServer):
     #: the listener: they completed their handshake, so the client believes it is
     #: being served (a listen backlog is rarely deeper).
     _drain_backlog_limit = 4096
+    #: How long a drain waits for handshakes under way once new SYNs are dropped:
+    #: a loopback or LAN round trip is far below it.
+    _drain_handshake_settle_ms = 20
 
     def _withdraw_listener(self) -> int:
         """Serve what the kernel already queued, then close the listener (drain).
 
-        Closing makes new connection attempts fail at once (refused), which a
-        load balancer retries elsewhere; the connections already queued completed
-        their handshake, so they are taken and served rather than reset. A
-        listener shared with other processes (prefork) is closed in this process
-        only; the others keep serving it.
+        Closing makes new connection attempts fail (refused), which a load
+        balancer retries elsewhere; the connections already queued completed
+        their handshake, so they are taken and served rather than reset. On
+        Linux the listener first stops answering new SYNs
+        (:func:`~pyserve.net.sockopts.drop_new_handshakes`), so no handshake
+        completes between the last look at the queue and the close; a handshake
+        already under way gets a few milliseconds to finish. A listener shared
+        with other processes (prefork) is closed in this process only; the others
+        keep serving it.
         """
         listener = self.socket
         if listener.fileno() < 0:
@@ -219,10 +227,15 @@ class SocketServer(SocketAdoption, BaseServer):
             # Never block in accept() on a queue another process may empty first.
             and not (self.socket_adopted and os.get_blocking(listener.fileno()))
         ):
+            # Only on a listener this process alone serves: the filter is shared.
+            settle_ms = 0
+            if not self.socket_adopted and drop_new_handshakes(listener):
+                settle_ms = self._drain_handshake_settle_ms
             poller = select.poll()
             poller.register(listener.fileno(), select.POLLIN)
             for _ in range(self._drain_backlog_limit):
-                if not poller.poll(0):
+                # Wait a little once the queue looks empty: a handshake under way.
+                if not poller.poll(0) and not poller.poll(settle_ms):
                     break
                 taken = self._accept_and_admit()
                 if taken is not None:

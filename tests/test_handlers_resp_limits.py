@@ -240,7 +240,10 @@ def test_keys_over_a_large_keyspace_does_not_starve_another_client(
         asker.sendall(b"KEYS *\r\n")
         during = slowest_ping(other)  # while the KEYS runs (it takes a second)
         assert recv_exactly(asker, reply_size).startswith(b"*400000\r\n$10\r\n")
-    assert during < 2 * quiet + 0.15, (quiet, during)
+    # The old store answered after the whole KEYS (0.7 s for a big one); a thread
+    # of its own still waits for the GIL behind the KEYS steps: a loaded 2-core
+    # CI machine measured 0.17 s.
+    assert during < 2 * quiet + 0.35, (quiet, during)
 
 
 # -- bounded output ------------------------------------------------------------------------

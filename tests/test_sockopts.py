@@ -232,3 +232,31 @@ def test_without_allow_broadcast_the_kernel_refuses_broadcasts() -> None:
     with serving(UDPServer(("127.0.0.1", 0), Broadcast)) as server:
         answer, _ = broadcast_through(server)
         assert answer == f"refused {errno.EACCES}".encode()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="socket filters are Linux's")
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_a_listener_that_drops_new_handshakes_keeps_its_queue(family: int) -> None:
+    """What drain relies on: queued connections are still accepted, a new SYN is
+    dropped (no handshake the closing server would reset), and once closed the
+    listener refuses."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    try:
+        listener = socket.socket(family)
+        listener.bind((host, 0))
+    except OSError:
+        pytest.skip(f"no {host} here")
+    with listener:
+        listener.listen(8)
+        address = listener.getsockname()[:2]
+        queued = socket.create_connection(address, timeout=5)
+        with queued:
+            assert sockopts.drop_new_handshakes(listener)
+            queued.sendall(b"x")
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.recv(1) == b"x"
+            with pytest.raises(socket.timeout):
+                socket.create_connection(address, timeout=0.3).close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5).close()

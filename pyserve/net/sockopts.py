@@ -36,6 +36,7 @@ the kernel refuses stops the constructor instead of every connection.
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 from collections.abc import Iterable
 from typing import Union
@@ -45,6 +46,7 @@ __all__ = [
     "apply_socket_options",
     "bind_to_device",
     "check_socket_options",
+    "drop_new_handshakes",
     "receive_buffer",
     "send_buffer",
     "tcp_keepalive",
@@ -201,3 +203,39 @@ def probe_socket_options(
         apply_socket_options(scratch, options, attribute)
     finally:
         scratch.close()
+
+
+# SO_ATTACH_FILTER (Linux): a classic BPF program run on each segment that reaches
+# the socket; for a TCP listener, on every incoming SYN and handshake ACK.
+_SO_ATTACH_FILTER = 26
+# A = the TCP flags byte (offset 13 of the TCP header, where a TCP socket's filter
+# starts); if A & SYN: return 0 (drop) else return all (keep).
+_DROP_SYN = ((0x30, 0, 0, 13), (0x45, 0, 1, 0x02), (0x06, 0, 0, 0), (0x06, 0, 0, 0xFFFFFFFF))
+
+
+def drop_new_handshakes(listener: socket.socket) -> bool:
+    """Make a TCP listener ignore new connection attempts (Linux); True if it does.
+
+    The listener keeps its queue: handshakes already under way complete (their
+    ACKs pass) and connections already queued can still be accepted. New SYNs
+    are dropped, not refused, so a client (or a load balancer) retries them a
+    second later, when the listener is closed and refuses them: at no moment does
+    the kernel complete a handshake that the closing server would then reset.
+    Drain uses it before serving the queue and closing. The filter is a property
+    of the socket, so never use it on a listener other processes still serve.
+    """
+    if not sys.platform.startswith("linux") or listener.type != socket.SOCK_STREAM:
+        return False
+    if listener.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    import ctypes  # noqa: PLC0415 - only a drain pays for it
+
+    program = ctypes.create_string_buffer(
+        b"".join(struct.pack("HBBI", *instruction) for instruction in _DROP_SYN)
+    )
+    fprog = struct.pack("HL", len(_DROP_SYN), ctypes.addressof(program))
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False  # no BPF here: drain falls back to closing
+    return True  # the kernel copied the program: the buffer may go
