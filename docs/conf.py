@@ -17,7 +17,8 @@ from importlib.metadata import version as _installed_version
 project = "pyserve"
 author = "pyserve developers"
 copyright = "pyserve developers"
-release = _installed_version("pyserve")
+# The distribution is pyserve-socketserver ("pyserve" on PyPI is another project).
+release = _installed_version("pyserve-socketserver")
 version = ".".join(release.split(".")[:2])
 
 extensions = [
