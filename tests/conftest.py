@@ -47,6 +47,11 @@ import pytest
 import pyserve
 from pyserve.testing import serving
 
+try:
+    import tracemalloc
+except ImportError:  # PyPy
+    tracemalloc = None  # type: ignore[assignment]
+
 pytest_plugins = ["pytester"]
 
 TIMEOUT = 10.0  # seconds: the deadline of every wait in these tests
@@ -349,3 +354,52 @@ def pyserve_log() -> Iterator[LogCatcher]:
     finally:
         logger.removeHandler(catcher)
         logger.setLevel(old_level)
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _resident_size() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def memory_growth() -> Iterator[Callable[[], int]]:
+    """Yield a function: the most memory allocated since entry (tracemalloc's peak).
+
+    PyPy has no tracemalloc: there it is the growth of the resident size, which
+    keeps what the code under test still holds when asked.
+    """
+    if tracemalloc is None:
+        base = _resident_size()
+        yield lambda: _resident_size() - base
+        return
+    tracemalloc.start()
+    try:
+        yield lambda: tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture
+def start() -> Iterator[Any]:
+    """``start(*args)``: a running ``python -m pyserve`` (test_cli.Command), killed
+    at teardown if it is still running."""
+    from test_cli import Command  # noqa: PLC0415 - the CLI tests' own driver
+
+    started: list[Command] = []
+
+    def begin(*args: str, **kwargs: Any) -> Command:
+        command = Command(*args, **kwargs)
+        started.append(command)
+        return command
+
+    yield begin
+    for command in started:
+        if command.process.poll() is None:
+            command.process.kill()
+        command.finish()

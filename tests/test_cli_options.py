@@ -17,7 +17,6 @@ import stat
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +34,6 @@ from test_cli import (
 )
 
 from pyserve.cli import command as cli
-
-
-@pytest.fixture
-def start() -> Iterator[Any]:
-    started: list[Command] = []
-
-    def begin(*args: str, **kwargs: Any) -> Command:
-        command = Command(*args, **kwargs)
-        started.append(command)
-        return command
-
-    yield begin
-    for command in started:
-        if command.process.poll() is None:
-            command.process.kill()
-        command.finish()
-
 
 # -- stopping ----------------------------------------------------------------------------
 

@@ -12,30 +12,12 @@ from __future__ import annotations
 import signal
 import socket
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from test_cli import DEADLINE, Command, _one_error_line, _wait_for_stderr, host_port, tcp_echo
 
 from pyserve.cli import command as cli
-
-
-@pytest.fixture
-def start() -> Iterator[Any]:
-    started: list[Command] = []
-
-    def begin(*args: str, **kwargs: Any) -> Command:
-        command = Command(*args, **kwargs)
-        started.append(command)
-        return command
-
-    yield begin
-    for command in started:
-        if command.process.poll() is None:
-            command.process.kill()
-        command.finish()
 
 
 def _write(directory: Path, name: str, source: str) -> None:

@@ -8,7 +8,6 @@ and rate-limited peer-fault logs, and the idle timeout of ``pyserve resp``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -16,11 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from conftest import recv_exactly, wait_until
+from conftest import memory_growth, recv_exactly, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,29 +38,6 @@ except ImportError:  # PyPy
 
 Serve = Callable[..., Any]
 MiB = 1024 * 1024
-
-
-def _resident_size() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@contextlib.contextmanager
-def memory_growth() -> Iterator[Callable[[], int]]:
-    """Yield a function: the most memory allocated since entry (tracemalloc's peak).
-
-    PyPy has no tracemalloc: there it is the growth of the resident size, which
-    keeps what the code under test still holds when asked.
-    """
-    if tracemalloc is None:
-        base = _resident_size()
-        yield lambda: _resident_size() - base
-        return
-    tracemalloc.start()
-    try:
-        yield lambda: tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def run(session: Session, *args: bytes) -> bytes:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
-from typing import Callable
-
 import pytest
+from conftest import memory_growth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,11 +18,6 @@ from handlers.resp.encoding import (
 from handlers.resp.inline import split_inline
 from handlers.resp.protocol import NEED_DATA, CommandParser
 from pyserve import ProtocolError
-
-try:
-    import tracemalloc
-except ImportError:  # PyPy
-    tracemalloc = None  # type: ignore[assignment]
 
 
 def parse_all(data: bytes, **limits: int) -> list[list[bytes]]:
@@ -145,29 +136,6 @@ def test_tiny_arguments_count_what_they_cost_in_memory() -> None:
     parser.feed(b"*1000000\r\n" + b"$1\r\na\r\n" * 1_000_000)
     with pytest.raises(ProtocolError, match="larger than"):
         parser.drain()
-
-
-def _resident_size() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@contextlib.contextmanager
-def memory_growth() -> Iterator[Callable[[], int]]:
-    """Yield a function: the most memory allocated since entry (tracemalloc's peak).
-
-    PyPy has no tracemalloc: there it is the growth of the resident size, which
-    keeps what the code under test still holds when asked.
-    """
-    if tracemalloc is None:
-        base = _resident_size()
-        yield lambda: _resident_size() - base
-        return
-    tracemalloc.start()
-    try:
-        yield lambda: tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _parse_peak(parser: CommandParser, data: bytes) -> int:
