@@ -113,8 +113,9 @@ def test_outbox_refuses_lines_beyond_its_limit() -> None:
 
 def test_messages_reach_everyone_else_with_the_senders_nick(chat: Any) -> None:
     connect = chat()
-    alice, bob = connect(), connect()
+    alice = connect()  # one at a time: threads may join the room in either order
     alice_nick = joined(alice)
+    bob = connect()
     bob_nick = joined(bob)
     alice.send("/nick alice")
     bob.wait_for(f"* {alice_nick} is now known as alice")
@@ -329,8 +330,9 @@ def test_a_flooding_member_is_slowed_and_a_reading_member_stays(
 
 def test_control_characters_are_escaped_before_relay(chat: Any) -> None:
     connect = chat()
-    reader, sender = connect(), connect()
+    reader = connect()  # reader first, so it is in the room to hear the sender join
     joined(reader)
+    sender = connect()
     nick = joined(sender)
     reader.wait_for(f"* {nick} has joined")
     sender.sock.sendall(
