@@ -127,6 +127,8 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         self.RequestHandlerClass = RequestHandlerClass
         self._init_loop_state()
         self._init_lifecycle_state()
+        # Peer faults (handle_error) and connections over a limit (ConnectionLimits):
+        # at most one line per reason per rejection_log_interval.
         self._peer_fault_log = RateLimitedLog(logger, self.rejection_log_interval)
         self._init_dispatch_state()
         if explain.requested(self):  # the attribute, then the environment; free when off

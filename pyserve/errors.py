@@ -73,46 +73,36 @@ PeerFault: tuple[type[BaseException], ...] = (ProtocolError, RequestTimedOut)
 
 # -- accept() failures, sorted (pyserve.base uses these sets) ---------------------
 
+
+def _errnos(*names: str) -> frozenset[int]:
+    """The codes of those ``errno`` names this platform has (not every one has all)."""
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
 #: The connection died between the kernel queueing it and our accept(), or a signal
 #: interrupted the call, or another process sharing the socket took the connection:
 #: nothing is wrong, try again on the next loop turn.
-ACCEPT_TRANSIENT = frozenset(
-    code
-    for code in (
-        getattr(errno, "ECONNABORTED", None),
-        getattr(errno, "EPROTO", None),
-        getattr(errno, "EINTR", None),
-        getattr(errno, "EAGAIN", None),
-        getattr(errno, "EWOULDBLOCK", None),
-        getattr(errno, "ENETDOWN", None),  # Linux hands network errors of the
-        getattr(errno, "EHOSTUNREACH", None),  # pending connection to accept()
-        getattr(errno, "ENETUNREACH", None),
-    )
-    if code is not None
+ACCEPT_TRANSIENT = _errnos(
+    "ECONNABORTED",
+    "EPROTO",
+    "EINTR",
+    "EAGAIN",
+    "EWOULDBLOCK",
+    # Linux hands network errors of the pending connection to accept().
+    "ENETDOWN",
+    "EHOSTUNREACH",
+    "ENETUNREACH",
 )
 
 #: The process or the system is out of a resource. Retrying at once spins at 100 %
 #: CPU (the stdlib's behaviour); instead the loop stops watching the listener and
 #: backs off while connections already accepted finish and give resources back.
-ACCEPT_CAPACITY = frozenset(
-    code
-    for code in (
-        getattr(errno, "EMFILE", None),
-        getattr(errno, "ENFILE", None),
-        getattr(errno, "ENOBUFS", None),
-        getattr(errno, "ENOMEM", None),
-    )
-    if code is not None
-)
+ACCEPT_CAPACITY = _errnos("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
 
 #: The listening socket itself is gone (closed, or never was a socket). Serving
 #: cannot continue; the error propagates out of serve_forever().
-ACCEPT_FATAL = frozenset(
-    code
-    for code in (
-        getattr(errno, "EBADF", None),
-        getattr(errno, "ENOTSOCK", None),
-        getattr(errno, "EINVAL", None),  # not listening (shut down under us)
-    )
-    if code is not None
+ACCEPT_FATAL = _errnos(
+    "EBADF",
+    "ENOTSOCK",
+    "EINVAL",  # not listening (shut down under us)
 )

@@ -34,9 +34,9 @@ import stat
 import sys
 import tempfile
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from pyserve.logs import escape
 from pyserve.net.addresses import is_filesystem_path
 
 try:  # POSIX only: user and group names, file locks
@@ -285,14 +285,14 @@ class UnixDatagramReplies(_ReplyBase):
     """Turns a failed reply to an address-less or vanished client into one log line.
 
     Counted in ``unreplyable_datagrams``; logged at most once per
-    ``truncation_log_interval`` seconds, so a flood of such clients cannot flood
-    the log. Any other error goes to the usual ``handle_error()``.
+    ``truncation_log_interval`` seconds (by the server's rate-limited log of peer
+    faults, the one that reports over-long datagrams), so a flood of such clients
+    cannot flood the log. Any other error goes to the usual ``handle_error()``.
     """
 
     def _init_dispatch_state(self) -> None:
         super()._init_dispatch_state()
         self.unreplyable_datagrams = 0
-        self._unreplyable_logged_at: Optional[float] = None
         self._unreplyable_lock = threading.Lock()  # handle_error runs in any thread
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -300,21 +300,18 @@ class UnixDatagramReplies(_ReplyBase):
         if not _is_unreplyable(sys.exc_info()[1], client_address):
             super().handle_error(request, client_address)
             return
-        now = time.monotonic()
         with self._unreplyable_lock:
             self.unreplyable_datagrams += 1
-            last = self._unreplyable_logged_at
-            due = last is None or now - last >= self.truncation_log_interval
-            if due:
-                self._unreplyable_logged_at = now
-        if due:
-            logger.warning(
-                "Could not reply to the Unix datagram client at %r: %s (%d so far; "
-                "a client must bind its socket to receive replies)",
-                client_address,
-                sys.exc_info()[1],
-                self.unreplyable_datagrams,
-            )
+            so_far = self.unreplyable_datagrams
+        self._peer_faults.report(
+            logging.WARNING,
+            "unreplyable datagram",
+            "Could not reply to the Unix datagram client at %s: %s (%d so far; "
+            "a client must bind its socket to receive replies)",
+            escape(client_address),
+            sys.exc_info()[1],  # the kernel's words, not the peer's
+            so_far,
+        )
 
 
 def _is_unreplyable(exc: Optional[BaseException], client_address: Any) -> bool:

@@ -1,4 +1,22 @@
-"""Real peers for the TLS and PROXY protocol tests: certificates, HAProxy, nginx.
+"""Real peers for the tests, and the one rule for when one is missing.
+
+A peer is software the tests talk to or run: a client or server we did not write
+(haproxy, nginx, redis-server, redis-cli, redis-benchmark, openssl, socat, nc,
+rdate, systemd-socket-activate, chromium), a build tool (make, cc) or a Python
+package from an extra (redis-py, matplotlib, docutils). The project's rule:
+
+* locally a missing peer *skips* its test with a reason naming the Debian package
+  or the extra that provides it, so a contributor without it can still run the
+  rest;
+* under ``CI=true`` a missing peer *fails* the test: CI installs every peer
+  (.ci/run, tox.ini), so a missing one there means the job lost a test silently.
+
+Every such check goes through :func:`missing_peer`, by way of
+:func:`require_binary`, :func:`needs_binary`, :func:`require_module` or
+:func:`require_file`. Skips for other reasons (no ``fork()`` on this platform, no
+IPv6 loopback, a docs-only environment) are not about peers and stay plain skips.
+
+The rest of the module drives the TLS and PROXY protocol peers:
 
 * :func:`make_certificates` runs Debian's ``openssl`` CLI to make a throw-away CA
   and a server certificate for 127.0.0.1/localhost in a temporary directory (no
@@ -8,30 +26,95 @@
   *inherited* by the proxy (HAProxy's ``fd@N``, nginx's ``NGINX`` variable), so no
   port is guessed and the socket queues connections before the proxy has even
   started: readiness by construction. ``stop()`` ends that process by its PID.
-
-Every helper skips the test with a clear reason when its binary is missing.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from types import ModuleType
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import pytest
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
+# Debian installs daemons (haproxy, nginx) in sbin, which a user's PATH may lack.
+_SBIN = ("/usr/sbin", "/sbin")
+
+Test = TypeVar("Test", bound=Callable[..., Any])
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI=true``, the variable CI services set)."""
+    return os.environ.get("CI") == "true"
+
+
+def missing_peer(reason: str) -> NoReturn:
+    """Skip the current test for ``reason``; under ``CI=true`` fail it instead."""
+    if in_ci():
+        pytest.fail(f"{reason}; under CI=true a missing peer is a failure "
+                    "(.ci/run and tox.ini must install it)", pytrace=False)  # fmt: skip
+    # allow_module_level: a test module may require a peer when it is imported.
+    pytest.skip(reason, allow_module_level=True)
+
+
 def require_binary(name: str, package: str) -> str:
+    """The path of the program ``name`` (from Debian's ``package``)."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (Debian package: {package})")
+        path = next((p for p in (os.path.join(d, name) for d in _SBIN)
+                     if os.access(p, os.X_OK)), None)  # fmt: skip
+    if path is None:
+        missing_peer(f"{name} is not installed (Debian package: {package})")
+    return path
+
+
+def needs_binary(name: str, package: str) -> Callable[[Test], Test]:
+    """Decorate a test that runs ``name``: :func:`require_binary` before it runs."""
+
+    def decorate(test: Test) -> Test:
+        @functools.wraps(test)  # keeps the signature, so fixtures still arrive
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            require_binary(name, package)
+            return test(*args, **kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def require_module(name: str, provider: str) -> ModuleType:
+    """The imported module ``name``; ``provider`` says what installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing_peer(f"Python module {name} is not installed ({provider})")
+
+
+def require_matplotlib() -> ModuleType:
+    """matplotlib, the bench extra: tox installs it on GIL CPython only (tox.ini)."""
+    if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
+        # Not a missing peer: there is no wheel for PyPy, and the py313t
+        # environment installs pure-Python packages only.
+        pytest.skip("matplotlib is not installed on PyPy or free-threaded CPython (tox.ini)")
+    return require_module("matplotlib", "the bench extra")
+
+
+def require_file(path: str, package: str) -> str:
+    """``path``, a file some peer needs (a plug-in module, say)."""
+    if not os.path.exists(path):
+        missing_peer(f"{path} is missing (Debian package: {package})")
     return path
 
 
@@ -164,9 +247,7 @@ backend back
 def start_nginx(tmp_path: Path, backend: tuple[str, int]) -> ProxyProcess:
     """nginx's stream module forwarding to ``backend`` with ``proxy_protocol on``."""
     nginx = require_binary("nginx", "nginx")
-    if not os.path.exists(NGINX_STREAM_MODULE):
-        pytest.skip(f"nginx's stream module is missing ({NGINX_STREAM_MODULE}: "
-                    "Debian package libnginx-mod-stream)")  # fmt: skip
+    require_file(NGINX_STREAM_MODULE, "libnginx-mod-stream")
     listener = listening_socket()
     host, port = listener.getsockname()
     config = tmp_path / "nginx.conf"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from peers import needs_binary
 
 import pyserve
 from pyserve import (
@@ -278,9 +279,7 @@ def test_child_process_serves_a_listener_passed_by_descriptor(class_name: str) -
 
 
 ACTIVATOR = shutil.which("systemd-socket-activate")
-needs_activator = pytest.mark.skipif(
-    ACTIVATOR is None, reason="systemd-socket-activate missing (Debian package systemd)"
-)
+needs_activator = needs_binary("systemd-socket-activate", "systemd")
 
 
 def wait_for_stderr(process: subprocess.Popen[bytes], text: bytes) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from typing import Any
@@ -28,15 +27,14 @@ sys.path.insert(0, BENCH)
 import inproc  # noqa: E402 - bench/ is a directory of scripts, put on the path above
 import report  # noqa: E402
 from conftest import Echo  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("make") is None or shutil.which(os.environ.get("CC", "cc")) is None,
-    reason="bench/ builds its load generator with make and a C compiler (cc); none found",
-)
+from peers import require_binary, require_matplotlib  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def loadgen() -> str:
+    # bench/ builds its load generator with make and a C compiler.
+    require_binary("make", "make")
+    require_binary(os.environ.get("CC", "cc"), "gcc")
     subprocess.run(["make", "-s", "-C", BENCH], check=True, timeout=120)
     return os.path.join(BENCH, "build", "loadgen")
 
@@ -115,7 +113,7 @@ def test_report_says_when_the_load_generator_has_headroom(tmp_path: Any) -> None
 
 
 def test_report_draws_png_plots_when_matplotlib_is_installed(tmp_path: Any) -> None:
-    pytest.importorskip("matplotlib", reason="plots need the bench extra (matplotlib)")
+    require_matplotlib()
     report.render(sample_run(tmp_path))
     for name in ("echo.png", "connections.png", "shutdown.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

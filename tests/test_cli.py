@@ -9,7 +9,6 @@ import errno
 import os
 import re
 import selectors
-import shutil
 import signal
 import socket
 import ssl
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from peers import make_certificates
+from peers import make_certificates, require_binary
 
 import pyserve
 from pyserve.cli import build as cli_build
@@ -440,9 +439,7 @@ def test_systemd_bind_without_activation_exits_7() -> None:
 def test_systemd_socket_activate_starts_pyserve_on_first_connection(
     run: Any, tmp_path: Path
 ) -> None:
-    activate = shutil.which("systemd-socket-activate")
-    if activate is None:
-        pytest.skip("systemd-socket-activate is missing (Debian package systemd)")
+    activate = require_binary("systemd-socket-activate", "systemd")
     path = tmp_path / "activated.sock"
     # -E passes our PYTHONPATH through; systemd-socket-activate binds the path,
     # says so on stderr, and starts pyserve when the first client connects.

@@ -309,3 +309,39 @@ def test_the_access_log_escapes_a_peer_chosen_unix_path() -> None:
     assert "\n" not in forged
     assert forged.startswith("'/tmp/x\\n")
     assert _client("") == "-"
+
+
+# -- options that take a positive number --------------------------------------------------------
+
+POSITIVE_OPTIONS = {
+    "--max-workers": ("N", 4),
+    "--processes": ("N", 2),
+    "--max-connections": ("N", 100),
+    "--drain-timeout": ("SECONDS", 2.5),
+    "--idle-timeout": ("SECONDS", 0.5),
+}
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+@pytest.mark.parametrize("flag", sorted(POSITIVE_OPTIONS))
+def test_a_number_option_refuses_a_value_that_is_not_positive(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args([flag, value])
+    assert exited.value.code == cli.EXIT_USAGE
+    assert f"argument {flag}: must be positive, not {value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", sorted(POSITIVE_OPTIONS))
+def test_a_number_option_takes_its_kind_and_shows_its_unit(flag: str) -> None:
+    unit, number = POSITIVE_OPTIONS[flag]
+    parser = cli.build_parser()
+    args = parser.parse_args([flag, str(number)])
+    assert getattr(args, flag[2:].replace("-", "_")) == number
+    assert type(getattr(args, flag[2:].replace("-", "_"))) is type(number)
+    assert re.search(rf"\[{flag} {unit}\]", parser.format_usage())
+
+
+def test_the_drain_timeout_defaults_to_ten_seconds() -> None:
+    assert cli.build_parser().parse_args([]).drain_timeout == 10.0

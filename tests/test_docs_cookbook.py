@@ -10,13 +10,11 @@ libnginx-mod-stream and systemd).
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from peers import require_binary, require_file
 
 COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.rst"
 _BLOCK = re.compile(
@@ -35,17 +33,6 @@ def config_files() -> dict[str, str]:
     return files
 
 
-def require_tool(name: str, package: str) -> str:
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
-    if path is None:
-        message = f"{name} is not installed (Debian package: {package})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; CI must install it (.ci/run)")
-        pytest.skip(message)
-    return path
-
-
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
@@ -60,7 +47,7 @@ def test_the_cookbook_has_the_three_recipes() -> None:
 
 
 def test_haproxy_config_is_valid_without_warnings(tmp_path: Path) -> None:
-    haproxy = require_tool("haproxy", "haproxy")
+    haproxy = require_binary("haproxy", "haproxy")
     config = tmp_path / "haproxy.cfg"
     config.write_text(config_files()["haproxy.cfg"])
     done = run([haproxy, "-c", "-dW", "-f", str(config)])
@@ -86,14 +73,10 @@ def test_haproxy_config_is_the_one_a_drain_can_use() -> None:
 
 
 def test_nginx_config_is_valid(tmp_path: Path) -> None:
-    nginx = require_tool("nginx", "nginx")
+    nginx = require_binary("nginx", "nginx")
     module = re.search(r"^load_module (\S+);", config_files()["nginx.conf"], re.MULTILINE)
     assert module is not None, "a standalone nginx.conf must load the stream module"
-    if not os.path.exists(module[1]):
-        message = f"{module[1]} is missing (Debian package: libnginx-mod-stream)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_file(module[1], "libnginx-mod-stream")
     config = tmp_path / "nginx.conf"
     config.write_text(config_files()["nginx.conf"])
     # Everything nginx writes goes to the temporary directory, never /var or /run.
@@ -107,7 +90,7 @@ def test_nginx_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
-    analyze = require_tool("systemd-analyze", "systemd")
+    analyze = require_binary("systemd-analyze", "systemd")
     files = config_files()
     # ExecStart must name an executable that exists: a stand-in for pyserve's
     # script at a path of this test's own.
@@ -129,7 +112,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
 
 def test_systemd_verify_rejects_an_execstart_that_does_not_exist(tmp_path: Path) -> None:
     """The check above can fail: the old recipe's /usr/bin/pyserve is refused."""
-    analyze = require_tool("systemd-analyze", "systemd")
+    analyze = require_binary("systemd-analyze", "systemd")
     files = config_files()
     service = re.sub(r"^ExecStart=\S+", f"ExecStart={tmp_path}/missing/pyserve",
                      files["/etc/systemd/system/echo.service"], flags=re.MULTILINE)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from peers import missing_peer
 
 HTML = os.environ.get("PYSERVE_DOCS_HTML")
 PAGES = ("tutorial", "internals", "results")
@@ -84,10 +85,7 @@ def find_chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    message = "Chromium is not installed (Debian package: chromium)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; CI must install it (.ci/run)")
-    pytest.skip(message)
+    missing_peer("Chromium is not installed (Debian package: chromium)")
 
 
 class Browser:

@@ -2,10 +2,10 @@
 
 bench/report.py writes the report twice: Markdown for a terminal and reST
 (``report.inc``) for the docs page, as real tables. These tests feed it a small
-known run and read what it wrote: the reST is valid (parsed by docutils when it
-is installed, as in the docs environment), every target keeps its PASS/FAIL
-cell, the machine's load average is on the page, and the plots' labels say how
-many burst connections were served and never show "-0.00".
+known run and read what it wrote: the reST is valid (parsed by docutils), every
+target keeps its PASS/FAIL cell, the machine's load average is on the page, and
+the plots' labels say how many burst connections were served and never show
+"-0.00".
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
+from peers import require_matplotlib, require_module
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 DOCS_RESULTS = BENCH.parent / "docs" / "results"
@@ -64,7 +64,7 @@ def rendered_rst(tmp_path: Path) -> str:
 
 
 def test_rst_report_is_valid_restructuredtext(tmp_path: Path) -> None:
-    docutils_core = pytest.importorskip("docutils.core", reason="docutils (docs extra)")
+    docutils_core = require_module("docutils.core", "docutils: tox.ini installs it")
     text = "Results\n=======\n\n" + rendered_rst(tmp_path)
     problems: list[str] = []
 
@@ -111,7 +111,7 @@ def test_markdown_report_shows_the_load_average_too(tmp_path: Path) -> None:
 
 
 def test_burst_label_says_how_many_were_served() -> None:
-    pytest.importorskip("matplotlib", reason="plots need the bench extra (matplotlib)")
+    require_matplotlib()
     import plots  # noqa: PLC0415 - imports matplotlib
 
     raw = [
@@ -127,7 +127,7 @@ def test_burst_label_says_how_many_were_served() -> None:
 
 
 def test_a_tiny_negative_figure_is_labelled_zero() -> None:
-    pytest.importorskip("matplotlib", reason="plots need the bench extra (matplotlib)")
+    require_matplotlib()
     import plots  # noqa: PLC0415
 
     assert plots.number(-0.001) == "0"

@@ -18,15 +18,12 @@ HAProxy is Debian's ``haproxy``: skipped locally without it, a failure under
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
 
-import pytest
 from faults import HOST, TIMEOUT
 from peers import ProxyProcess, listening_socket, require_binary
 from test_cli import Command, host_port
@@ -39,14 +36,8 @@ REQUESTS_AFTER_STOP = 120  # per client, while and after it drains
 LOAD_DEADLINE = 60.0  # seconds for the whole load, a bound not an expectation
 
 
-def _haproxy() -> str:
-    if os.environ.get("CI") == "true" and shutil.which("haproxy") is None:
-        pytest.fail("haproxy is missing under CI=true (Debian package: haproxy)")
-    return require_binary("haproxy", "haproxy")
-
-
 def _start_haproxy(tmp_path: Path, backends: list[tuple[str, int]]) -> ProxyProcess:
-    haproxy = _haproxy()
+    haproxy = require_binary("haproxy", "haproxy")
     listener = listening_socket()
     servers = "\n".join(
         f"    server s{index} {host}:{port} check inter 200ms fall 1 rise 2"
@@ -91,7 +82,7 @@ def _request(address: tuple[str, int], payload: bytes) -> bytes:
 
 
 def test_backend_drained_under_load_behind_haproxy_loses_no_request(tmp_path: Path) -> None:
-    _haproxy()
+    require_binary("haproxy", "haproxy")  # before the backends start
     backends = [
         Command("echo", "--bind", f"{HOST}:0", "--drain-timeout", "30") for _ in range(2)
     ]

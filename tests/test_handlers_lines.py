@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import subprocess
 from typing import Optional
@@ -11,6 +10,7 @@ from typing import Optional
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import needs_binary
 
 from handlers.framing import NEED_DATA, recv_message, send_message
 from handlers.lines import LineDecoder, LineHandler, Lines, UpperCaseHandler, WelcomeHandler
@@ -227,7 +227,7 @@ def test_welcome_over_tcp_with_the_line_client_helpers() -> None:
             recv_message(sock, framing)
 
 
-@pytest.mark.skipif(shutil.which("nc") is None, reason="nc (netcat-openbsd) is not installed")
+@needs_binary("nc", "netcat-openbsd")
 def test_uppercase_with_netcat() -> None:
     with serving(ThreadingTCPServer(("127.0.0.1", 0), UpperCaseHandler)) as server:
         host, port = server.server_address
@@ -241,7 +241,7 @@ def test_uppercase_with_netcat() -> None:
     assert done.stdout == b"NETCAT SPEAKS\nLINE TWO\n"
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+@needs_binary("socat", "socat")
 def test_welcome_with_socat_sending_crlf() -> None:
     with serving(ThreadingTCPServer(("127.0.0.1", 0), WelcomeHandler)) as server:
         host, port = server.server_address

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import subprocess
 from typing import Any, Callable
 
 import pytest
 from conftest import recv_exactly, wait_until
+from peers import needs_binary, require_module
 
 from handlers.resp import RespConnection, RespHandler, RespServer, server_state
 from handlers.resp.encoding import encode_command
 from pyserve import ThreadingTCPServer
 from pyserve.testing import read_until_eof
 
-redis = pytest.importorskip("redis", reason="redis-py is in the test extra")
+redis = require_module("redis", "redis-py, in the test extra")
 
 Serve = Callable[..., Any]
 
@@ -165,9 +165,7 @@ def test_redis_py_sees_the_memory_cap(serve: Serve) -> None:
         client.close()
 
 
-needs_redis_cli = pytest.mark.skipif(
-    shutil.which("redis-cli") is None, reason="redis-cli (Debian redis-tools) not installed"
-)
+needs_redis_cli = needs_binary("redis-cli", "redis-tools")
 
 
 def redis_cli(server: Any, *args: str, stdin: str = "") -> str:

@@ -8,9 +8,7 @@ and is stopped by its PID.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -19,23 +17,14 @@ from typing import Any, Callable
 
 import pytest
 from conftest import recv_exactly, wait_until
+from peers import require_binary, require_module
 
 from handlers.resp import RespServer
 from handlers.resp.encoding import encode_command
 
-redis = pytest.importorskip("redis", reason="redis-py is in the test extra")
+redis = require_module("redis", "redis-py, in the test extra")
 
 Serve = Callable[..., Any]
-
-
-def require_tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian package: {package})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def client_for(server: Any) -> Any:
@@ -46,7 +35,7 @@ def client_for(server: Any) -> Any:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Path]:
     """A redis-server on a Unix socket; yields the socket's path."""
-    binary = require_tool("redis-server", "redis-server")
+    binary = require_binary("redis-server", "redis-server")
     path = tmp_path / "redis.sock"
     process = subprocess.Popen(
         [binary, "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no",
@@ -85,7 +74,7 @@ DEFAULT_TESTS = [
 
 def test_redis_benchmark_default_run_completes_every_test(serve: Serve) -> None:
     # It once stopped at LPUSH: no lists, sets, hashes or sorted sets.
-    binary = require_tool("redis-benchmark", "redis-tools")
+    binary = require_binary("redis-benchmark", "redis-tools")
     server = serve(RespServer(("127.0.0.1", 0)))
     host, port = server.server_address[:2]
     done = subprocess.run(

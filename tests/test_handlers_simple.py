@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import struct
 import subprocess
 import threading
 import time
 
-import pytest
+from peers import needs_binary
 
 from handlers import simple
 from pyserve import ThreadingTCPServer, ThreadingUDPServer
@@ -150,7 +149,7 @@ def test_echo_over_tcp_and_udp() -> None:
         assert udp_request(server, b"datagram") == b"datagram"
 
 
-@pytest.mark.skipif(shutil.which("nc") is None, reason="nc (netcat-openbsd) is not installed")
+@needs_binary("nc", "netcat-openbsd")
 def test_echo_with_netcat() -> None:
     with tcp_server(simple.EchoStreamHandler) as server:
         host, port = server.server_address
@@ -164,7 +163,7 @@ def test_echo_with_netcat() -> None:
     assert done.stdout == b"echo via nc\n"
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+@needs_binary("socat", "socat")
 def test_daytime_over_udp_with_socat() -> None:
     class FixedUdpDaytime(simple.DaytimeDatagramHandler):
         def now(self) -> float:
@@ -182,7 +181,7 @@ def test_daytime_over_udp_with_socat() -> None:
     assert done.stdout == b"Sunday, September 9, 2001 01:46:40-UTC\r\n"
 
 
-@pytest.mark.skipif(shutil.which("nc") is None, reason="nc (netcat-openbsd) is not installed")
+@needs_binary("nc", "netcat-openbsd")
 def test_daytime_over_tcp_with_netcat() -> None:
     with tcp_server(FixedDaytime) as server:
         host, port = server.server_address
@@ -215,7 +214,7 @@ def run_rdate(server, *options: str) -> str:
     return done.stdout.decode()
 
 
-needs_rdate = pytest.mark.skipif(shutil.which("rdate") is None, reason="rdate is not installed")
+needs_rdate = needs_binary("rdate", "rdate")
 
 
 @needs_rdate
@@ -300,7 +299,7 @@ def test_chargen_stops_on_a_reset() -> None:
         assert ObservedChargen.ended.wait(10)
 
 
-@pytest.mark.skipif(shutil.which("nc") is None, reason="nc (netcat-openbsd) is not installed")
+@needs_binary("nc", "netcat-openbsd")
 def test_chargen_serves_netcat_and_stops_when_netcat_is_killed() -> None:
     ObservedChargen.ended = threading.Event()
     with tcp_server(ObservedChargen) as server:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import resource
+import shutil
 import socket
+import tempfile
 import threading
 import time
 
@@ -13,6 +16,7 @@ import pytest
 from conftest import wait_until
 
 import pyserve
+from pyserve.logs import RateLimitedLog
 from pyserve.testing import serving
 
 DEADLINE = 10.0
@@ -213,6 +217,50 @@ def test_a_flood_of_rejections_is_logged_once(caplog) -> None:
                 assert closed_by_server(client)
     assert server.stats.rejected == 5
     assert caplog.text.count("max_connections=0 reached") == 1
+
+
+def test_rejections_held_back_are_counted_in_the_next_line(caplog) -> None:
+    now = [0.0]
+    server_class = type("Limited", (pyserve.ThreadingTCPServer,), {"max_connections": 0})
+    server = server_class(("127.0.0.1", 0), Hold)
+    # The server's own rate-limited log, on a clock the test moves.
+    server._peer_fault_log = RateLimitedLog(
+        logging.getLogger("pyserve"), server.rejection_log_interval, clock=lambda: now[0]
+    )
+    with serving(server), caplog.at_level(logging.WARNING, logger="pyserve"):
+        # Four rejections at once, then one a minute later.
+        for count, seconds in enumerate((0.0, 0.0, 0.0, 0.0, 61.0), start=1):
+            now[0] = seconds
+            with connect(server) as client:
+                assert closed_by_server(client)
+            wait_until(lambda count=count: server.stats.rejected == count)
+    lines = [r.getMessage() for r in caplog.records if "Rejected" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith(": max_connections=0 reached")
+    assert lines[1].endswith(
+        ": max_connections=0 reached (3 more like this since the last such line)"
+    )
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix-domain sockets")
+def test_a_rejected_clients_socket_path_is_escaped_in_the_log(caplog) -> None:
+    directory = tempfile.mkdtemp(prefix="ps-")  # short: Unix paths end at 108 bytes
+    try:
+        server_class = type("Limited", (pyserve.ThreadingUnixStreamServer,), {"max_connections": 0})
+        server = server_class(os.path.join(directory, "s"), Hold)
+        with serving(server), caplog.at_level(logging.WARNING, logger="pyserve"):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(DEADLINE)
+                client.bind(os.path.join(directory, "c\nFAKE \x1b[2J"))
+                client.connect(server.server_address)
+                assert closed_by_server(client)
+            wait_until(lambda: server.stats.rejected == 1)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    [line] = [r.getMessage() for r in caplog.records if "Rejected" in r.getMessage()]
+    assert "\n" not in line
+    assert "\x1b" not in line
+    assert "c\\nFAKE \\x1b[2J'" in line
 
 
 def test_limits_free_up_as_connections_end() -> None:

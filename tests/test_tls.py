@@ -7,7 +7,6 @@ import functools
 import http.server
 import logging
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import Certificates, make_certificates
+from peers import Certificates, make_certificates, require_binary
 
 from pyserve import StreamRequestHandler, TCPServer, ThreadingMixIn, ThreadPoolMixIn
 from pyserve.net.tls import TLSMixIn
@@ -225,9 +224,7 @@ def test_untrusting_client_does_not_disturb_the_server(
 def test_openssl_s_client_talks_to_the_server(
     certs: Certificates, server_context: ssl.SSLContext
 ) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed (Debian package: openssl)")
+    openssl = require_binary("openssl", "openssl")
     server = ThreadingTLSServer(("127.0.0.1", 0), OneLineEcho, ssl_context=server_context)
     with serving(server):
         host, port = server.server_address

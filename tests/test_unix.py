@@ -330,3 +330,24 @@ def test_reply_to_a_client_that_removed_its_path_is_one_log_line(
     records = [r for r in caplog.records if r.name.startswith("pyserve")]
     assert [r.levelno for r in records] == [logging.WARNING]
     assert server.unreplyable_datagrams == 1
+
+
+def test_a_flood_of_unreplyable_clients_is_one_log_line_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = UnixDatagramServer(str(tmp_path / "server.sock"), DatagramEcho)
+    caplog.set_level(logging.DEBUG, logger="pyserve")
+    with server:
+        for _ in range(5):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+                unbound.sendto(b"lost", server.server_address)
+            server.handle_request()  # the reply has nowhere to go
+        # Over-long datagrams share the server's log of peer faults, by their own reason.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as big:
+            big.sendto(b"x" * (server.max_packet_size + 1), server.server_address)
+            server.handle_request()
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("pyserve")]
+    assert len(messages) == 2, messages
+    assert "(1 so far; a client must bind its socket to receive replies)" in messages[0]
+    assert "longer than max_packet_size" in messages[1]
+    assert server.unreplyable_datagrams == 5

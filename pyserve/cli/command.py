@@ -66,7 +66,7 @@ import logging
 import os
 import platform
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import pyserve
 from pyserve.cli import build as cli_build
@@ -147,24 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
         "child process, or one I/O thread for every connection (default: multiplex for "
         "a pyserve.ConnectionHandler, else thread)",
     )
-    parser.add_argument(
-        "--max-workers",
-        type=_positive(int),
-        metavar="N",
-        help="threads in the pool (--concurrency pool; default 32)",
+    _add_positive(
+        parser, "--max-workers", int, "threads in the pool (--concurrency pool; default 32)"
     )
-    parser.add_argument(
-        "--processes",
-        type=_positive(int),
-        metavar="N",
-        help="prefork: N worker processes share the port (one --bind)",
+    _add_positive(
+        parser, "--processes", int, "prefork: N worker processes share the port (one --bind)"
     )
-    parser.add_argument(
+    _add_positive(
+        parser,
         "--drain-timeout",
-        type=_positive(float),
+        float,
+        "how long a graceful stop may wait for requests in flight (default: %(default)s)",
         default=10.0,
-        metavar="SECONDS",
-        help="how long a graceful stop may wait for requests in flight (default: %(default)s)",
     )
     parser.add_argument(
         "--socket-mode",
@@ -196,18 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="an address or network allowed to send PROXY headers; repeatable "
         "('unix' trusts Unix-socket peers)",
     )
-    parser.add_argument(
-        "--idle-timeout",
-        type=_positive(float),
-        metavar="SECONDS",
-        help="drop a connection silent this long (stream servers)",
+    _add_positive(
+        parser, "--idle-timeout", float, "drop a connection silent this long (stream servers)"
     )
-    parser.add_argument(
-        "--max-connections",
-        type=_positive(int),
-        metavar="N",
-        help="refuse connections beyond N in flight at once",
-    )
+    _add_positive(parser, "--max-connections", int, "refuse connections beyond N in flight at once")
     parser.add_argument(
         "--trace", action="store_true", help="explain mode: print every hook call on stderr"
     )
@@ -227,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
 def version_text() -> str:
     implementation = platform.python_implementation()
     return f"pyserve {pyserve.__version__} ({implementation} {platform.python_version()})"
+
+
+def _add_positive(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: Union[type[int], type[float]],
+    text: str,
+    default: Optional[float] = None,
+) -> None:
+    """An option taking a number > 0: a count (int, shown as N) or seconds (float)."""
+    parser.add_argument(
+        flag,
+        type=_positive(kind),
+        default=default,
+        metavar="N" if kind is int else "SECONDS",
+        help=text,
+    )
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:

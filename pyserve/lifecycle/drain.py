@@ -114,8 +114,6 @@ class Lifecycle:
         self._registry = RequestRegistry()
         self._observers: list[Observer] = []
         self._observers_lock = threading.Lock()
-        # reason -> (monotonic time of the last log line, rejections not logged since)
-        self._rejection_log: dict[str, tuple[float, int]] = {}
         #: Set when a drain begins: handlers may check it or wait on it.
         self.draining = threading.Event()
 

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.errors import LineTooLong, RequestTimedOut
 from pyserve.lifecycle.registry import LiveRequest, RequestRegistry
+from pyserve.logs import RateLimitedLog, escape
 
 __all__ = ["ConnectionLimits", "DeadlineReader", "LineLimitedReader", "SocketReader", "client_host"]
 
@@ -95,7 +96,8 @@ class ConnectionLimits:
 
     # Provided by Lifecycle, beside this class in BaseServer.
     _registry: RequestRegistry
-    _rejection_log: dict[str, tuple[float, int]]
+    # Provided by BaseServer: one line per reason per rejection_log_interval.
+    _peer_fault_log: RateLimitedLog
 
     if TYPE_CHECKING:
 
@@ -126,15 +128,15 @@ class ConnectionLimits:
 
     def _over_limit(self, client_address: Any, reason: str) -> None:
         self._rejected(client_address, reason)
-        log_state = self._rejection_log
-        now = time.monotonic()
-        last, suppressed = log_state.get(reason, (-_NEVER, 0))
-        if now - last >= self.rejection_log_interval:
-            log_state[reason] = (now, 0)
-            more = f" ({suppressed} more since the last report)" if suppressed else ""
-            logger.warning("Rejected a connection from %s: %s%s", client_address, reason, more)
-        else:
-            log_state[reason] = (last, suppressed + 1)
+        # ``reason`` is the registry's own text ("max_connections=2 reached"),
+        # never the peer's, so it may key the log.
+        self._peer_fault_log.report(
+            logging.WARNING,
+            reason,
+            "Rejected a connection from %s: %s",
+            escape(client_address),
+            reason,
+        )
 
 
 def handler_setting(handler: Any, name: str) -> Any:

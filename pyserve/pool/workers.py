@@ -64,6 +64,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
+from pyserve.logs import RateLimitedLog
 from pyserve.pool.accept import (
     _ACCEPT,
     _EXIT,
@@ -170,8 +171,7 @@ class ThreadPoolMixIn(WorkersAccept):
         self._pool_closed = False
         self._pool_held = False
         self._worker_serial = 0
-        self._saturation_logged = -float("inf")  # monotonic time of the last warning
-        self._saturation_unlogged = 0
+        self._saturation_log = RateLimitedLog(logger, self.saturation_log_interval)
         # The workers' own gate follows the server's accept gate.
         self.accept_gate.subscribe(self._sync_gate)
         # Workers accept: the gate (receiver, sender), whether it is open, the
@@ -254,19 +254,14 @@ class ThreadPoolMixIn(WorkersAccept):
     def _note_saturation(self) -> None:
         """One WARNING per ``saturation_log_interval`` while the pool is saturated
         (called with the pool lock held)."""
-        now = time.monotonic()
-        if now - self._saturation_logged < self.saturation_log_interval:
-            self._saturation_unlogged += 1
-            return
-        more = self._saturation_unlogged
-        self._saturation_logged, self._saturation_unlogged = now, 0
-        logger.warning(
-            "thread pool saturated: all %d workers busy, %d requests waiting%s; idle "
+        self._saturation_log.report(
+            logging.WARNING,
+            "saturated",
+            "thread pool saturated: all %d workers busy, %d requests waiting; idle "
             "connections give up their worker after busy_idle_timeout=%ss; raise "
             "max_workers (or --max-workers) if this persists",
             self.max_workers,
             len(self._pending),
-            f" ({more} more times since the last report)" if more else "",
             self.busy_idle_timeout,
         )
 
