@@ -275,7 +275,10 @@ def test_a_flood_of_pipelined_keys_does_not_starve_another_client(
         flood.sendall(encode_command(b"KEYS", b"*") * 200)
         loaded = slowest_ping(other)
         flood.shutdown(socket.SHUT_RDWR)
-    assert loaded < 2 * quiet + 0.1, (quiet, loaded)
+    # The starving store made one PING wait the whole batch (0.7 s, longer on a
+    # loaded machine); a fair one costs a PING at most a slice of KEYS work. The
+    # margin leaves room for a CI machine's scheduler (0.18 s seen at load 6).
+    assert loaded < 2 * quiet + 0.35, (quiet, loaded)
 
 
 def _big_get_replies(count: int, size: int) -> bytes:
