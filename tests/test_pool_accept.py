@@ -76,6 +76,68 @@ def test_a_worker_runs_the_whole_request_path_and_the_loop_leaves_the_listener()
     assert threads.pop().startswith("pyserve-pool-")
 
 
+def test_by_default_workers_accept_when_the_accept_hooks_are_pyserves_own() -> None:
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=4)
+    assert server.workers_accept is None
+    with serving(server):
+        assert "pool-workers-accept" in server._accept_holds  # workers wait on it
+        assert round_trip(server.server_address, b"ping") == b"ping"
+        wait_until(lambda: server.stats.finished == 1)
+
+
+def _accept_hook_overrides() -> list[object]:
+    def verify_request(self, request, client_address) -> bool:
+        self.trace.append(("verify_request", threading.current_thread().name))
+        return True
+
+    def process_request(self, request, client_address) -> None:
+        self.trace.append(("process_request", threading.current_thread().name))
+        pyserve.ThreadPoolTCPServer.process_request(self, request, client_address)
+
+    def get_request(self):
+        request = pyserve.ThreadPoolTCPServer.get_request(self)
+        self.trace.append(("get_request", threading.current_thread().name))
+        return request
+
+    def handle_request_noblock(self) -> None:
+        self.trace.append(("_handle_request_noblock", threading.current_thread().name))
+        pyserve.ThreadPoolTCPServer._handle_request_noblock(self)
+
+    hooks = {
+        "get_request": get_request,
+        "verify_request": verify_request,
+        "process_request": process_request,
+        "_handle_request_noblock": handle_request_noblock,
+    }
+    params = [pytest.param(name, {name: hook}, False, id=name) for name, hook in hooks.items()]
+    params.append(pytest.param("verify_request", {"verify_request": verify_request}, True,
+                               id="verify_request-on-the-instance"))
+    return params
+
+
+@pytest.mark.parametrize(("hook", "override", "on_instance"), _accept_hook_overrides())
+def test_by_default_an_overridden_accept_hook_runs_in_the_loop_thread_as_in_the_stdlib(
+    hook: str, override: dict, on_instance: bool
+) -> None:
+    """Code written for the stdlib may assume its accept hooks run one at a time in
+    one thread; the default pool keeps that for any hook it did not write itself."""
+    server_class = pyserve.ThreadPoolTCPServer
+    if not on_instance:
+        server_class = type("Overridden", (server_class,), override)
+    server = server_class(("127.0.0.1", 0), Echo, max_workers=4)
+    server.trace = []
+    if on_instance:
+        for name, function in override.items():
+            setattr(server, name, function.__get__(server))
+    with serving(server):
+        assert "pool-workers-accept" not in server._accept_holds  # the loop watches it
+        assert round_trip(server.server_address, b"ping") == b"ping"
+        wait_until(lambda: server.stats.finished == 1)
+    threads = {thread for name, thread in server.trace if name == hook}
+    assert threads, server.trace
+    assert not any(thread.startswith("pyserve-pool-") for thread in threads), threads
+
+
 def test_without_workers_accept_the_loop_accepts_and_hands_over() -> None:
     server = Traced(("127.0.0.1", 0), Echo, max_workers=4)
     server.workers_accept = False

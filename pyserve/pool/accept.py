@@ -87,6 +87,11 @@ _EPOLLEXCLUSIVE: Optional[int] = getattr(
 
 _Job = tuple[Any, Any, LiveRequest]
 
+#: The hooks the stdlib calls from its one loop thread, one connection after the
+#: other, and that code written for it may override assuming so. Overridden, they
+#: run one worker at a time here; pyserve's own are thread-safe (see the module doc).
+_SERIAL_HOOKS = ("get_request", "verify_request", "process_request", "_handle_request_noblock")
+
 
 class _Action:
     """What a worker does next, when it is not a job: accept, park or exit."""
@@ -112,7 +117,7 @@ class _Slot:
 
 
 class _Worker:
-    __slots__ = ("job", "slot", "thread", "wake")
+    __slots__ = ("in_hooks", "job", "slot", "thread", "wake")
 
     def __init__(self) -> None:
         self.wake = threading.Lock()
@@ -120,6 +125,7 @@ class _Worker:
         self.job: Optional[_Job] = None
         self.thread: Optional[threading.Thread] = None
         self.slot: Optional[_Slot] = None  # held while it waits on the listener
+        self.in_hooks = False  # holds the server's hooks lock (the accept path)
 
 
 def _exclusive_poller(listener_fd: int, gate_fd: Optional[int]) -> Any:
@@ -142,7 +148,7 @@ class WorkersAccept(_Base):
     :class:`~pyserve.pool.workers.ThreadPoolMixIn`.
     """
 
-    workers_accept: bool = True
+    workers_accept: Optional[bool] = None
     max_workers: int
     _accept_exit_timeout: float = 5.0
     _pool_lock: Any
@@ -161,6 +167,8 @@ class WorkersAccept(_Base):
     #: How many workers may wait on the listener at once (see the module doc).
     _accept_slots: int = 2
     _accept_fatal: Optional[BaseException] = None
+    _hooks_lock: Any
+    _serial_hooks: bool = True
 
     if TYPE_CHECKING:  # provided by ThreadPoolMixIn, the subclass that owns the workers
 
@@ -174,8 +182,11 @@ class WorkersAccept(_Base):
 
     def _workers_can_accept(self) -> bool:
         listener = getattr(self, "socket", None)
+        wanted = self.workers_accept
         return (
-            bool(self.workers_accept)
+            # None (the default): only if no overridden hook would see the
+            # difference; such a server's loop thread runs them, as in the stdlib.
+            (not self._overrides_accept_hooks() if wanted is None else bool(wanted))
             and _EPOLLEXCLUSIVE is not None
             and hasattr(select, "epoll")
             and isinstance(listener, socket.socket)
@@ -210,6 +221,7 @@ class WorkersAccept(_Base):
                 self._close_free_slots()
                 self._slots, self._free_slots = slots, list(slots)
             self._listener_fd = fd
+            self._serial_hooks = self._overrides_accept_hooks()
             self._listener_was_blocking = os.get_blocking(fd)
             os.set_blocking(fd, False)
             self._worker_mode = True
@@ -229,6 +241,21 @@ class WorkersAccept(_Base):
             except (OSError, ValueError):
                 pass  # the listener is closed already
         super()._serving_stopped()
+
+    def _overrides_accept_hooks(self) -> bool:
+        """True unless every hook in ``_SERIAL_HOOKS`` is pyserve's own (thread-safe).
+
+        Anything else takes turns: a subclass's override, or a function set on the
+        instance (a patch, or pyserve.explain's tracing).
+        """
+        own = vars(self)
+        for name in _SERIAL_HOOKS:
+            if name in own:
+                return True
+            module = getattr(getattr(type(self), name, None), "__module__", None) or ""
+            if module != "pyserve" and not module.startswith("pyserve."):
+                return True
+        return False
 
     def _sync_gate(self) -> None:
         """Open the gate exactly when workers should accept; wake them accordingly."""
@@ -282,8 +309,10 @@ class WorkersAccept(_Base):
         """Run a request in the worker that accepted it (``process_request()``).
 
         The hot path of a short connection, so it enters the request as running
-        in one step and calls ``process_request_thread()`` itself.
+        in one step and calls ``process_request_thread()`` itself. The request's
+        hooks on the accept path are done: the next worker may run its own.
         """
+        self._leave_hooks(worker)
         entry = self._track_running(
             request, client_address, worker.thread or threading.current_thread()
         )
@@ -322,7 +351,15 @@ class WorkersAccept(_Base):
                 break
         else:
             return  # only the gate: stop accepting
+        if self._serial_hooks:
+            # Overridden hooks on the accept path run one worker at a time (see
+            # the module doc); _serve_here() lets go as the request starts, the
+            # finally below otherwise.
+            self._hooks_lock.acquire()
+            worker.in_hooks = True
         try:
+            if self._accept_fatal is not None:
+                return  # an earlier hook ended serving: no hook runs after it
             self._handle_request_noblock()
         except BaseException as exc:
             # The listener failed (ACCEPT_FATAL), or a hook on the accept path
@@ -337,6 +374,14 @@ class WorkersAccept(_Base):
                     self._accept_fatal = exc
             self._hold_accept(_LISTENER_FAILED)
             self._BaseServer__shutdown_request = True  # stop the loop; it re-raises
+        finally:
+            self._leave_hooks(worker)
+
+    def _leave_hooks(self, worker: _Worker) -> None:
+        """Let the next worker into the accept path's hooks (if this one is in)."""
+        if worker.in_hooks:
+            worker.in_hooks = False
+            self._hooks_lock.release()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """As ``BaseServer.serve_forever()``; what ends it when the loop accepts (a
@@ -349,6 +394,21 @@ class WorkersAccept(_Base):
             fatal = self._take_fatal()
         if fatal is not None:
             raise fatal
+
+    def _withdraw_listener(self) -> int:
+        """Drain takes the connections still queued in its own thread: one more
+        thread on the accept path, so it waits its turn for the hooks like a worker
+        (unless it *is* the worker in the hooks: a hook that drains)."""
+        me = self._in_accept.get(threading.get_ident())
+        if me is not None and me.in_hooks:
+            return super()._withdraw_listener()
+        # Bounded: a hook that never returns must not stop the drain for good.
+        entered = self._hooks_lock.acquire(timeout=self._accept_exit_timeout)
+        try:
+            return super()._withdraw_listener()
+        finally:
+            if entered:
+                self._hooks_lock.release()
 
     def _closing(self) -> bool:
         return self._pool_closed  # read afresh: another thread may set it

@@ -117,9 +117,9 @@ class ThreadPoolMixIn(WorkersAccept):
     #: A connection holds a worker for its whole life, so the pool must be large
     #: enough for the keep-alive clients you expect; 32 serves a small service.
     max_workers: int = 32
-    #: Off: the accept path's hooks run in one thread, as in the stdlib (see the
-    #: module doc for what turning it on buys and costs).
-    workers_accept: bool = False
+    #: None: idle workers accept unless a hook of the accept path is overridden,
+    #: which then runs in the loop thread, as in the stdlib (see the module doc).
+    workers_accept: Optional[bool] = None
     #: Twice the workers: a burst is accepted promptly, a flood waits in the backlog.
     queue_size: int = 64
     #: Enough to drain a burst per wake-up; small enough to keep the loop responsive.
@@ -183,6 +183,8 @@ class ThreadPoolMixIn(WorkersAccept):
         self._listener_was_blocking = True
         self._listener_fd = -1
         self._in_accept: dict[int, _Worker] = {}
+        # Held by the one worker running the accept path's hooks (see pool.accept).
+        self._hooks_lock = threading.Lock()
         self._slots: list[_Slot] = []  # places at the listener (see pool_accept)
         self._free_slots: list[_Slot] = []
 
