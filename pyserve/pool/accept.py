@@ -44,13 +44,40 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
 * Connection limits are checked and the request registered in one locked step
   (the registry's ``admit``), so workers accepting at once never admit more than
   the limits allow.
-* Every hook on the accept path (``get_request``, ``verify_request``,
-  ``handle_error``) runs in whichever worker accepted, so several may run at once:
-  unlike the stdlib, which calls them from the loop thread only. That is why this
-  mode is opt-in (``workers_accept = True``): hooks must be thread-safe. An
-  exception from one of them ends ``serve_forever()`` as it does when the loop
-  accepts (the worker hands it to the loop), never a worker that dies at the
-  listener and a server that no longer accepts.
+* An exception from a hook on the accept path ends ``serve_forever()`` as it
+  does when the loop accepts (the worker hands it to the loop), never a worker
+  that dies at the listener and a server that no longer accepts.
+
+Hooks on the accept path: one connection at a time
+--------------------------------------------------
+The stdlib calls ``get_request``, ``verify_request`` and ``process_request``
+(and the private ``_handle_request_noblock`` around them) from its one loop
+thread, one connection after the other, and code written for it may rely on
+that: a counter without a lock, a per-thread database handle. Workers that
+accept would run them in several threads at once, so:
+
+* **By default** (``workers_accept = None``) workers accept only while every
+  one of those hooks is pyserve's own (ours are thread-safe: ``accept()``, a
+  registry under its lock, ``return True``). A server that overrides any of them
+  (in its class, or on the instance) keeps the hand-off, and the loop thread runs
+  them exactly as in the stdlib. ``handle_error``, ``shutdown_request`` and
+  ``close_request`` do not count: every threaded server calls them from its
+  request threads at once already.
+* **``workers_accept = True``** makes workers accept even then, and an overridden
+  hook takes turns: a worker holds ``_hooks_lock`` from before ``get_request``
+  until its request starts (``_serve_here()``) or the accept path ends, so the
+  hooks of one connection run to the end before the next connection's begin, in
+  accept order, though not always in the same thread (and ``process_request``
+  returns only once the request is done: it runs it). After an exception from
+  one of them no worker runs them again (it ends ``serve_forever()``). A drain
+  takes the backlog's last connections under the same lock.
+
+Why not the lock by default: measured on the bench's connect-echo-close load,
+a worker woken for the next connection while another is inside the hooks must
+sleep on the lock and be woken again, which brought back the thread switches
+the mode exists to avoid (about 7 voluntary switches per connection instead of
+4, CPU per connection back to the hand-off's). With pyserve's own hooks there is
+nothing to serialise, so the fast path needs no lock at all.
 
 This module holds that mode, as :class:`WorkersAccept`, the base of
 :class:`~pyserve.pool.workers.ThreadPoolMixIn`, which owns the workers and the hand-off.
@@ -245,16 +272,17 @@ class WorkersAccept(_Base):
     def _overrides_accept_hooks(self) -> bool:
         """True unless every hook in ``_SERIAL_HOOKS`` is pyserve's own (thread-safe).
 
-        Anything else takes turns: a subclass's override, or a function set on the
-        instance (a patch, or pyserve.explain's tracing).
+        A subclass's override counts, and so does a function set on the instance,
+        unless it is pyserve's too (pyserve.explain's tracing wraps the class's).
         """
-        own = vars(self)
+        on_instance = vars(self)
         for name in _SERIAL_HOOKS:
-            if name in own:
-                return True
-            module = getattr(getattr(type(self), name, None), "__module__", None) or ""
-            if module != "pyserve" and not module.startswith("pyserve."):
-                return True
+            for hook in (getattr(type(self), name, None), on_instance.get(name)):
+                if hook is None:
+                    continue
+                module = getattr(hook, "__module__", None) or ""
+                if module != "pyserve" and not module.startswith("pyserve."):
+                    return True
         return False
 
     def _sync_gate(self) -> None:

@@ -24,22 +24,23 @@ and the kernel's backlog absorbs the burst. The first worker to free a slot
 releases the hold. So the number of threads never exceeds ``max_workers``, and no
 accepted connection is ever dropped: at worst, new ones wait in the backlog.
 
-Workers accept (opt-in)
------------------------
-By default the loop thread accepts, and every hook on the accept path
-(``get_request``, ``verify_request``, ``handle_error``) runs in that one thread,
-as in the stdlib. When the listener is readable the loop accepts up to
-``accept_batch`` connections before it sleeps again (checking readiness with a
-zero-timeout poll, so the listener's blocking mode is untouched).
-
-``workers_accept = True`` lets idle workers wait on the listener themselves on
-Linux and run the whole request path with no hand-off (see
+Who accepts
+-----------
+On Linux, while ``serve_forever()`` runs, idle workers wait on the listener
+themselves and run the whole request path with no hand-off (see
 :mod:`pyserve.pool.accept`): about a third more short connections per second on
-one core, bought with hooks that run concurrently in several workers, so they
-must be thread-safe. It falls back to the hand-off where epoll's
-``EPOLLEXCLUSIVE`` is missing, for datagram servers, for a listener with a
-timeout, for an adopted listener that is still blocking, and for
-``handle_request()``.
+one core. The hooks on the accept path (``get_request``, ``verify_request``,
+``process_request``) still run one connection at a time: a server that overrides
+one of them keeps the hand-off by default (``workers_accept = None``), so the
+loop thread runs them as in the stdlib; ``workers_accept = True`` lets workers
+accept anyway, taking turns at those hooks; ``False`` always hands over.
+
+In the hand-off, the loop thread accepts and, when the listener is readable,
+takes up to ``accept_batch`` connections before it sleeps again (checking
+readiness with a zero-timeout poll, so the listener's blocking mode is
+untouched). It is also what runs where epoll's ``EPOLLEXCLUSIVE`` is missing,
+for datagram servers, for a listener with a timeout, for an adopted listener
+that is still blocking, and for ``handle_request()``.
 
 If a worker thread cannot start (``RuntimeError: can't start new thread``), the
 request waits in the queue for a worker that exists; with no worker at all the
@@ -96,10 +97,11 @@ class ThreadPoolMixIn(WorkersAccept):
     Class attributes that may be overridden:
 
     - ``max_workers``: the most worker threads (each serves one request at a time)
-    - ``workers_accept``: False (the default) hands each request over from the
-      loop; True lets idle workers wait on the listener themselves (Linux, stream
-      servers, ``serve_forever()``), with the hooks on the accept path running in
-      several workers at once (see the module documentation)
+    - ``workers_accept``: None (the default) lets idle workers wait on the
+      listener themselves (Linux, stream servers, ``serve_forever()``) unless an
+      accept-path hook is overridden; True even then (those hooks take turns,
+      in several threads); False hands each request over from the loop (see
+      the module documentation)
     - ``queue_size``: in hand-off mode, accepted requests that may wait for a
       worker before the server stops accepting
     - ``accept_batch``: in hand-off mode, the most connections accepted per loop
