@@ -48,36 +48,8 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
   does when the loop accepts (the worker hands it to the loop), never a worker
   that dies at the listener and a server that no longer accepts.
 
-Hooks on the accept path: one connection at a time
---------------------------------------------------
-The stdlib calls ``get_request``, ``verify_request`` and ``process_request``
-(and the private ``_handle_request_noblock`` around them) from its one loop
-thread, one connection after the other, and code written for it may rely on
-that: a counter without a lock, a per-thread database handle. Workers that
-accept would run them in several threads at once, so:
-
-* **By default** (``workers_accept = None``) workers accept only while every
-  one of those hooks is pyserve's own (ours are thread-safe: ``accept()``, a
-  registry under its lock, ``return True``). A server that overrides any of them
-  (in its class, or on the instance) keeps the hand-off, and the loop thread runs
-  them exactly as in the stdlib. ``handle_error``, ``shutdown_request`` and
-  ``close_request`` do not count: every threaded server calls them from its
-  request threads at once already.
-* **``workers_accept = True``** makes workers accept even then, and an overridden
-  hook takes turns: a worker holds ``_hooks_lock`` from before ``get_request``
-  until its request starts (``_serve_here()``) or the accept path ends, so the
-  hooks of one connection run to the end before the next connection's begin, in
-  accept order, though not always in the same thread (and ``process_request``
-  returns only once the request is done: it runs it). After an exception from
-  one of them no worker runs them again (it ends ``serve_forever()``). A drain
-  takes the backlog's last connections under the same lock.
-
-Why not the lock by default: measured on the bench's connect-echo-close load,
-a worker woken for the next connection while another is inside the hooks must
-sleep on the lock and be woken again, which brought back the thread switches
-the mode exists to avoid (about 7 voluntary switches per connection instead of
-4, CPU per connection back to the hand-off's). With pyserve's own hooks there is
-nothing to serialise, so the fast path needs no lock at all.
+Which hooks may run here, and how they take turns, is
+:mod:`pyserve.pool.hooks`.
 
 This module holds that mode, as :class:`WorkersAccept`, the base of
 :class:`~pyserve.pool.workers.ThreadPoolMixIn`, which owns the workers and the hand-off.
@@ -93,15 +65,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from pyserve.base import BaseServer
 from pyserve.lifecycle.registry import LiveRequest
+from pyserve.pool.hooks import AcceptHooksInTurn
 
 __all__ = ["WorkersAccept"]
-
-if TYPE_CHECKING:
-    _Base = BaseServer
-else:
-    _Base = object
 
 _WORKERS_ACCEPT = "pool-workers-accept"  # the loop's hold while workers accept
 _LISTENER_FAILED = "pool-listener-failed"  # a worker's accept() met ACCEPT_FATAL
@@ -113,11 +80,6 @@ _EPOLLEXCLUSIVE: Optional[int] = getattr(
 )
 
 _Job = tuple[Any, Any, LiveRequest]
-
-#: The hooks the stdlib calls from its one loop thread, one connection after the
-#: other, and that code written for it may override assuming so. Overridden, they
-#: run one worker at a time here; pyserve's own are thread-safe (see the module doc).
-_SERIAL_HOOKS = ("get_request", "verify_request", "process_request", "_handle_request_noblock")
 
 
 class _Action:
@@ -168,7 +130,7 @@ def _exclusive_poller(listener_fd: int, gate_fd: Optional[int]) -> Any:
     return poller
 
 
-class WorkersAccept(_Base):
+class WorkersAccept(AcceptHooksInTurn):
     """Idle pool workers wait on the listener (see the module documentation).
 
     The state and the worker machinery it uses belong to
@@ -194,8 +156,6 @@ class WorkersAccept(_Base):
     #: How many workers may wait on the listener at once (see the module doc).
     _accept_slots: int = 2
     _accept_fatal: Optional[BaseException] = None
-    _hooks_lock: Any
-    _serial_hooks: bool = True
 
     if TYPE_CHECKING:  # provided by ThreadPoolMixIn, the subclass that owns the workers
 
@@ -268,22 +228,6 @@ class WorkersAccept(_Base):
             except (OSError, ValueError):
                 pass  # the listener is closed already
         super()._serving_stopped()
-
-    def _overrides_accept_hooks(self) -> bool:
-        """True unless every hook in ``_SERIAL_HOOKS`` is pyserve's own (thread-safe).
-
-        A subclass's override counts, and so does a function set on the instance,
-        unless it is pyserve's too (pyserve.explain's tracing wraps the class's).
-        """
-        on_instance = vars(self)
-        for name in _SERIAL_HOOKS:
-            for hook in (getattr(type(self), name, None), on_instance.get(name)):
-                if hook is None:
-                    continue
-                module = getattr(hook, "__module__", None) or ""
-                if module != "pyserve" and not module.startswith("pyserve."):
-                    return True
-        return False
 
     def _sync_gate(self) -> None:
         """Open the gate exactly when workers should accept; wake them accordingly."""
@@ -379,12 +323,7 @@ class WorkersAccept(_Base):
                 break
         else:
             return  # only the gate: stop accepting
-        if self._serial_hooks:
-            # Overridden hooks on the accept path run one worker at a time (see
-            # the module doc); _serve_here() lets go as the request starts, the
-            # finally below otherwise.
-            self._hooks_lock.acquire()
-            worker.in_hooks = True
+        self._enter_hooks(worker)  # left in _serve_here(), or in the finally below
         try:
             if self._accept_fatal is not None:
                 return  # an earlier hook ended serving: no hook runs after it
@@ -405,12 +344,6 @@ class WorkersAccept(_Base):
         finally:
             self._leave_hooks(worker)
 
-    def _leave_hooks(self, worker: _Worker) -> None:
-        """Let the next worker into the accept path's hooks (if this one is in)."""
-        if worker.in_hooks:
-            worker.in_hooks = False
-            self._hooks_lock.release()
-
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """As ``BaseServer.serve_forever()``; what ends it when the loop accepts (a
         failed listener, an exception from a hook on the accept path) ends it with
@@ -422,21 +355,6 @@ class WorkersAccept(_Base):
             fatal = self._take_fatal()
         if fatal is not None:
             raise fatal
-
-    def _withdraw_listener(self) -> int:
-        """Drain takes the connections still queued in its own thread: one more
-        thread on the accept path, so it waits its turn for the hooks like a worker
-        (unless it *is* the worker in the hooks: a hook that drains)."""
-        me = self._in_accept.get(threading.get_ident())
-        if me is not None and me.in_hooks:
-            return super()._withdraw_listener()
-        # Bounded: a hook that never returns must not stop the drain for good.
-        entered = self._hooks_lock.acquire(timeout=self._accept_exit_timeout)
-        try:
-            return super()._withdraw_listener()
-        finally:
-            if entered:
-                self._hooks_lock.release()
 
     def _closing(self) -> bool:
         return self._pool_closed  # read afresh: another thread may set it
