@@ -156,6 +156,7 @@ class WorkersAccept(AcceptHooksInTurn):
     #: How many workers may wait on the listener at once (see the module doc).
     _accept_slots: int = 2
     _accept_fatal: Optional[BaseException] = None
+    _backlog_watched: bool  # the loop watches the listener for us: every worker is busy
 
     if TYPE_CHECKING:  # provided by ThreadPoolMixIn, the subclass that owns the workers
 
@@ -164,6 +165,10 @@ class WorkersAccept(AcceptHooksInTurn):
         def _run(self, job: _Job) -> None: ...
 
         def process_request_thread(self, request: Any, client_address: Any) -> None: ...
+
+        def saturated(self) -> bool: ...
+
+        def _note_saturation(self) -> None: ...
 
     # -- workers accept: entering and leaving the mode -----------------------------
 
@@ -218,6 +223,9 @@ class WorkersAccept(AcceptHooksInTurn):
         if self._worker_mode:
             with self._pool_lock:
                 self._worker_mode = False
+                if self._backlog_watched:
+                    self._backlog_watched = False
+                    self._unwatch(self._listener_fd)
             self._release_accept(_WORKERS_ACCEPT)  # closes the gate
             deadline = time.monotonic() + self._accept_exit_timeout
             with self._pool_lock:
@@ -276,6 +284,21 @@ class WorkersAccept(AcceptHooksInTurn):
             worker.wake.release()  # it will find the gate open and accept
         elif len(self._workers) < self.max_workers:
             self._start_worker(None)
+        elif not self._backlog_watched:
+            # Every worker is busy: a connection arriving now waits in the backlog,
+            # unseen (the hand-off sees its queue fill). The loop tells us.
+            self._backlog_watched = True
+            self._watch(self._listener_fd, self._backlog_waits)
+
+    def _backlog_waits(self) -> None:
+        """In the loop: a connection waits in the backlog. Stop watching (it stays
+        readable until a worker takes it); warn if every worker is still busy."""
+        with self._pool_lock:
+            if self._backlog_watched:
+                self._backlog_watched = False
+                self._unwatch(self._listener_fd)
+            if self.saturated():
+                self._note_saturation()
 
     def _serve_here(self, worker: _Worker, request: Any, client_address: Any) -> None:
         """Run a request in the worker that accepted it (``process_request()``).

@@ -185,8 +185,9 @@ class ThreadPoolMixIn(WorkersAccept):
         self._listener_was_blocking = True
         self._listener_fd = -1
         self._in_accept: dict[int, _Worker] = {}
-        # Held by the one worker running the accept path's hooks (see pool.accept).
+        # Held by the one worker running the accept path's hooks (see pool.hooks).
         self._hooks_lock = threading.Lock()
+        self._backlog_watched = False
         self._slots: list[_Slot] = []  # places at the listener (see pool_accept)
         self._free_slots: list[_Slot] = []
 
