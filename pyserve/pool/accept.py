@@ -25,7 +25,8 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
   ``service_actions()`` and waiting for ``shutdown()``.
 * Backpressure is free: a busy worker does not accept, so when all
   ``max_workers`` are busy nobody accepts and the kernel backlog holds the burst.
-  ``queue_size`` is not used in this mode.
+  ``queue_size`` is not used in this mode. Meanwhile the loop watches the
+  listener once, so a connection waiting there still logs "pool saturated".
 * A worker that takes a connection while no other worker waits on the listener
   recruits one (a parked worker, or a new one up to ``max_workers``), so the pool
   grows on demand exactly as in hand-off mode.
