@@ -308,7 +308,8 @@ class WorkersAccept(AcceptHooksInTurn):
         in one step and calls ``process_request_thread()`` itself. The request's
         hooks on the accept path are done: the next worker may run its own.
         """
-        self._leave_hooks(worker)
+        if worker.in_hooks:  # inline test: the hot path, and usually False
+            self._leave_hooks(worker)
         entry = self._track_running(
             request, client_address, worker.thread or threading.current_thread()
         )
@@ -347,7 +348,8 @@ class WorkersAccept(AcceptHooksInTurn):
                 break
         else:
             return  # only the gate: stop accepting
-        self._enter_hooks(worker)  # left in _serve_here(), or in the finally below
+        if self._serial_hooks:  # left in _serve_here(), or in the finally below
+            self._enter_hooks(worker)
         try:
             if self._accept_fatal is not None:
                 return  # an earlier hook ended serving: no hook runs after it

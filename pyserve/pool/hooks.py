@@ -86,10 +86,9 @@ class AcceptHooksInTurn(_Base):
         return False
 
     def _enter_hooks(self, worker: _Accepting) -> None:
-        """Wait for this worker's turn at the hooks, if they take turns."""
-        if self._serial_hooks:
-            self._hooks_lock.acquire()
-            worker.in_hooks = True
+        """Wait for this worker's turn at the hooks (when ``_serial_hooks``)."""
+        self._hooks_lock.acquire()
+        worker.in_hooks = True
 
     def _leave_hooks(self, worker: _Accepting) -> None:
         """Let the next worker into the hooks (if this one is in)."""
