@@ -377,3 +377,34 @@ def test_a_worker_woken_for_a_connection_takes_it_even_if_the_gate_just_closed()
         for end in gate:
             end.close()
         server.server_close()
+
+
+def test_a_worker_between_two_requests_is_free_not_saturated(caplog) -> None:
+    """The pool's one worker has finished a request but not yet returned to the
+    listener (held there by an observer of ``finished``, which runs in it): it is
+    neither idle nor accepting, yet holds no request. The pool is not saturated,
+    and a client that connects meanwhile brings no "saturated" warning (it once
+    did: busy was read as "neither idle nor accepting")."""
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=1)
+    between, go_on = threading.Event(), threading.Event()
+
+    def hold_the_worker(event) -> None:
+        if event.kind == "finished" and not between.is_set():
+            between.set()
+            go_on.wait(DEADLINE)
+
+    server.add_observer(hold_the_worker)
+    with caplog.at_level(logging.WARNING, logger="pyserve"), serving(server):
+        try:
+            assert round_trip(server.server_address, b"first") == b"first"
+            assert between.wait(DEADLINE)
+            assert not server.saturated()
+            with socket.create_connection(server.server_address, timeout=DEADLINE) as second:
+                # The loop sees it waiting in the backlog (the pool asked it to look).
+                wait_until(lambda: server.stats.accepted == 1 and not server._backlog_watched)
+                go_on.set()
+                second.sendall(b"second")
+                assert second.recv(16) == b"second"
+        finally:
+            go_on.set()
+    assert not [r for r in caplog.records if "saturated" in r.getMessage()]

@@ -285,7 +285,7 @@ class WorkersAccept(AcceptHooksInTurn):
             worker.wake.release()  # it will find the gate open and accept
         elif len(self._workers) < self.max_workers:
             self._start_worker(None)
-        elif not self._backlog_watched:
+        elif not self._backlog_watched and self.saturated():
             # Every worker is busy: a connection arriving now waits in the backlog,
             # unseen (the hand-off sees its queue fill). The loop tells us.
             self._backlog_watched = True

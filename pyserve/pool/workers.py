@@ -248,13 +248,10 @@ class ThreadPoolMixIn(WorkersAccept):
         if self._pending or self._pool_held:
             return True
         # Workers accept: waiting connections sit in the kernel's backlog, unseen;
-        # every worker busy and none at the listener is the sign.
-        return (
-            self._worker_mode
-            and not self._idle
-            and not self._in_accept
-            and len(self._workers) >= self.max_workers
-        )
+        # every worker holding a request is the sign. Counted in the registry, not
+        # from the idle list: a worker between two requests is neither idle nor
+        # at the listener for a moment, yet free.
+        return self._worker_mode and len(self._registry) >= self.max_workers
 
     def _note_saturation(self) -> None:
         """One WARNING per ``saturation_log_interval`` while the pool is saturated
