@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from typing import Any, Callable
 
 import pytest
@@ -35,6 +36,7 @@ from faults import (
     build_server,
     round_trip,
     serves,
+    wait_until,
 )
 
 import pyserve
@@ -126,6 +128,61 @@ def test_accept_backoff_storm_from_many_threads_never_leaves_the_listener_held(
         assert serves(running), "the listener stayed held after the EMFILE storm"
     finally:
         running.stop()
+    leaks.check(server)
+
+
+def _slow_verify_request(self: Any, request: Any, client_address: Any) -> bool:
+    time.sleep(0.01)  # workers that accept queue behind it for their turn at the hooks
+    return True
+
+
+#: shutdown() with workers waiting their turn at the hooks: a few hooks' worth of
+#: waiting, plus a loaded CI machine's scheduling.
+SHUTDOWN_BOUND = 2.0
+
+
+@pytest.mark.parametrize("strategy_name", ["pool-accept", "pool-handoff", "thread"])
+def test_shutdown_is_prompt_while_clients_keep_connecting_through_a_slow_verify_request(
+    strategy_name: str,
+) -> None:
+    """Clients connect without pause and verify_request() takes 10 ms, so workers
+    that accept wait on one another at the hooks; shutdown() still returns
+    promptly, serve_forever() ends without an error, and nothing leaks."""
+    leaks = Leaks()
+    server = build_server(
+        pyserve, STRATEGIES[strategy_name], extra={"verify_request": _slow_verify_request}
+    )
+    running = Running(server)
+    stop_clients = threading.Event()
+    served = [0]
+
+    def client() -> None:
+        for _ in range(1000):  # bounded; stopped long before
+            if stop_clients.is_set():
+                return
+            try:
+                round_trip(server.server_address, b"x\n", SERVE_DEADLINE)
+                served[0] += 1
+            except OSError:
+                return  # the listener closed under it: the test is over
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(6)]
+    try:
+        for thread in clients:
+            thread.start()
+        wait_until(lambda: served[0] >= 20, what="20 connections served")
+        started = time.monotonic()
+        server.shutdown()
+        took = time.monotonic() - started
+        running.thread.join(TIMEOUT)
+        assert running.ended
+        assert running.error is None
+        assert took < SHUTDOWN_BOUND, f"shutdown() took {took:.2f} s"
+    finally:
+        stop_clients.set()
+        running.stop()
+        for thread in clients:
+            thread.join(TIMEOUT)
     leaks.check(server)
 
 

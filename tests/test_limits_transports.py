@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Optional
 
 import pytest
 from peers import Certificates, make_certificates
@@ -99,13 +100,16 @@ def test_a_silent_tls_client_is_dropped_after_the_idle_timeout(
         assert time.monotonic() - started < DEADLINE / 2
 
 
+@pytest.mark.parametrize("workers_accept", [None, False], ids=["default", "hand-off"])
 def test_idle_clients_holding_every_worker_give_one_up_to_a_waiting_client(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, workers_accept: Optional[bool]
 ) -> None:
     """Defaults but for a small pool: four idle keep-alive clients hold every worker;
     a fifth client is served within busy_idle_timeout (5 s), not idle_timeout (60 s),
-    and one WARNING says the pool is saturated and what helps."""
+    and one WARNING says the pool is saturated and what helps (also when workers
+    accept, and the fifth client waits in the kernel's backlog, not in a queue)."""
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=4)
+    server.workers_accept = workers_accept
     assert server.busy_idle_timeout is not None
     with serving(server), ExitStack() as stack:
         for _ in range(4):

@@ -76,6 +76,68 @@ def test_a_worker_runs_the_whole_request_path_and_the_loop_leaves_the_listener()
     assert threads.pop().startswith("pyserve-pool-")
 
 
+def test_by_default_workers_accept_when_the_accept_hooks_are_pyserves_own() -> None:
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=4)
+    assert server.workers_accept is None
+    with serving(server):
+        assert "pool-workers-accept" in server._accept_holds  # workers wait on it
+        assert round_trip(server.server_address, b"ping") == b"ping"
+        wait_until(lambda: server.stats.finished == 1)
+
+
+def _accept_hook_overrides() -> list[object]:
+    def verify_request(self, request, client_address) -> bool:
+        self.trace.append(("verify_request", threading.current_thread().name))
+        return True
+
+    def process_request(self, request, client_address) -> None:
+        self.trace.append(("process_request", threading.current_thread().name))
+        pyserve.ThreadPoolTCPServer.process_request(self, request, client_address)
+
+    def get_request(self):
+        request = pyserve.ThreadPoolTCPServer.get_request(self)
+        self.trace.append(("get_request", threading.current_thread().name))
+        return request
+
+    def handle_request_noblock(self) -> None:
+        self.trace.append(("_handle_request_noblock", threading.current_thread().name))
+        pyserve.ThreadPoolTCPServer._handle_request_noblock(self)
+
+    hooks = {
+        "get_request": get_request,
+        "verify_request": verify_request,
+        "process_request": process_request,
+        "_handle_request_noblock": handle_request_noblock,
+    }
+    params = [pytest.param(name, {name: hook}, False, id=name) for name, hook in hooks.items()]
+    params.append(pytest.param("verify_request", {"verify_request": verify_request}, True,
+                               id="verify_request-on-the-instance"))
+    return params
+
+
+@pytest.mark.parametrize(("hook", "override", "on_instance"), _accept_hook_overrides())
+def test_by_default_an_overridden_accept_hook_runs_in_the_loop_thread_as_in_the_stdlib(
+    hook: str, override: dict, on_instance: bool
+) -> None:
+    """Code written for the stdlib may assume its accept hooks run one at a time in
+    one thread; the default pool keeps that for any hook it did not write itself."""
+    server_class = pyserve.ThreadPoolTCPServer
+    if not on_instance:
+        server_class = type("Overridden", (server_class,), override)
+    server = server_class(("127.0.0.1", 0), Echo, max_workers=4)
+    server.trace = []
+    if on_instance:
+        for name, function in override.items():
+            setattr(server, name, function.__get__(server))
+    with serving(server):
+        assert "pool-workers-accept" not in server._accept_holds  # the loop watches it
+        assert round_trip(server.server_address, b"ping") == b"ping"
+        wait_until(lambda: server.stats.finished == 1)
+    threads = {thread for name, thread in server.trace if name == hook}
+    assert threads, server.trace
+    assert not any(thread.startswith("pyserve-pool-") for thread in threads), threads
+
+
 def test_without_workers_accept_the_loop_accepts_and_hands_over() -> None:
     server = Traced(("127.0.0.1", 0), Echo, max_workers=4)
     server.workers_accept = False
@@ -315,3 +377,34 @@ def test_a_worker_woken_for_a_connection_takes_it_even_if_the_gate_just_closed()
         for end in gate:
             end.close()
         server.server_close()
+
+
+def test_a_worker_between_two_requests_is_free_not_saturated(caplog) -> None:
+    """The pool's one worker has finished a request but not yet returned to the
+    listener (held there by an observer of ``finished``, which runs in it): it is
+    neither idle nor accepting, yet holds no request. The pool is not saturated,
+    and a client that connects meanwhile brings no "saturated" warning (it once
+    did: busy was read as "neither idle nor accepting")."""
+    server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo, max_workers=1)
+    between, go_on = threading.Event(), threading.Event()
+
+    def hold_the_worker(event) -> None:
+        if event.kind == "finished" and not between.is_set():
+            between.set()
+            go_on.wait(DEADLINE)
+
+    server.add_observer(hold_the_worker)
+    with caplog.at_level(logging.WARNING, logger="pyserve"), serving(server):
+        try:
+            assert round_trip(server.server_address, b"first") == b"first"
+            assert between.wait(DEADLINE)
+            assert not server.saturated()
+            with socket.create_connection(server.server_address, timeout=DEADLINE) as second:
+                # The loop sees it waiting in the backlog (the pool asked it to look).
+                wait_until(lambda: server.stats.accepted == 1 and not server._backlog_watched)
+                go_on.set()
+                second.sendall(b"second")
+                assert second.recv(16) == b"second"
+        finally:
+            go_on.set()
+    assert not [r for r in caplog.records if "saturated" in r.getMessage()]

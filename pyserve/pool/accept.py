@@ -25,7 +25,8 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
   ``service_actions()`` and waiting for ``shutdown()``.
 * Backpressure is free: a busy worker does not accept, so when all
   ``max_workers`` are busy nobody accepts and the kernel backlog holds the burst.
-  ``queue_size`` is not used in this mode.
+  ``queue_size`` is not used in this mode. Meanwhile the loop watches the
+  listener once, so a connection waiting there still logs "pool saturated".
 * A worker that takes a connection while no other worker waits on the listener
   recruits one (a parked worker, or a new one up to ``max_workers``), so the pool
   grows on demand exactly as in hand-off mode.
@@ -44,13 +45,12 @@ worker runs the whole path (``get_request`` -> ``verify_request`` ->
 * Connection limits are checked and the request registered in one locked step
   (the registry's ``admit``), so workers accepting at once never admit more than
   the limits allow.
-* Every hook on the accept path (``get_request``, ``verify_request``,
-  ``handle_error``) runs in whichever worker accepted, so several may run at once:
-  unlike the stdlib, which calls them from the loop thread only. That is why this
-  mode is opt-in (``workers_accept = True``): hooks must be thread-safe. An
-  exception from one of them ends ``serve_forever()`` as it does when the loop
-  accepts (the worker hands it to the loop), never a worker that dies at the
-  listener and a server that no longer accepts.
+* An exception from a hook on the accept path ends ``serve_forever()`` as it
+  does when the loop accepts (the worker hands it to the loop), never a worker
+  that dies at the listener and a server that no longer accepts.
+
+Which hooks may run here, and how they take turns, is
+:mod:`pyserve.pool.hooks`.
 
 This module holds that mode, as :class:`WorkersAccept`, the base of
 :class:`~pyserve.pool.workers.ThreadPoolMixIn`, which owns the workers and the hand-off.
@@ -66,15 +66,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from pyserve.base import BaseServer
 from pyserve.lifecycle.registry import LiveRequest
+from pyserve.pool.hooks import AcceptHooksInTurn
 
 __all__ = ["WorkersAccept"]
-
-if TYPE_CHECKING:
-    _Base = BaseServer
-else:
-    _Base = object
 
 _WORKERS_ACCEPT = "pool-workers-accept"  # the loop's hold while workers accept
 _LISTENER_FAILED = "pool-listener-failed"  # a worker's accept() met ACCEPT_FATAL
@@ -112,7 +107,7 @@ class _Slot:
 
 
 class _Worker:
-    __slots__ = ("job", "slot", "thread", "wake")
+    __slots__ = ("in_hooks", "job", "slot", "thread", "wake")
 
     def __init__(self) -> None:
         self.wake = threading.Lock()
@@ -120,6 +115,7 @@ class _Worker:
         self.job: Optional[_Job] = None
         self.thread: Optional[threading.Thread] = None
         self.slot: Optional[_Slot] = None  # held while it waits on the listener
+        self.in_hooks = False  # holds the server's hooks lock (the accept path)
 
 
 def _exclusive_poller(listener_fd: int, gate_fd: Optional[int]) -> Any:
@@ -135,14 +131,14 @@ def _exclusive_poller(listener_fd: int, gate_fd: Optional[int]) -> Any:
     return poller
 
 
-class WorkersAccept(_Base):
+class WorkersAccept(AcceptHooksInTurn):
     """Idle pool workers wait on the listener (see the module documentation).
 
     The state and the worker machinery it uses belong to
     :class:`~pyserve.pool.workers.ThreadPoolMixIn`.
     """
 
-    workers_accept: bool = True
+    workers_accept: Optional[bool] = None
     max_workers: int
     _accept_exit_timeout: float = 5.0
     _pool_lock: Any
@@ -161,6 +157,7 @@ class WorkersAccept(_Base):
     #: How many workers may wait on the listener at once (see the module doc).
     _accept_slots: int = 2
     _accept_fatal: Optional[BaseException] = None
+    _backlog_watched: bool  # the loop watches the listener for us: every worker is busy
 
     if TYPE_CHECKING:  # provided by ThreadPoolMixIn, the subclass that owns the workers
 
@@ -170,12 +167,19 @@ class WorkersAccept(_Base):
 
         def process_request_thread(self, request: Any, client_address: Any) -> None: ...
 
+        def saturated(self) -> bool: ...
+
+        def _note_saturation(self) -> None: ...
+
     # -- workers accept: entering and leaving the mode -----------------------------
 
     def _workers_can_accept(self) -> bool:
         listener = getattr(self, "socket", None)
+        wanted = self.workers_accept
         return (
-            bool(self.workers_accept)
+            # None (the default): only if no overridden hook would see the
+            # difference; such a server's loop thread runs them, as in the stdlib.
+            (not self._overrides_accept_hooks() if wanted is None else bool(wanted))
             and _EPOLLEXCLUSIVE is not None
             and hasattr(select, "epoll")
             and isinstance(listener, socket.socket)
@@ -210,6 +214,7 @@ class WorkersAccept(_Base):
                 self._close_free_slots()
                 self._slots, self._free_slots = slots, list(slots)
             self._listener_fd = fd
+            self._serial_hooks = self._overrides_accept_hooks()
             self._listener_was_blocking = os.get_blocking(fd)
             os.set_blocking(fd, False)
             self._worker_mode = True
@@ -219,6 +224,9 @@ class WorkersAccept(_Base):
         if self._worker_mode:
             with self._pool_lock:
                 self._worker_mode = False
+                if self._backlog_watched:
+                    self._backlog_watched = False
+                    self._unwatch(self._listener_fd)
             self._release_accept(_WORKERS_ACCEPT)  # closes the gate
             deadline = time.monotonic() + self._accept_exit_timeout
             with self._pool_lock:
@@ -277,13 +285,31 @@ class WorkersAccept(_Base):
             worker.wake.release()  # it will find the gate open and accept
         elif len(self._workers) < self.max_workers:
             self._start_worker(None)
+        elif not self._backlog_watched and self.saturated():
+            # Every worker is busy: a connection arriving now waits in the backlog,
+            # unseen (the hand-off sees its queue fill). The loop tells us.
+            self._backlog_watched = True
+            self._watch(self._listener_fd, self._backlog_waits)
+
+    def _backlog_waits(self) -> None:
+        """In the loop: a connection waits in the backlog. Stop watching (it stays
+        readable until a worker takes it); warn if every worker is still busy."""
+        with self._pool_lock:
+            if self._backlog_watched:
+                self._backlog_watched = False
+                self._unwatch(self._listener_fd)
+            if self.saturated():
+                self._note_saturation()
 
     def _serve_here(self, worker: _Worker, request: Any, client_address: Any) -> None:
         """Run a request in the worker that accepted it (``process_request()``).
 
         The hot path of a short connection, so it enters the request as running
-        in one step and calls ``process_request_thread()`` itself.
+        in one step and calls ``process_request_thread()`` itself. The request's
+        hooks on the accept path are done: the next worker may run its own.
         """
+        if worker.in_hooks:  # inline test: the hot path, and usually False
+            self._leave_hooks(worker)
         entry = self._track_running(
             request, client_address, worker.thread or threading.current_thread()
         )
@@ -322,7 +348,11 @@ class WorkersAccept(_Base):
                 break
         else:
             return  # only the gate: stop accepting
+        if self._serial_hooks:  # left in _serve_here(), or in the finally below
+            self._enter_hooks(worker)
         try:
+            if self._accept_fatal is not None:
+                return  # an earlier hook ended serving: no hook runs after it
             self._handle_request_noblock()
         except BaseException as exc:
             # The listener failed (ACCEPT_FATAL), or a hook on the accept path
@@ -337,6 +367,8 @@ class WorkersAccept(_Base):
                     self._accept_fatal = exc
             self._hold_accept(_LISTENER_FAILED)
             self._BaseServer__shutdown_request = True  # stop the loop; it re-raises
+        finally:
+            self._leave_hooks(worker)
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """As ``BaseServer.serve_forever()``; what ends it when the loop accepts (a

@@ -24,22 +24,23 @@ and the kernel's backlog absorbs the burst. The first worker to free a slot
 releases the hold. So the number of threads never exceeds ``max_workers``, and no
 accepted connection is ever dropped: at worst, new ones wait in the backlog.
 
-Workers accept (opt-in)
------------------------
-By default the loop thread accepts, and every hook on the accept path
-(``get_request``, ``verify_request``, ``handle_error``) runs in that one thread,
-as in the stdlib. When the listener is readable the loop accepts up to
-``accept_batch`` connections before it sleeps again (checking readiness with a
-zero-timeout poll, so the listener's blocking mode is untouched).
-
-``workers_accept = True`` lets idle workers wait on the listener themselves on
-Linux and run the whole request path with no hand-off (see
+Who accepts
+-----------
+On Linux, while ``serve_forever()`` runs, idle workers wait on the listener
+themselves and run the whole request path with no hand-off (see
 :mod:`pyserve.pool.accept`): about a third more short connections per second on
-one core, bought with hooks that run concurrently in several workers, so they
-must be thread-safe. It falls back to the hand-off where epoll's
-``EPOLLEXCLUSIVE`` is missing, for datagram servers, for a listener with a
-timeout, for an adopted listener that is still blocking, and for
-``handle_request()``.
+one core. The hooks on the accept path (``get_request``, ``verify_request``,
+``process_request``) still run one connection at a time: a server that overrides
+one of them keeps the hand-off by default (``workers_accept = None``), so the
+loop thread runs them as in the stdlib; ``workers_accept = True`` lets workers
+accept anyway, taking turns at those hooks; ``False`` always hands over.
+
+In the hand-off, the loop thread accepts and, when the listener is readable,
+takes up to ``accept_batch`` connections before it sleeps again (checking
+readiness with a zero-timeout poll, so the listener's blocking mode is
+untouched). It is also what runs where epoll's ``EPOLLEXCLUSIVE`` is missing,
+for datagram servers, for a listener with a timeout, for an adopted listener
+that is still blocking, and for ``handle_request()``.
 
 If a worker thread cannot start (``RuntimeError: can't start new thread``), the
 request waits in the queue for a worker that exists; with no worker at all the
@@ -97,10 +98,11 @@ class ThreadPoolMixIn(WorkersAccept):
     Class attributes that may be overridden:
 
     - ``max_workers``: the most worker threads (each serves one request at a time)
-    - ``workers_accept``: False (the default) hands each request over from the
-      loop; True lets idle workers wait on the listener themselves (Linux, stream
-      servers, ``serve_forever()``), with the hooks on the accept path running in
-      several workers at once (see the module documentation)
+    - ``workers_accept``: None (the default) lets idle workers wait on the
+      listener themselves (Linux, stream servers, ``serve_forever()``) unless an
+      accept-path hook is overridden; True even then (those hooks take turns,
+      in several threads); False hands each request over from the loop (see
+      the module documentation)
     - ``queue_size``: in hand-off mode, accepted requests that may wait for a
       worker before the server stops accepting
     - ``accept_batch``: in hand-off mode, the most connections accepted per loop
@@ -118,9 +120,9 @@ class ThreadPoolMixIn(WorkersAccept):
     #: A connection holds a worker for its whole life, so the pool must be large
     #: enough for the keep-alive clients you expect; 32 serves a small service.
     max_workers: int = 32
-    #: Off: the accept path's hooks run in one thread, as in the stdlib (see the
-    #: module doc for what turning it on buys and costs).
-    workers_accept: bool = False
+    #: None: idle workers accept unless a hook of the accept path is overridden,
+    #: which then runs in the loop thread, as in the stdlib (see the module doc).
+    workers_accept: Optional[bool] = None
     #: Twice the workers: a burst is accepted promptly, a flood waits in the backlog.
     queue_size: int = 64
     #: Enough to drain a burst per wake-up; small enough to keep the loop responsive.
@@ -183,6 +185,9 @@ class ThreadPoolMixIn(WorkersAccept):
         self._listener_was_blocking = True
         self._listener_fd = -1
         self._in_accept: dict[int, _Worker] = {}
+        # Held by the one worker running the accept path's hooks (see pool.hooks).
+        self._hooks_lock = threading.Lock()
+        self._backlog_watched = False
         self._slots: list[_Slot] = []  # places at the listener (see pool_accept)
         self._free_slots: list[_Slot] = []
 
@@ -243,13 +248,10 @@ class ThreadPoolMixIn(WorkersAccept):
         if self._pending or self._pool_held:
             return True
         # Workers accept: waiting connections sit in the kernel's backlog, unseen;
-        # every worker busy and none at the listener is the sign.
-        return (
-            self._worker_mode
-            and not self._idle
-            and not self._in_accept
-            and len(self._workers) >= self.max_workers
-        )
+        # every worker holding a request is the sign. Counted in the registry, not
+        # from the idle list: a worker between two requests is neither idle nor
+        # at the listener for a moment, yet free.
+        return self._worker_mode and len(self._registry) >= self.max_workers
 
     def _note_saturation(self) -> None:
         """One WARNING per ``saturation_log_interval`` while the pool is saturated
