@@ -127,6 +127,8 @@ def test_idle_clients_holding_every_worker_give_one_up_to_a_waiting_client(
     assert len(warnings) == 1
     assert "max_workers" in warnings[0].getMessage()
     assert warnings[0].levelno == logging.WARNING
+    where = "in the listen backlog" if workers_accept is None else "1 waiting for a worker"
+    assert where in warnings[0].getMessage()
 
 
 def test_busy_clients_are_never_cut_off_while_the_pool_is_saturated() -> None:

@@ -256,14 +256,21 @@ class ThreadPoolMixIn(WorkersAccept):
     def _note_saturation(self) -> None:
         """One WARNING per ``saturation_log_interval`` while the pool is saturated
         (called with the pool lock held)."""
+        # Workers that accept leave waiting connections in the kernel's backlog,
+        # where they cannot be counted: say where they wait instead of "0".
+        waiting = (
+            f"{len(self._pending)} waiting for a worker"
+            if self._pending or not self._worker_mode
+            else "new connections waiting in the listen backlog"
+        )
         self._saturation_log.report(
             logging.WARNING,
             "saturated",
-            "thread pool saturated: all %d workers busy, %d requests waiting; idle "
+            "thread pool saturated: all %d workers busy, %s; idle "
             "connections give up their worker after busy_idle_timeout=%ss; raise "
             "max_workers (or --max-workers) if this persists",
             self.max_workers,
-            len(self._pending),
+            waiting,
             self.busy_idle_timeout,
         )
 
