@@ -9,7 +9,10 @@ poll), the open connections by file descriptor, and what other threads hand over
   ``poll()`` reports it and ``arrive()`` opens it: the handler is made, watched
   for reading, and gets ``connection_made()``;
 * ``call_soon()`` (any thread) queues a callback and sends one wake-up byte per
-  batch.
+  batch;
+* the listener, while the server lets this thread accept (``sync_listener()``
+  watches it or stops, as the server's accept gate says): when it is readable,
+  the server's ``_io_accept()`` takes connections and opens each here at once.
 
 ``dispatch()`` is the hot path: for each ready connection it flushes buffered
 output when writable, and when readable calls ``recv()`` once and gives the bytes
@@ -83,6 +86,7 @@ class IOLoop:
         self.wake_pending = False
         self.arriving: dict[int, tuple[Any, Any, LiveRequest]] = {}
         self.closed = False  # the poller is closed: nothing is handed over any more
+        self.listener_fd = -1  # the listener, while this thread accepts
         self.stopping = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
         # Reads only push expiries later, so one scan at that moment is enough.
@@ -181,9 +185,11 @@ class IOLoop:
         connections = self.connections
         for fd, reported in ready:
             handler = connections.get(fd)
-            if handler is None:  # the wake-up socket, a new connection, or a stale event
+            if handler is None:  # wake-up, listener, a new connection, or a stale event
                 if fd == self.wake_fd:
                     self.take_incoming()
+                elif fd == self.listener_fd and fd not in self.arriving:
+                    self.server._io_accept()  # type: ignore[attr-defined]
                 else:
                     self.arrive(fd)
                 continue
@@ -233,6 +239,26 @@ class IOLoop:
             except Exception:
                 self.report(None, None)
 
+    def sync_listener(self) -> None:
+        """Watch the listener exactly while the server lets this thread accept."""
+        server: Any = self.server
+        wanted = server._io_listener()
+        watched = self.listener_fd
+        if wanted == watched:
+            return
+        if watched >= 0:
+            self.listener_fd = -1
+            # Closing a descriptor takes it out of the poller: a closed listener's
+            # number may belong to a new socket by now, never unregister that.
+            if server.fileno() == watched:
+                try:
+                    self.poller.unregister(watched)
+                except OSError:
+                    pass
+        if wanted >= 0:
+            self.poller.register(wanted, _READ)
+            self.listener_fd = wanted
+
     def arrive(self, fd: int) -> None:
         """Open the connection handed over on ``fd``, if one was (else: stale)."""
         with self.incoming_lock:
@@ -240,7 +266,16 @@ class IOLoop:
         if arrival is not None:
             self.open(fd, *arrival)
 
-    def open(self, fd: int, request: Any, client_address: Any, entry: LiveRequest) -> None:
+    def open(
+        self,
+        fd: int,
+        request: Any,
+        client_address: Any,
+        entry: LiveRequest,
+        registered: bool = True,
+    ) -> None:
+        """Make the handler and start watching the connection (``registered``:
+        ``hand_over()`` registered it already), then ``connection_made()``."""
         server = self.server
         try:
             request.setblocking(False)
@@ -250,7 +285,8 @@ class IOLoop:
             if not isinstance(handler, ConnectionHandler):
                 raise TypeError(f"{handler!r} is not a pyserve.ConnectionHandler")
         except Exception as exc:
-            self.poller.unregister(fd)  # before the close frees the number
+            if registered:
+                self.poller.unregister(fd)  # before the close frees the number
             server._failed(request, exc)
             self.report(request, client_address)
             self.shut(request, client_address)
@@ -264,9 +300,12 @@ class IOLoop:
         if handler._idle is not None:
             handler._last_read = time.monotonic()
             self.next_expiry = min(self.next_expiry, handler._last_read + handler._idle)
+        if registered:
+            self.poller.modify(fd, _READ)  # hand_over() watched writing too, to be seen
+        else:
+            self.poller.register(fd, _READ)
         self.connections[fd] = handler
         handler._events = _READ
-        self.poller.modify(fd, _READ)  # hand_over() watched writing too, to be seen
         server._started(entry)
         self.call(handler, handler.connection_made)
 
