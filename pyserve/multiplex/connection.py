@@ -82,9 +82,18 @@ class ConnectionHandler(Generic[ServerT_co]):
         self._idle: Optional[float] = None  # idle_timeout, read once when it opens
         self._last_read = 0.0
         # Set by the I/O loop when the connection opens: its descriptor (what the
-        # poller reports) and request.recv, looked up once rather than per read.
+        # poller reports), how to read (request.recv, or os.read on the descriptor
+        # of a plain socket: no argument tuple to build and parse per read) and
+        # request.send, looked up once rather than per call.
         self._fd = -1
         self._recv: Callable[[int], bytes] = _not_open
+        self._send: Callable[[bytes], int] = self._send_unopened
+
+    def _send_unopened(self, data: bytes) -> int:
+        """``_send`` until a loop opens the connection (which sets it directly)."""
+        if self._loop is None:
+            raise RuntimeError("write() before connection_made(): the connection is not open")
+        return int(self.request.send(data))
 
     # -- callbacks: override these ---------------------------------------------------
 
@@ -124,23 +133,23 @@ class ConnectionHandler(Generic[ServerT_co]):
         """Send ``data``: now as far as the kernel takes it, the rest when it can."""
         if self._closing or not data:
             return
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("write() before connection_made(): the connection is not open")
-        if not self._output:  # nothing queued: try the kernel first (the usual case)
+        output = self._output
+        if not output:  # nothing queued: try the kernel first (the usual case)
             try:
-                sent = self.request.send(data)
+                sent = self._send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:  # the peer is gone: end now, as close() would
-                loop.finish(self, exc)
+                if self._loop is not None:
+                    self._loop.finish(self, exc)
                 return
             if sent == len(data):
                 return
             data = data[sent:]
-        self._output.append(data)
+        output.append(data)
         self._output_size += len(data)
-        loop.watch(self)
+        if self._loop is not None:
+            self._loop.watch(self)
 
     def close(self) -> None:
         """Send what is buffered, then end the connection."""
