@@ -27,7 +27,7 @@ from pyserve.request import ServerT_co
 __all__ = ["ConnectionHandler", "Transport"]
 
 
-def _not_open(size: int) -> bytes:
+def _not_open() -> bytes:
     raise RuntimeError("the connection is not open")
 
 
@@ -57,7 +57,8 @@ class ConnectionHandler(Generic[ServerT_co]):
 
     Class attributes that may be overridden:
 
-    - ``receive_size``: the most bytes read per ``recv()``
+    - ``receive_size``: the most bytes read per ``recv()`` (read once, after
+      ``connection_made()``)
     - ``max_write_buffer``: buffered output above which reading pauses
     - ``idle_timeout``: seconds without a byte from the peer before the connection
       is closed (None: the server's ``idle_timeout``, else never)
@@ -86,7 +87,7 @@ class ConnectionHandler(Generic[ServerT_co]):
         # of a plain socket: no argument tuple to build and parse per read) and
         # request.send, looked up once rather than per call.
         self._fd = -1
-        self._recv: Callable[[int], bytes] = _not_open
+        self._recv: Callable[[], bytes] = _not_open
         self._send: Callable[[bytes], int] = self._send_unopened
 
     def _send_unopened(self, data: bytes) -> int:
@@ -131,10 +132,10 @@ class ConnectionHandler(Generic[ServerT_co]):
 
     def write(self, data: bytes) -> None:
         """Send ``data``: now as far as the kernel takes it, the rest when it can."""
-        if self._closing or not data:
+        if self._closing:
             return
-        output = self._output
-        if not output:  # nothing queued: try the kernel first (the usual case)
+        # (A size compared with 0 is cheaper than a deque's truth: the hot path.)
+        if self._output_size == 0:  # nothing queued: try the kernel first (the usual case)
             try:
                 sent = self._send(data)
             except (BlockingIOError, InterruptedError):
@@ -144,9 +145,11 @@ class ConnectionHandler(Generic[ServerT_co]):
                     self._loop.finish(self, exc)
                 return
             if sent == len(data):
-                return
+                return  # all of it (or nothing to send)
             data = data[sent:]
-        output.append(data)
+        elif not data:
+            return
+        self._output.append(data)
         self._output_size += len(data)
         if self._loop is not None:
             self._loop.watch(self)

@@ -206,7 +206,7 @@ class IOLoop:
                 continue
             # The usual event, inline: readable, and reading is all it waits for.
             try:
-                data = handler._recv(handler.receive_size)
+                data = handler._recv()
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
@@ -232,7 +232,7 @@ class IOLoop:
         if not events & _READ or handler._closing:
             return
         try:
-            data = handler._recv(handler.receive_size)
+            data = handler._recv()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -326,10 +326,6 @@ class IOLoop:
             return
         handler._loop = self
         handler._entry = entry
-        if _RAW_READ and type(request) is socket.socket:
-            handler._recv = functools.partial(os.read, fd)
-        else:
-            handler._recv = request.recv
         handler._send = request.send
         handler._fd = fd
         handler._idle = handler_setting(handler, "idle_timeout")
@@ -344,6 +340,13 @@ class IOLoop:
         handler._events = _READ
         server._started(entry)
         self.call(handler, handler.connection_made)
+        # Reads take receive_size as the handler has it once open (a class
+        # attribute, which CPython 3.11 looks up slowly per read otherwise).
+        size = handler.receive_size
+        if _RAW_READ and type(request) is socket.socket:
+            handler._recv = functools.partial(os.read, fd, size)
+        else:
+            handler._recv = functools.partial(request.recv, size)
 
     def call(
         self, handler: ConnectionHandler[Any], callback: Callable[..., None], *args: Any
