@@ -269,6 +269,7 @@ def test_a_listener_that_fails_in_the_io_thread_ends_serve_forever_loudly() -> N
         assert isinstance(serving.error, OSError)
         assert serving.error.errno == errno.EBADF
         assert not io_accepting(server)
+        assert server.accept_gate.holds() == frozenset()  # no hold outlives the loop
     finally:
         serving.stop()
         server.server_close()

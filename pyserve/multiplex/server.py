@@ -72,6 +72,7 @@ force step shuts connections for reading: their handlers see EOF) and the bounde
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import threading
@@ -187,6 +188,10 @@ class MultiplexingMixIn(_Base):
             and listener.type == socket.SOCK_STREAM
             and listener.gettimeout() is None
             and listener.fileno() == self.fileno()
+            # A blocking listener other processes may share (adopted, inherited):
+            # one of them may take the connection a poll showed, and accept()
+            # would then block the thread that serves every connection.
+            and not (getattr(self, "socket_adopted", False) and os.get_blocking(listener.fileno()))
         )
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -217,9 +222,10 @@ class MultiplexingMixIn(_Base):
 
     def _serving_stopped(self) -> None:
         self._io_accept_wanted = False
-        if self._io_accepting:
-            self._io_accepting = False
-            self._release_accept(IO_ACCEPTS)  # announced: the I/O thread lets go
+        self._io_accepting = False
+        # Even if a failed listener turned accepting off already: no hold outlives
+        # the loop (releasing what is not held changes nothing).
+        self._release_accept(IO_ACCEPTS)  # announced: the I/O thread lets go
         super()._serving_stopped()
 
     def _io_gate_changed(self) -> None:
