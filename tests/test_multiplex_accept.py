@@ -13,6 +13,7 @@ listener back to the loop at once, and a listener that fails ends
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import threading
 import time
@@ -273,3 +274,35 @@ def test_a_listener_that_fails_in_the_io_thread_ends_serve_forever_loudly() -> N
     finally:
         serving.stop()
         server.server_close()
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_an_adopted_listener_is_accepted_in_the_io_thread_only_if_non_blocking(
+    blocking: bool,
+) -> None:
+    """Another process may share an adopted listener (prefork's are non-blocking
+    for that reason): when it is blocking, an accept() after that process took
+    the connection would block the thread that serves every connection, so the
+    serve loop keeps accepting."""
+    listener = socket.socket()
+    listener.bind(LOCAL)
+    listener.listen(16)
+    os.set_blocking(listener.fileno(), blocking)  # the Python timeout stays None
+    names: list[str] = []
+
+    class Adopted(pyserve.MultiplexingTCPServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            names.append(threading.current_thread().name)
+            return True
+
+    server = Adopted.from_socket(listener, LineEcho)
+    start_io_thread(server)
+    serving = Serving(server)
+    try:
+        for _ in range(3):
+            assert echo(server.server_address) == b"ping\n"
+    finally:
+        serving.stop()
+        server.server_close()
+    expected = "test serve_forever" if blocking else "pyserve-io"
+    assert names == [expected] * 3
