@@ -14,9 +14,10 @@ poll), the open connections by file descriptor, and what other threads hand over
   watches it or stops, as the server's accept gate says): when it is readable,
   the server's ``_io_accept()`` takes connections and opens each here at once.
 
-``dispatch()`` is the hot path: for each ready connection it flushes buffered
-output when writable, and when readable calls ``recv()`` once and gives the bytes
-to ``data_received()``. ``watch()`` re-registers what a handler needs (write when
+``dispatch()`` is the hot path: the usual event (readable, and reading is all
+the connection waits for) is served inline: one read (``read(2)`` on a plain
+socket's descriptor), the bytes to ``data_received()``; any other event goes to
+``serve_other()``, which flushes buffered output when writable, then reads. ``watch()`` re-registers what a handler needs (write when
 output waits; read unless closing, at EOF or over ``max_write_buffer``);
 ``finish()`` ends a connection exactly once. An exception from a callback ends
 that connection only (``handle_error()`` logs it). The loop implements the

@@ -10,9 +10,9 @@ requests on many connections (a Redis client) those switches cost more than the
 work itself.
 
 :class:`MultiplexingMixIn` serves every connection of a server from *one* I/O
-thread instead. The serve loop still accepts (with its hooks, limits, holds and
-back-off unchanged); ``process_request()`` hands the connection to the I/O thread,
-(:mod:`pyserve.multiplex.ioloop`), which waits on all connections at once in one
+thread instead. Connections are accepted with the usual hooks, limits, holds
+and back-off (by the I/O thread itself once it runs, see below), and the I/O
+thread (:mod:`pyserve.multiplex.ioloop`) waits on all connections at once in one
 poller (epoll on Linux, else poll) and, for each that is readable, calls
 ``recv()`` once and gives the bytes to the handler. While many connections are
 busy, one wait returns many of them, and no thread switch happens between them.
