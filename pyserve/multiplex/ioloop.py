@@ -2,9 +2,11 @@
 
 :class:`IOLoop` is what :class:`~pyserve.multiplex.server.MultiplexingMixIn` starts
 (see that module for the whole picture). It owns one poller (epoll on Linux, else
-poll), the open connections by file descriptor, and what other threads hand over:
+poll), the open connections by file descriptor, what other threads hand over,
+and, while it may accept, the listener:
 
-* ``hand_over()`` (the serve loop, per accepted connection) registers the new
+* ``hand_over()`` (a connection another thread accepted: the serve loop's first
+  one, which starts this thread, or a drain's last ones) registers the new
   socket for reading *and* writing; a new connection is writable, so the next
   ``poll()`` reports it and ``arrive()`` opens it: the handler is made, watched
   for reading, and gets ``connection_made()``;
@@ -17,8 +19,9 @@ poll), the open connections by file descriptor, and what other threads hand over
 ``dispatch()`` is the hot path: the usual event (readable, and reading is all
 the connection waits for) is served inline: one read (``read(2)`` on a plain
 socket's descriptor), the bytes to ``data_received()``; any other event goes to
-``serve_other()``, which flushes buffered output when writable, then reads. ``watch()`` re-registers what a handler needs (write when
-output waits; read unless closing, at EOF or over ``max_write_buffer``);
+``serve_other()``, which flushes buffered output when writable, then reads.
+``watch()`` re-registers what a handler needs (write when output waits; read
+unless closing, at EOF or over ``max_write_buffer``);
 ``finish()`` ends a connection exactly once. An exception from a callback ends
 that connection only (``handle_error()`` logs it). The loop implements the
 :class:`~pyserve.multiplex.connection.Transport` protocol its handlers rely on.
