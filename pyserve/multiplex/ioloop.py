@@ -104,6 +104,7 @@ class IOLoop:
         # Reads only push expiries later, so one scan at that moment is enough.
         self.next_expiry = _NEVER
         self.thread = threading.Thread(target=self.run, name="pyserve-io", daemon=True)
+        self.ident: Optional[int] = None  # the thread's, once it runs (read per connection)
 
     # -- from any thread -------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class IOLoop:
             request.close()
 
     def run(self) -> None:
+        self.ident = threading.get_ident()
         try:
             self.serve()
         finally:  # stopped, or a BaseException escaped a callback: close everything
@@ -252,8 +254,12 @@ class IOLoop:
     def ended(self, handler: ConnectionHandler[Any]) -> None:
         """The peer finished sending."""
         handler._eof = True  # EOF stays readable: stop watching for it
-        self.call(handler, handler.eof_received)
-        self.watch(handler)
+        try:
+            handler.eof_received()  # by default: close(), which finishes it at once
+        except Exception as exc:
+            self.failed(handler, exc)
+        if not handler._closed:
+            self.watch(handler)
 
     def take_incoming(self) -> None:
         # Empty the wake-up socket *before* taking the batch: a caller that finds
@@ -343,7 +349,10 @@ class IOLoop:
         self.connections[fd] = handler
         handler._events = _READ
         server._started(entry)
-        self.call(handler, handler.connection_made)
+        try:
+            handler.connection_made()
+        except Exception as exc:
+            self.failed(handler, exc)
         # Reads take receive_size as the handler has it once open (a class
         # attribute, which CPython 3.11 looks up slowly per read otherwise).
         size = handler.receive_size

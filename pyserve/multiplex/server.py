@@ -280,13 +280,15 @@ class MultiplexingMixIn(_Base):
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             probe = self._io_probe = (fd, poller)
-        return any(events & select.POLLIN for _fd, events in probe[1].poll(0))
+        ready = probe[1].poll(0)
+        # POLLIN only: a closed listener reports POLLNVAL, which is no connection.
+        return bool(ready) and bool(ready[0][1] & select.POLLIN)
 
     def _backoff_in_loop(self) -> bool:
         # Accept back-off in the I/O thread holds the gate; the loop times it.
         io_loop = self._io
         return super()._backoff_in_loop() or (
-            io_loop is not None and threading.get_ident() == io_loop.thread.ident
+            io_loop is not None and threading.get_ident() == io_loop.ident
         )
 
     def _io_loop(self) -> IOLoop:
@@ -311,7 +313,7 @@ class MultiplexingMixIn(_Base):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Open the connection in the I/O thread (hand it over from any other)."""
         io_loop = self._io
-        if io_loop is not None and threading.get_ident() == io_loop.thread.ident:
+        if io_loop is not None and threading.get_ident() == io_loop.ident:
             io_loop.open(request.fileno(), request, client_address, self._track(
                 request, client_address), registered=False)
             return
