@@ -198,7 +198,10 @@ class IOLoop:
         """Serve one poll()'s readiness: the hot path, so the read is written inline."""
         connections = self.connections
         for fd, reported in ready:
-            handler = connections.get(fd)
+            try:
+                handler = connections[fd]  # cheaper than get() when found: the usual case
+            except KeyError:
+                handler = None  # (handled outside: no KeyError context on what follows)
             if handler is None:  # wake-up, listener, a new connection, or a stale event
                 if fd == self.wake_fd:
                     self.take_incoming()
