@@ -19,12 +19,15 @@ double, another event loop).
 from __future__ import annotations
 
 import collections
+import os
 from typing import Any, Callable, Generic, Optional, Protocol
 
 from pyserve.lifecycle.registry import LiveRequest
 from pyserve.request import ServerT_co
 
 __all__ = ["ConnectionHandler", "Transport"]
+
+_write = os.write
 
 
 def _not_open() -> bytes:
@@ -84,11 +87,14 @@ class ConnectionHandler(Generic[ServerT_co]):
         self._last_read = 0.0
         # Set by the I/O loop when the connection opens: its descriptor (what the
         # poller reports), how to read (request.recv, or os.read on the descriptor
-        # of a plain socket: no argument tuple to build and parse per read) and
-        # request.send, looked up once rather than per call.
+        # of a plain socket: no argument tuple to build and parse per read),
+        # request.send, looked up once rather than per call, and for a plain
+        # socket the request itself, which write() gives to os.write by its
+        # fileno() *at the time* (-1 once closed: never another connection's).
         self._fd = -1
         self._recv: Callable[[], bytes] = _not_open
         self._send: Callable[[bytes], int] = self._send_unopened
+        self._raw: Any = None  # the request, when the loop writes to it with os.write
 
     def _send_unopened(self, data: bytes) -> int:
         """``_send`` until a loop opens the connection (which sets it directly)."""
@@ -137,7 +143,10 @@ class ConnectionHandler(Generic[ServerT_co]):
         # (A size compared with 0 is cheaper than a deque's truth: the hot path.)
         if self._output_size == 0:  # nothing queued: try the kernel first (the usual case)
             try:
-                sent = self._send(data)
+                # A plain socket: write(2) on its descriptor, without the argument
+                # tuple send() parses (closed under us, fileno() is -1: EBADF).
+                raw = self._raw
+                sent = self._send(data) if raw is None else _write(raw.fileno(), data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:  # the peer is gone: end now, as close() would

@@ -62,7 +62,8 @@ _NEVER = float("inf")
 # system call as recv() with no flags, without the argument tuple that
 # socket.recv() builds and parses on every call (a tenth of an echo's work).
 # Only in dispatch(), which reads a descriptor only for the handler that owns it
-# now; writes keep request.send(), which refuses a socket closed under us.
+# now; write() asks the socket for its descriptor each time (a socket closed
+# under us answers -1), and flush() keeps request.send().
 _RAW_READ = os.name == "posix"
 
 
@@ -361,6 +362,7 @@ class IOLoop:
         size = handler.receive_size
         if _RAW_READ and type(request) is socket.socket:
             handler._recv = functools.partial(os.read, fd, size)
+            handler._raw = request
         else:
             handler._recv = functools.partial(request.recv, size)
 
