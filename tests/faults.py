@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Every test in the matrix takes one *strategy* (how a server runs a request: the
 loop's own thread, a thread per request, the thread pool in either mode, a child
-process per request, one I/O thread for all) and one *fault* (a hook that raises,
+process per request, one I/O thread for all, accepting in the serve loop for the
+first connection or in the I/O thread itself) and one *fault* (a hook that raises,
 a thread that cannot start, an accept that runs out of descriptors, a client
 that resets), runs it on a live loopback server and classifies what it sees:
 
@@ -77,6 +78,9 @@ class Strategy:
     attributes: dict[str, Any] = field(default_factory=dict)
     multiplexed: bool = False  # the handler must be a pyserve.ConnectionHandler
     forks: bool = False
+    # Multiplexing: the I/O thread runs before serving, so it accepts every
+    # connection (otherwise the serve loop accepts the first, which starts it).
+    io_accepts: bool = False
 
     def server_class(self, impl: ModuleType) -> type:
         return getattr(impl, self.class_name)  # type: ignore[no-any-return]
@@ -95,6 +99,7 @@ STRATEGIES = {
         Strategy("pool-handoff", "ThreadPoolTCPServer", False, _pool(workers_accept=False)),
         Strategy("fork", "ForkingTCPServer", True, forks=True),
         Strategy("multiplex", "MultiplexingTCPServer", False, multiplexed=True),
+        Strategy("multiplex-io", "MultiplexingTCPServer", False, multiplexed=True, io_accepts=True),
     )
     if hasattr(os, "fork") or not s.forks
 }
@@ -308,7 +313,17 @@ def build_server(
     server.fault_port = -1
     server.fault_raised = set()
     server.reported = []
+    if strategy.io_accepts:
+        start_io_thread(server)
     return server
+
+
+def start_io_thread(server: Any) -> None:
+    """Start a multiplexing server's I/O thread now (call_soon() starts it), so
+    that from the first connection on, the I/O thread accepts."""
+    started = threading.Event()
+    server.call_soon(started.set)
+    assert started.wait(TIMEOUT), "the I/O thread did not run"
 
 
 # -- clients -------------------------------------------------------------------------

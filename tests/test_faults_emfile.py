@@ -80,7 +80,7 @@ def test_accept_out_of_descriptors_recovers_and_serves_the_waiting_client(
 
 REAL_EMFILE_SCENARIO = """
 import resource
-from faults import ConnectionEcho, Running, echo_handler
+from faults import ConnectionEcho, Running, echo_handler, start_io_thread
 
 CLIENTS = 40
 strategy = {strategy!r}
@@ -89,9 +89,12 @@ server_class, handler = {{
     "pool-accept": (socketserver.ThreadPoolTCPServer, echo_handler(socketserver)),
     "pool-handoff": (socketserver.ThreadPoolTCPServer, echo_handler(socketserver)),
     "multiplex": (socketserver.MultiplexingTCPServer, ConnectionEcho),
+    "multiplex-io": (socketserver.MultiplexingTCPServer, ConnectionEcho),
 }}[strategy]
 server = server_class(("127.0.0.1", 0), handler)
 server.workers_accept = strategy == "pool-accept"
+if strategy == "multiplex-io":
+    start_io_thread(server)  # the I/O thread accepts from the first client on
 server.accept_backoff_max = 0.05
 warnings_seen = []
 
@@ -142,7 +145,9 @@ report(served=served, warnings=warnings_seen, alive_after=alive_after)
 """
 
 
-@pytest.mark.parametrize("strategy_name", ["thread", "pool-accept", "pool-handoff", "multiplex"])
+@pytest.mark.parametrize(
+    "strategy_name", ["thread", "pool-accept", "pool-handoff", "multiplex", "multiplex-io"]
+)
 def test_real_descriptor_exhaustion_backs_off_and_serves_every_client(
     strategy_name: str, run_scenario: Any
 ) -> None:

@@ -48,7 +48,9 @@ ROUNDS = 500
 ROUNDS_SIGNAL = 20
 
 
-@pytest.mark.parametrize("strategy_name", ["thread", "pool-accept", "pool-handoff", "fork"])
+@pytest.mark.parametrize(
+    "strategy_name", ["thread", "pool-accept", "pool-handoff", "fork", "multiplex", "multiplex-io"]
+)
 def test_listener_is_watched_again_after_concurrent_holds_and_releases(
     strategy_name: str,
 ) -> None:
@@ -90,7 +92,9 @@ def _emfile_storm_get_request(self: Any) -> Any:
     return super(type(self), self).get_request()
 
 
-@pytest.mark.parametrize("strategy_name", ["pool-accept", "pool-handoff", "thread"])
+@pytest.mark.parametrize(
+    "strategy_name", ["pool-accept", "pool-handoff", "thread", "multiplex", "multiplex-io"]
+)
 def test_accept_backoff_storm_from_many_threads_never_leaves_the_listener_held(
     strategy_name: str,
 ) -> None:

@@ -5,7 +5,8 @@
   (callbacks that never block, ``write()`` and ``close()``), and
   :class:`~pyserve.multiplex.connection.Transport`, what it needs from the loop;
 * :mod:`pyserve.multiplex.server`: :class:`~pyserve.multiplex.server.MultiplexingMixIn`, the
-  server side: the accept loop hands each connection to the I/O thread;
+  server side: the I/O thread accepts while ``serve_forever()`` runs (the serve
+  loop holds the listener for it), else the loop hands each connection over;
 * :mod:`pyserve.multiplex.ioloop`: :class:`~pyserve.multiplex.ioloop.IOLoop`, that thread,
   which reads, writes and times out every connection with one poller.
 """

@@ -19,6 +19,7 @@ double, another event loop).
 from __future__ import annotations
 
 import collections
+import os
 from typing import Any, Callable, Generic, Optional, Protocol
 
 from pyserve.lifecycle.registry import LiveRequest
@@ -26,8 +27,10 @@ from pyserve.request import ServerT_co
 
 __all__ = ["ConnectionHandler", "Transport"]
 
+_write = os.write
 
-def _not_open(size: int) -> bytes:
+
+def _not_open() -> bytes:
     raise RuntimeError("the connection is not open")
 
 
@@ -57,7 +60,8 @@ class ConnectionHandler(Generic[ServerT_co]):
 
     Class attributes that may be overridden:
 
-    - ``receive_size``: the most bytes read per ``recv()``
+    - ``receive_size``: the most bytes read per ``recv()`` (read once, after
+      ``connection_made()``)
     - ``max_write_buffer``: buffered output above which reading pauses
     - ``idle_timeout``: seconds without a byte from the peer before the connection
       is closed (None: the server's ``idle_timeout``, else never)
@@ -82,9 +86,21 @@ class ConnectionHandler(Generic[ServerT_co]):
         self._idle: Optional[float] = None  # idle_timeout, read once when it opens
         self._last_read = 0.0
         # Set by the I/O loop when the connection opens: its descriptor (what the
-        # poller reports) and request.recv, looked up once rather than per read.
+        # poller reports), how to read (request.recv, or os.read on the descriptor
+        # of a plain socket: no argument tuple to build and parse per read),
+        # request.send, looked up once rather than per call, and for a plain
+        # socket the request itself, which write() gives to os.write by its
+        # fileno() *at the time* (-1 once closed: never another connection's).
         self._fd = -1
-        self._recv: Callable[[int], bytes] = _not_open
+        self._recv: Callable[[], bytes] = _not_open
+        self._send: Callable[[bytes], int] = self._send_unopened
+        self._raw: Any = None  # the request, when the loop writes to it with os.write
+
+    def _send_unopened(self, data: bytes) -> int:
+        """``_send`` until a loop opens the connection (which sets it directly)."""
+        if self._loop is None:
+            raise RuntimeError("write() before connection_made(): the connection is not open")
+        return int(self.request.send(data))
 
     # -- callbacks: override these ---------------------------------------------------
 
@@ -122,25 +138,30 @@ class ConnectionHandler(Generic[ServerT_co]):
 
     def write(self, data: bytes) -> None:
         """Send ``data``: now as far as the kernel takes it, the rest when it can."""
-        if self._closing or not data:
+        if self._closing:
             return
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("write() before connection_made(): the connection is not open")
-        if not self._output:  # nothing queued: try the kernel first (the usual case)
+        # (A size compared with 0 is cheaper than a deque's truth: the hot path.)
+        if self._output_size == 0:  # nothing queued: try the kernel first (the usual case)
             try:
-                sent = self.request.send(data)
+                # A plain socket: write(2) on its descriptor, without the argument
+                # tuple send() parses (closed under us, fileno() is -1: EBADF).
+                raw = self._raw
+                sent = self._send(data) if raw is None else _write(raw.fileno(), data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:  # the peer is gone: end now, as close() would
-                loop.finish(self, exc)
+                if self._loop is not None:
+                    self._loop.finish(self, exc)
                 return
             if sent == len(data):
-                return
+                return  # all of it (or nothing to send)
             data = data[sent:]
+        elif not data:
+            return
         self._output.append(data)
         self._output_size += len(data)
-        loop.watch(self)
+        if self._loop is not None:
+            self._loop.watch(self)
 
     def close(self) -> None:
         """Send what is buffered, then end the connection."""

@@ -2,19 +2,26 @@
 
 :class:`IOLoop` is what :class:`~pyserve.multiplex.server.MultiplexingMixIn` starts
 (see that module for the whole picture). It owns one poller (epoll on Linux, else
-poll), the open connections by file descriptor, and what other threads hand over:
+poll), the open connections by file descriptor, what other threads hand over,
+and, while it may accept, the listener:
 
-* ``hand_over()`` (the serve loop, per accepted connection) registers the new
+* ``hand_over()`` (a connection another thread accepted: the serve loop's first
+  one, which starts this thread, or a drain's last ones) registers the new
   socket for reading *and* writing; a new connection is writable, so the next
   ``poll()`` reports it and ``arrive()`` opens it: the handler is made, watched
   for reading, and gets ``connection_made()``;
 * ``call_soon()`` (any thread) queues a callback and sends one wake-up byte per
-  batch.
+  batch;
+* the listener, while the server lets this thread accept (``sync_listener()``
+  watches it or stops, as the server's accept gate says): when it is readable,
+  the server's ``_io_accept()`` takes connections and opens each here at once.
 
-``dispatch()`` is the hot path: for each ready connection it flushes buffered
-output when writable, and when readable calls ``recv()`` once and gives the bytes
-to ``data_received()``. ``watch()`` re-registers what a handler needs (write when
-output waits; read unless closing, at EOF or over ``max_write_buffer``);
+``dispatch()`` is the hot path: the usual event (readable, and reading is all
+the connection waits for) is served inline: one read (``read(2)`` on a plain
+socket's descriptor), the bytes to ``data_received()``; any other event goes to
+``serve_other()``, which flushes buffered output when writable, then reads.
+``watch()`` re-registers what a handler needs (write when output waits; read
+unless closing, at EOF or over ``max_write_buffer``);
 ``finish()`` ends a connection exactly once. An exception from a callback ends
 that connection only (``handle_error()`` logs it). The loop implements the
 :class:`~pyserve.multiplex.connection.Transport` protocol its handlers rely on.
@@ -22,7 +29,9 @@ that connection only (``handle_error()`` logs it). The loop implements the
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import select
 import socket
 import threading
@@ -49,6 +58,13 @@ _READ, _WRITE = select.POLLIN, select.POLLOUT
 # watched (reading, writing or both) then runs, and finds out how.
 _FAULT = select.POLLERR | select.POLLHUP | getattr(select, "POLLNVAL", 0)
 _NEVER = float("inf")
+# Reads of a plain socket go straight to read(2) on its descriptor: the same
+# system call as recv() with no flags, without the argument tuple that
+# socket.recv() builds and parses on every call (a tenth of an echo's work).
+# Only in dispatch(), which reads a descriptor only for the handler that owns it
+# now; write() asks the socket for its descriptor each time (a socket closed
+# under us answers -1), and flush() keeps request.send().
+_RAW_READ = os.name == "posix"
 
 
 def _new_poller() -> tuple[Any, float]:
@@ -83,11 +99,13 @@ class IOLoop:
         self.wake_pending = False
         self.arriving: dict[int, tuple[Any, Any, LiveRequest]] = {}
         self.closed = False  # the poller is closed: nothing is handed over any more
+        self.listener_fd = -1  # the listener, while this thread accepts
         self.stopping = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
         # Reads only push expiries later, so one scan at that moment is enough.
         self.next_expiry = _NEVER
         self.thread = threading.Thread(target=self.run, name="pyserve-io", daemon=True)
+        self.ident: Optional[int] = None  # the thread's, once it runs (read per connection)
 
     # -- from any thread -------------------------------------------------------------
 
@@ -148,6 +166,7 @@ class IOLoop:
             request.close()
 
     def run(self) -> None:
+        self.ident = threading.get_ident()
         try:
             self.serve()
         finally:  # stopped, or a BaseException escaped a callback: close everything
@@ -180,22 +199,24 @@ class IOLoop:
         """Serve one poll()'s readiness: the hot path, so the read is written inline."""
         connections = self.connections
         for fd, reported in ready:
-            handler = connections.get(fd)
-            if handler is None:  # the wake-up socket, a new connection, or a stale event
+            try:
+                handler = connections[fd]  # cheaper than get() when found: the usual case
+            except KeyError:
+                handler = None  # (handled outside: no KeyError context on what follows)
+            if handler is None:  # wake-up, listener, a new connection, or a stale event
                 if fd == self.wake_fd:
                     self.take_incoming()
+                elif fd == self.listener_fd and fd not in self.arriving:
+                    self.server._io_accept()  # type: ignore[attr-defined]
                 else:
                     self.arrive(fd)
                 continue
-            # (An fd ended earlier in this turn may already serve a new connection:
-            # then this event is stale, and reading or writing finds nothing.)
-            events = (_READ | _WRITE if reported & _FAULT else reported) & handler._events
-            if events & _WRITE:
-                self.flush(handler)
-            if not events & _READ or handler._closing:
+            if reported != _READ or handler._events != _READ:
+                self.serve_other(handler, reported)  # writable, failed, or paused
                 continue
+            # The usual event, inline: readable, and reading is all it waits for.
             try:
-                data = handler._recv(handler.receive_size)
+                data = handler._recv()
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
@@ -209,8 +230,39 @@ class IOLoop:
                 except Exception as exc:
                     self.failed(handler, exc)
                 continue
-            handler._eof = True  # EOF stays readable: stop watching for it
-            self.call(handler, handler.eof_received)
+            self.ended(handler)
+
+    def serve_other(self, handler: ConnectionHandler[Any], reported: int) -> None:
+        """Any other event of an open connection: flush, then read if it may."""
+        # (An fd ended earlier in this turn may already serve a new connection:
+        # then this event is stale, and reading or writing finds nothing.)
+        events = (_READ | _WRITE if reported & _FAULT else reported) & handler._events
+        if events & _WRITE:
+            self.flush(handler)
+        if not events & _READ or handler._closing:
+            return
+        try:
+            data = handler._recv()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.call(handler, _raise, exc)
+            return
+        if not data:
+            self.ended(handler)
+            return
+        if handler._idle is not None:
+            handler._last_read = time.monotonic()
+        self.call(handler, handler.data_received, data)
+
+    def ended(self, handler: ConnectionHandler[Any]) -> None:
+        """The peer finished sending."""
+        handler._eof = True  # EOF stays readable: stop watching for it
+        try:
+            handler.eof_received()  # by default: close(), which finishes it at once
+        except Exception as exc:
+            self.failed(handler, exc)
+        if not handler._closed:
             self.watch(handler)
 
     def take_incoming(self) -> None:
@@ -233,6 +285,26 @@ class IOLoop:
             except Exception:
                 self.report(None, None)
 
+    def sync_listener(self) -> None:
+        """Watch the listener exactly while the server lets this thread accept."""
+        server: Any = self.server
+        wanted = server._io_listener()
+        watched = self.listener_fd
+        if wanted == watched:
+            return
+        if watched >= 0:
+            self.listener_fd = -1
+            # Closing a descriptor takes it out of the poller: a closed listener's
+            # number may belong to a new socket by now, never unregister that.
+            if server.fileno() == watched:
+                try:
+                    self.poller.unregister(watched)
+                except OSError:
+                    pass
+        if wanted >= 0:
+            self.poller.register(wanted, _READ)
+            self.listener_fd = wanted
+
     def arrive(self, fd: int) -> None:
         """Open the connection handed over on ``fd``, if one was (else: stale)."""
         with self.incoming_lock:
@@ -240,7 +312,16 @@ class IOLoop:
         if arrival is not None:
             self.open(fd, *arrival)
 
-    def open(self, fd: int, request: Any, client_address: Any, entry: LiveRequest) -> None:
+    def open(
+        self,
+        fd: int,
+        request: Any,
+        client_address: Any,
+        entry: LiveRequest,
+        registered: bool = True,
+    ) -> None:
+        """Make the handler and start watching the connection (``registered``:
+        ``hand_over()`` registered it already), then ``connection_made()``."""
         server = self.server
         try:
             request.setblocking(False)
@@ -250,7 +331,8 @@ class IOLoop:
             if not isinstance(handler, ConnectionHandler):
                 raise TypeError(f"{handler!r} is not a pyserve.ConnectionHandler")
         except Exception as exc:
-            self.poller.unregister(fd)  # before the close frees the number
+            if registered:
+                self.poller.unregister(fd)  # before the close frees the number
             server._failed(request, exc)
             self.report(request, client_address)
             self.shut(request, client_address)
@@ -258,17 +340,31 @@ class IOLoop:
             return
         handler._loop = self
         handler._entry = entry
-        handler._recv = request.recv
+        handler._send = request.send
         handler._fd = fd
         handler._idle = handler_setting(handler, "idle_timeout")
         if handler._idle is not None:
             handler._last_read = time.monotonic()
             self.next_expiry = min(self.next_expiry, handler._last_read + handler._idle)
+        if registered:
+            self.poller.modify(fd, _READ)  # hand_over() watched writing too, to be seen
+        else:
+            self.poller.register(fd, _READ)
         self.connections[fd] = handler
         handler._events = _READ
-        self.poller.modify(fd, _READ)  # hand_over() watched writing too, to be seen
         server._started(entry)
-        self.call(handler, handler.connection_made)
+        try:
+            handler.connection_made()
+        except Exception as exc:
+            self.failed(handler, exc)
+        # Reads take receive_size as the handler has it once open (a class
+        # attribute, which CPython 3.11 looks up slowly per read otherwise).
+        size = handler.receive_size
+        if _RAW_READ and type(request) is socket.socket:
+            handler._recv = functools.partial(os.read, fd, size)
+            handler._raw = request
+        else:
+            handler._recv = functools.partial(request.recv, size)
 
     def call(
         self, handler: ConnectionHandler[Any], callback: Callable[..., None], *args: Any
@@ -290,7 +386,7 @@ class IOLoop:
         while output:
             data = output[0]
             try:
-                sent = handler.request.send(data)
+                sent = handler._send(data)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
