@@ -17,6 +17,10 @@ the lock is released between them. A command that could hold the lock long
 (``KEYS`` over a large keyspace) returns an iterator of steps instead of its
 reply, and each call runs one step. Inside ``MULTI`` commands are queued instead
 (see :mod:`handlers.resp.transactions`). :meth:`Session.execute` runs them all.
+A batch that is a *run* (every command the same, as pipelining clients send them)
+goes first to its command's run function, which answers it in one loop without the
+per-command dispatch (see :mod:`handlers.resp.runs`); whatever it leaves, the
+general loop answers.
 
 A command function returns its reply as bytes. For errors it may return an
 encoded error or raise :class:`ReplyError`; a write that would break the memory
@@ -33,6 +37,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import Any, Callable, Optional, cast
 
 from handlers.resp.encoding import encode_error
@@ -88,14 +93,26 @@ class ServerState:
 CommandFunction = Callable[["Session", list[bytes]], Any]
 #: Command name -> (function, arity in Redis's convention).
 CommandTable = dict[bytes, tuple[CommandFunction, int]]
+#: A run function (see :mod:`handlers.resp.runs`): (session, commands of one name
+#: and one length, budget) -> (the replies of a prefix of them, its length).
+RunTable = dict[bytes, tuple[Callable[["Session", list[list[bytes]], int], tuple[bytes, int]], int]]
+
+_first = itemgetter(0)
 
 
 class Session:
     """One connection: its id, name, QUIT flag, transaction, and the shared state."""
 
-    def __init__(self, state: ServerState, commands: CommandTable, address: Any = None) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        commands: CommandTable,
+        address: Any = None,
+        runs: Optional[RunTable] = None,
+    ) -> None:
         self.state = state
         self.commands = commands
+        self.runs: RunTable = runs or {}
         self.store = state.store
         self.address = address
         self.client_id = state.connect()
@@ -160,14 +177,15 @@ class Session:
         end = len(commands)
         size = 0
         with self.store.lock:
-            if self.stepping is not None:  # a long command, one more step
-                reply = next(self.stepping)
-                if reply is None:
-                    return b"", index
-                self.stepping = None
-                append(reply)
-                index += 1
-                size = len(reply)
+            lead = self._lead(commands, index, end, budget)
+            if lead is None:
+                return b"", index  # a step of a long command, not its last
+            if lead[1]:
+                append(lead[0])
+                size = len(lead[0])
+                index += lead[1]
+                if budget and size >= budget:
+                    end = index  # the piece is full: skip the loop
             # The loop is written out (no call per command): it is the hot path.
             while index < end:
                 args = commands[index]
@@ -200,6 +218,40 @@ class Session:
                     break
             self.state.commands_processed += index - start
         return b"".join(replies), index
+
+    def _lead(
+        self, commands: list[list[bytes]], start: int, end: int, budget: int
+    ) -> Optional[tuple[bytes, int]]:
+        """What goes before the general loop: the next step of a command run in
+        steps, or a run function (see :mod:`handlers.resp.runs`) if the commands
+        are a run: one name spelled one way, one number of words, the arity right.
+
+        The reply and how many commands it answers; None after a step but the last.
+        """
+        if self.stepping is not None:
+            reply = next(self.stepping)
+            if reply is None:
+                return None
+            self.stepping = None
+            return reply, 1
+        if start >= end or self.queued is not None:
+            return b"", 0
+        run = commands[start:end] if start else commands
+        name = run[0][0]
+        entry = self.runs.get(name)
+        if entry is None:
+            return b"", 0
+        width = len(run[0])
+        function, arity = entry
+        if (width != arity if arity > 0 else width < -arity) or (
+            len(run) > 1
+            and (
+                list(map(_first, run)).count(name) != len(run)
+                or list(map(len, run)).count(width) != len(run)
+            )
+        ):
+            return b"", 0
+        return function(self, run, budget)
 
     def _refuse(self, args: list[bytes], unknown: bool) -> bytes:
         """The error for an unknown command or a wrong number of arguments."""
