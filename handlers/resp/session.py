@@ -177,7 +177,13 @@ class Session:
         end = len(commands)
         size = 0
         with self.store.lock:
-            lead = self._lead(commands, index, end, budget)
+            # (A step of a long command goes on; one command alone gains nothing
+            # from a run function.)
+            lead = (
+                self._lead(commands, index, end, budget)
+                if end - index > 1 or self.stepping is not None
+                else (b"", 0)
+            )
             if lead is None:
                 return b"", index  # a step of a long command, not its last
             if lead[1]:
