@@ -33,8 +33,7 @@ checks the one-command paths make.
 from __future__ import annotations
 
 import collections
-from operator import itemgetter
-from typing import Any, Callable
+from typing import Callable
 
 from handlers.resp.encoding import NULL_BULK, OK, PONG
 from handlers.resp.hash_commands import hget
@@ -48,10 +47,6 @@ __all__ = ["RUNS", "RunFunction"]
 #: (session, run, budget) -> (the replies of a prefix of run, its length).
 RunFunction = Callable[[Session, list[list[bytes]], int], tuple[bytes, int]]
 
-_second = itemgetter(1)
-_ONLY_BYTES = {bytes}
-# "$0\r\n"... "$1023": a bulk string's header by look-up.
-_BULK_HEADERS = [b"$%d" % n for n in range(1024)]
 _Deque = collections.deque
 # The longest reply of an LPUSH/RPUSH: a list's length as a 64-bit integer.
 _LONGEST_INTEGER = len(b":%d\r\n" % (2**63))
@@ -73,31 +68,18 @@ def ping_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[byt
 
 def get_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
     store = session.store
-    keys = list(map(_second, run))
-    if store.expires and not store.expires.keys().isdisjoint(keys):
-        return b"", 0  # a key with a TTL may expire on this read: the general path
-    values: list[Any] = list(map(store.data.get, keys))
-    if set(map(type, values)) == _ONLY_BYTES:
-        # Every key holds a string: C-level passes, unless the budget cuts it.
-        try:
-            headers = list(map(_BULK_HEADERS.__getitem__, map(len, values)))
-        except IndexError:  # a value of 1 KiB or more
-            headers = []
-        if headers and (not budget or sum(map(len, values)) + 8 * len(values) < budget):
-            parts = headers * 2
-            parts[1::2] = values
-            parts[0::2] = headers
-            parts.append(b"")
-            return b"\r\n".join(parts), len(values)
+    get = store.data.get
+    expires = store.expires
     replies = []
     size = 0
-    for value in values:
+    for _name, key in run:
+        value = get(key)
         if value is None:
             reply = NULL_BULK
-        elif type(value) is bytes:
-            reply = b"$%d\r\n%b\r\n" % (len(value), value)
+        elif type(value) is not bytes or (expires and key in expires):
+            break  # another kind (WRONGTYPE), a TTL (it may be due): the general path
         else:
-            break  # another kind: WRONGTYPE from the general path
+            reply = b"$%d\r\n%b\r\n" % (len(value), value)
         replies.append(reply)
         size += len(reply)
         if budget and size >= budget:
@@ -115,7 +97,7 @@ def set_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[byte
 def _push_run(
     session: Session, run: list[list[bytes]], budget: int, left: bool
 ) -> tuple[bytes, int]:
-    """LPUSH/RPUSH of one element each onto existing lists (the usual queue)."""
+    """LPUSH/RPUSH of one element each (the usual queue producer)."""
     store = session.store
     if len(run[0]) != 3 or store.watchers:
         return b"", 0
@@ -128,12 +110,20 @@ def _push_run(
     try:
         for _name, key, item in run[:limit]:
             values = data.get(key)
-            if type(values) is not _Deque or (expires and key in expires):
-                break  # a new list, another kind, a TTL: the general path
             growth = len(item) + ELEMENT_OVERHEAD
-            if cap and used + growth > cap:
+            if values is None:  # a new list: made and counted by the store
+                store.used_memory = used
+                try:
+                    values = store.prepare(key, None, _Deque, growth)
+                except OutOfMemory:
+                    break  # the general path answers it
+                used = store.used_memory
+            elif type(values) is not _Deque or (expires and key in expires):
+                break  # another kind, a TTL: the general path
+            elif cap and used + growth > cap:
                 break  # OOM: the general path answers it
-            used += growth
+            else:
+                used += growth
             if left:
                 values.appendleft(item)
             else:
@@ -197,7 +187,7 @@ def rpop_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[byt
 
 
 def hset_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
-    """HSET of one field each into existing hashes."""
+    """HSET of one field each (a missing hash is made, as HSET makes it)."""
     store = session.store
     if len(run[0]) != 4 or store.watchers:
         return b"", 0
@@ -209,8 +199,18 @@ def hset_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[byt
     try:
         for _name, key, field, value in run[: _how_many(len(run), 4, budget)]:
             existing = data.get(key)
+            if existing is None:  # a new hash: made and counted by the store
+                store.used_memory = used
+                try:
+                    store.prepare(key, None, dict, FIELD_OVERHEAD + len(field) + len(value))
+                except OutOfMemory:
+                    break  # the general path answers it
+                used = store.used_memory
+                data[key][field] = value
+                replies.append(b":1\r\n")
+                continue
             if type(existing) is not dict or (expires and key in expires):
-                break  # a new hash, another kind, a TTL: the general path
+                break  # another kind, a TTL: the general path
             old = existing.get(field)
             if old is None:
                 growth = FIELD_OVERHEAD + len(field) + len(value)
