@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from handlers.resp import RespHandler, RespServer, server_state
 from handlers.resp.commands import COMMANDS, RUN_TABLE, open_session
 from handlers.resp.encoding import encode_command
+from handlers.resp.protocol import CommandParser, Run
 from handlers.resp.session import ServerState, Session
 from handlers.resp.values import SortedSet
 from pyserve import ThreadingTCPServer
@@ -254,3 +255,50 @@ def test_a_huge_pipelined_run_does_not_starve_another_clients_ping(
     assert received == [b"+OK\r\n" * count]
     # Pieces of 64 KiB of replies (about 13 000 SETs) run between the PINGs.
     assert loaded < 2 * quiet + 0.25, (quiet, loaded, busy)
+
+
+# -- the parser's word that a batch is a run ------------------------------------------
+
+
+def encoded(command: Command, inline: bool) -> bytes:
+    return b" ".join(command) + b"\r\n" if inline else encode_command(*command)
+
+
+@settings_
+@given(
+    batch=st.lists(
+        st.lists(st.sampled_from([b"PING", b"ping", b"GET", b"a", b"b1"]), min_size=1,
+                 max_size=3),
+        min_size=1, max_size=20,
+    ),
+    inline=st.booleans(),
+)
+def test_the_parser_says_run_only_for_one_name_and_one_width(
+    batch: list[Command], inline: bool
+) -> None:
+    parser = CommandParser()
+    parser.feed(b"".join(encoded(command, inline) for command in batch))
+    commands = parser.drain()
+    assert commands == batch
+    same = all(c[0] == batch[0][0] and len(c) == len(batch[0]) for c in batch)
+    if isinstance(commands, Run):
+        assert same
+    elif same and len(batch) > 1 and not inline:
+        pytest.fail("a run of multi-bulk commands was not recognised")
+
+
+@settings_
+@given(batch=runs(), inline=st.booleans())
+def test_a_parsed_run_gives_the_replies_of_one_command_at_a_time(
+    batch: list[Command], inline: bool
+) -> None:
+    if inline:  # only words that an inline line keeps as they are
+        batch = [[word for word in command if word.isalnum()] or [b"PING"]
+                 for command in batch]
+    fast, _, plain, _ = two_worlds(0, watch=False)
+    parser = CommandParser()
+    parser.feed(b"".join(encoded(command, inline) for command in batch))
+    commands = parser.drain()
+    assert commands == batch
+    assert fast.execute(commands) == b"".join(plain.execute([c]) for c in batch)
+    assert snapshot(fast) == snapshot(plain)

@@ -44,7 +44,7 @@ from typing import Optional, Union
 from handlers.resp.inline import split_inline
 from pyserve import ProtocolError
 
-__all__ = ["ARGUMENT_OVERHEAD", "NEED_DATA", "Command", "CommandParser", "NeedData"]
+__all__ = ["ARGUMENT_OVERHEAD", "NEED_DATA", "Command", "CommandParser", "NeedData", "Run"]
 
 
 class NeedData:
@@ -61,6 +61,15 @@ NEED_DATA = NeedData()
 
 #: One command: its name and arguments, exactly as sent.
 Command = list[bytes]
+
+
+class Run(list[Command]):
+    """Commands :meth:`CommandParser.drain` found to be a *run*: every one has the
+    same name, spelled the same way, and the same number of words (what a
+    pipelining client sends). A plain list otherwise; the session skips checking
+    this again (see :mod:`handlers.resp.runs`)."""
+
+    __slots__ = ()
 
 #: What one argument costs beside its bytes: a bytes object's header and a list slot.
 ARGUMENT_OVERHEAD = 48
@@ -125,6 +134,8 @@ class CommandParser:
         self._pieces: list[bytes] = []
         self._pieces_size = 0
         self._failed: Optional[ProtocolError] = None
+        # The last drain's commands so far are one run (see Run).
+        self._run = False
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
@@ -170,9 +181,10 @@ class CommandParser:
         try:
             while True:
                 if not self._remaining and self._failed is None:
+                    self._run = False
                     self._parse_simple(commands)
                     if self._pos == len(self._buffer):  # all consumed: the usual case
-                        return commands
+                        return Run(commands) if self._run else commands
                 command = parse()
                 if command is None:
                     return commands
@@ -304,8 +316,11 @@ class CommandParser:
                 return 0
         except IndexError:  # an argument of 1 KiB or more
             return 0
+        if usable == complete and not commands:
+            names = values[0::count]
+            self._run = names.count(names[0]) == len(names)
         if count == 1:
-            commands.extend([value] for value in values)
+            commands.extend([[value] for value in values])
         else:
             commands.extend(map(list, zip(*[iter(values)] * count)))
         return usable
@@ -318,6 +333,11 @@ class CommandParser:
         if len(lines) < 2:
             return 0
         block = b"".join(lines)  # the CRLFs are gone: any LF left is a bare one
+        if block.isalnum() and len(block) <= self.max_inline_length and b"" not in lines:
+            # One word a line (no spaces, quotes, "*" or bare LF): the usual PINGs.
+            self._run = not commands and lines.count(lines[0]) == len(lines)
+            commands.extend([[line] for line in lines])
+            return complete
         if (
             b"*" in block
             or b'"' in block

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, cast
 
 from handlers.resp.encoding import encode_error
 from handlers.resp.faults import FaultLog
+from handlers.resp.protocol import Run
 from handlers.resp.store import DEFAULT_MAX_MEMORY, KeyValueStore, OutOfMemory, WrongType
 
 __all__ = ["TRANSACTION_CONTROL", "CommandTable", "ReplyError", "ServerState", "Session"]
@@ -273,11 +274,13 @@ TRANSACTION_CONTROL: set[CommandFunction] = set()
 
 def _is_run(commands: list[list[bytes]], arity: int) -> bool:
     """Whether ``commands`` are one name spelled one way, with one number of words
-    that ``arity`` allows."""
+    that ``arity`` allows. (The parser says so by returning a Run.)"""
     name = commands[0][0]
     width = len(commands[0])
     if width != arity if arity > 0 else width < -arity:
         return False
+    if type(commands) is Run:
+        return True
     # A plain loop: all() over a generator costs a frame switch per command.
     for args in commands:  # noqa: SIM110
         if len(args) != width or args[0] != name:
