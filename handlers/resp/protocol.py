@@ -294,10 +294,13 @@ class CommandParser:
         A pipelining client usually sends many commands of one shape in a row (N
         times ``*3 $3 SET $n key $n value``, or N inline ``PING`` lines). Such a run
         is checked and cut with a few whole-list operations in C instead of a Python
-        loop per command: the array headers are every ``2n+1``-th piece, and once
-        they are removed, headers and arguments alternate for the whole run, so
-        one comparison checks every length. Anything else returns 0 and the loop in
-        :meth:`_parse_simple` (then the exact parser) takes over.
+        loop per command: the array headers are every ``2n+1``-th piece, and the
+        k-th argument of every command, and its header, are each a slice with the
+        same step (a *column*). A column's headers are checked against its
+        arguments' lengths in one comparison; a column that holds one value
+        throughout (the command's name, a fixed key) needs only a count. Anything
+        else returns 0 and the loop in :meth:`_parse_simple` (then the exact
+        parser) takes over.
         """
         head = pieces[0]
         count = _ARRAY_HEADERS.get(head)
@@ -306,23 +309,30 @@ class CommandParser:
         stride = 2 * count + 1
         usable = complete - complete % stride
         heads = pieces[0:usable:stride]
-        if count > self.max_array_length or len(heads) < 2 or heads.count(head) != len(heads):
+        runs = len(heads)
+        if count > self.max_array_length or runs < 2 or heads.count(head) != runs:
             return 0
-        body = pieces[:usable]
-        del body[::stride]
-        values = body[1::2]
+        header_for = _BULK_HEADERS.__getitem__
+        columns = []
         try:
-            if list(map(_BULK_HEADERS.__getitem__, map(len, values))) != body[0::2]:
-                return 0
+            for place in range(2, stride, 2):
+                column = pieces[place:usable:stride]
+                headers = pieces[place - 1 : usable : stride]
+                if column.count(column[0]) == runs:  # one value throughout
+                    if headers.count(header_for(len(column[0]))) != runs:
+                        return 0
+                elif list(map(header_for, map(len, column))) != headers:
+                    return 0
+                columns.append(column)
         except IndexError:  # an argument of 1 KiB or more
             return 0
         if usable == complete and not commands:
-            names = values[0::count]
-            self._run = names.count(names[0]) == len(names)
+            names = columns[0]
+            self._run = names.count(names[0]) == runs
         if count == 1:
-            commands.extend([[value] for value in values])
+            commands.extend([[value] for value in columns[0]])
         else:
-            commands.extend(map(list, zip(*[iter(values)] * count)))
+            commands.extend(map(list, zip(*columns)))
         return usable
 
     def _parse_inline_run(
