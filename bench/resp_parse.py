@@ -13,7 +13,8 @@ Python work from the network and the threads, which ``bench/run.py``'s
 batch goes to ``data_received()`` as one chunk, as the I/O loop hands it over,
 and the replies are taken by a socket double that accepts every byte, so the
 figure is what the handler costs per batch of the benchmark's seven tests
-(PING_INLINE, PING_MBULK, SET, GET, LPUSH, LPOP, HSET). ``--batches N`` sets how
+(PING_INLINE, PING_MBULK, SET, GET, LPUSH, LPOP, HSET); ``--pipeline 1`` times
+unpipelined clients (``-P 1``). ``--batches N`` sets how
 many rounds of the seven run; a small N under callgrind counts instructions per
 batch steadily (``valgrind --tool=callgrind python3 bench/resp_parse.py
 --connection --batches 200``, minus a run with ``--batches 0``).
@@ -105,14 +106,14 @@ class _Server:
         self.later.append(callback)
 
 
-def connection(batches: int) -> None:
+def connection(batches: int, pipeline: int = BATCH) -> None:
     server = _Server()
     sock = _Socket()
     handler = RespConnection(sock, ("127.0.0.1", 1), server)
     handler._loop = _Loop()  # what the I/O loop sets before connection_made()
     handler.connection_made()
     feed = handler.data_received
-    chunks = [command * BATCH for command in BENCHMARK_TESTS.values()]
+    chunks = [command * pipeline for command in BENCHMARK_TESTS.values()]
     started = time.perf_counter()
     for _ in range(batches):
         for chunk in chunks:
@@ -122,8 +123,8 @@ def connection(batches: int) -> None:
         raise RuntimeError("a batch was answered in pieces: the figure would not be one batch")
     if batches:
         per_batch = elapsed * 1e6 / (batches * len(chunks))
-        print(f"{len(chunks)} tests x {batches} batches of {BATCH}: {per_batch:.2f} us per batch,"
-              f" {per_batch * 1000 / BATCH:.0f} ns per command, {sock.sent} bytes sent")
+        print(f"{len(chunks)} tests x {batches} batches of {pipeline}: {per_batch:.2f} us per"
+              f" batch, {per_batch * 1000 / pipeline:.0f} ns per command, {sock.sent} bytes sent")
 
 
 def main() -> None:
@@ -131,9 +132,11 @@ def main() -> None:
     parser.add_argument("--connection", action="store_true",
                         help="drive RespConnection.data_received with whole batches")
     parser.add_argument("--batches", type=int, default=20_000)
+    parser.add_argument("--pipeline", type=int, default=BATCH,
+                        help="commands per batch with --connection (default 16)")
     args = parser.parse_args()
     if args.connection:
-        connection(args.batches)
+        connection(args.batches, args.pipeline)
     else:
         parse_and_execute(args.batches)
 
