@@ -105,7 +105,7 @@ def _push_run(
     expires = store.expires
     cap = store.max_memory
     used = store.used_memory
-    replies = []
+    lengths: list[int] = []  # each reply: the list's length after the push
     limit = _how_many(len(run), _LONGEST_INTEGER, budget)
     try:
         for _name, key, item in run[:limit]:
@@ -128,10 +128,11 @@ def _push_run(
                 values.appendleft(item)
             else:
                 values.append(item)
-            replies.append(b":%d\r\n" % len(values))
+            lengths.append(len(values))
     finally:
         store.used_memory = used
-    return b"".join(replies), len(replies)
+    # One format call for every reply (half the cost of one call per reply).
+    return (":%d\r\n" * len(lengths) % tuple(lengths)).encode(), len(lengths)
 
 
 def lpush_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
