@@ -37,8 +37,9 @@ SETUP: list[Command] = [
     [b"LPUSH", b"list", b"x", b"y"],
     [b"HSET", b"hash", b"f", b"v"],
     [b"SET", b"ttl", b"t"],
-    [b"EXPIRE", b"ttl", b"1000"],
 ]
+# A key with a TTL sends SET runs the general way (the store's TTL heap is in use).
+WITH_TTL: list[Command] = [[b"EXPIRE", b"ttl", b"1000"]]
 
 
 def plain_session(state: ServerState) -> Session:
@@ -59,14 +60,16 @@ def snapshot(session: Session) -> Any:
     return values, store.used_memory, sorted(store.expires)
 
 
-def two_worlds(max_memory: int, watch: bool) -> tuple[Session, Session, Session, Session]:
+def two_worlds(
+    max_memory: int, watch: bool, ttl: bool = False
+) -> tuple[Session, Session, Session, Session]:
     """Two stores set up alike: (fast session, its watcher, plain session, its watcher)."""
     worlds = []
     for make in (open_session, plain_session):
         state = ServerState(max_memory)
         session = make(state)
         watcher = plain_session(state)
-        for command in SETUP:
+        for command in SETUP + (WITH_TTL if ttl else []):
             session.execute([command])
         if watch:
             watcher.execute([[b"WATCH", b"a", b"list", b"hash"]])
@@ -84,10 +87,13 @@ values = st.binary(max_size=40)
 
 @st.composite
 def runs(draw: Any) -> list[Command]:
-    """One command name, one width, many commands: what a pipelining client sends."""
+    """One command name, one width, many commands: what a pipelining client sends
+    (mostly to one key, as a queue or a counter is used)."""
     name = draw(names)
     width = draw(st.integers(1, 5))
-    command = st.tuples(st.sampled_from(KEYS), values, words, words).map(
+    key = draw(st.sampled_from(KEYS))
+    keys = st.one_of(st.just(key), st.just(key), st.just(key), st.sampled_from(KEYS))
+    command = st.tuples(keys, values, words, words).map(
         lambda parts: [name, *parts][:width]
     )
     batch: list[Command] = draw(st.lists(command, min_size=1, max_size=40))
@@ -102,11 +108,12 @@ settings_ = settings(max_examples=150, deadline=None)
     batch=runs(),
     max_memory=st.sampled_from([0, 1500, 2500, 256 * 1024 * 1024]),
     watch=st.booleans(),
+    ttl=st.booleans(),
 )
 def test_a_run_gives_the_replies_and_store_of_one_command_at_a_time(
-    batch: list[Command], max_memory: int, watch: bool
+    batch: list[Command], max_memory: int, watch: bool, ttl: bool
 ) -> None:
-    fast, fast_watcher, plain, plain_watcher = two_worlds(max_memory, watch)
+    fast, fast_watcher, plain, plain_watcher = two_worlds(max_memory, watch, ttl)
     together = fast.execute(batch)
     one_by_one = b"".join(plain.execute([command]) for command in batch)
     assert together == one_by_one
@@ -120,11 +127,12 @@ def test_a_run_gives_the_replies_and_store_of_one_command_at_a_time(
         lambda parts: [command for run in parts for command in run]
     ),
     max_memory=st.sampled_from([0, 2500, 256 * 1024 * 1024]),
+    ttl=st.booleans(),
 )
 def test_a_batch_mixing_runs_and_other_commands_answers_as_one_at_a_time(
-    batch: list[Command], max_memory: int
+    batch: list[Command], max_memory: int, ttl: bool
 ) -> None:
-    fast, _, plain, _ = two_worlds(max_memory, watch=False)
+    fast, _, plain, _ = two_worlds(max_memory, watch=False, ttl=ttl)
     batch = [[b"SET", b"b", b"2"], *batch, [b"INCR", b"b"], *batch]
     together = fast.execute(batch)
     one_by_one = b"".join(plain.execute([command]) for command in batch)
@@ -133,11 +141,11 @@ def test_a_batch_mixing_runs_and_other_commands_answers_as_one_at_a_time(
 
 
 @settings_
-@given(batch=runs(), budget=st.integers(1, 200))
+@given(batch=runs(), budget=st.integers(1, 200), ttl=st.booleans())
 def test_a_run_is_cut_into_the_same_pieces_as_the_general_loop(
-    batch: list[Command], budget: int
+    batch: list[Command], budget: int, ttl: bool
 ) -> None:
-    fast, _, plain, _ = two_worlds(0, watch=False)
+    fast, _, plain, _ = two_worlds(0, watch=False, ttl=ttl)
     pieces = []
     for session in (fast, plain):
         cut = []
@@ -150,6 +158,51 @@ def test_a_run_is_cut_into_the_same_pieces_as_the_general_loop(
         assert index == len(batch)
         pieces.append(cut)
     assert pieces[0] == pieces[1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[b"PING"], [b"SET", b"a", b"v"], [b"GET", b"a"], [b"LPUSH", b"list", b"v"],
+     [b"LPOP", b"list"], [b"HSET", b"hash", b"f", b"v"], [b"RPUSH", b"list", b"v"],
+     [b"RPOP", b"list"], [b"HGET", b"hash", b"f"], [b"LLEN", b"list"]],
+    ids=lambda command: command[0].decode(),
+)
+def test_each_run_function_stops_at_the_budget_where_the_general_loop_does(
+    command: Command,
+) -> None:
+    fast, _, plain, _ = two_worlds(0, watch=False)
+    for session in (fast, plain):  # a list long enough to pop from
+        session.execute([[b"RPUSH", b"list", *[b"x%d" % i for i in range(200)]]])
+    batch = [command] * 100
+    pieces = [session.execute_some(batch, 0, 40) for session in (fast, plain)]
+    assert pieces[0] == pieces[1]
+    assert 1 <= pieces[0][1] < 100  # cut before the end
+    assert snapshot(fast) == snapshot(plain)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[b"SET", b"new", b"v" * 50], [b"SET", b"a", b"v" * 50], [b"LPUSH", b"list", b"v" * 50],
+     [b"RPUSH", b"new", b"v" * 50], [b"HSET", b"hash", b"f", b"v" * 50],
+     [b"HSET", b"new", b"f", b"v" * 50]],
+    ids=lambda command: b" ".join(command[:2]).decode(),
+)
+def test_a_write_run_stops_at_the_memory_cap_where_one_at_a_time_does(
+    command: Command,
+) -> None:
+    for key_count in (0, 1):  # (new keys too: each command a key of its own)
+        fast, _, plain, _ = two_worlds(4000, watch=False)
+        batch = [[command[0], command[1] + b"%d" % (i * key_count), *command[2:]]
+                 for i in range(40)]
+        if command[0] == b"HSET":  # a new field each time: the hash grows
+            batch = [[*c[:2], b"f%d" % i, c[3]] for i, c in enumerate(batch)]
+        together = fast.execute(batch)
+        assert together == b"".join(plain.execute([c]) for c in batch)
+        if key_count or command[0] != b"SET":  # (SET of one key over and over: no growth)
+            assert together.endswith(b"-OOM command not allowed when used memory"
+                                     b" > 'maxmemory'.\r\n")
+        assert snapshot(fast) == snapshot(plain)
+        assert fast.store.used_memory <= 4000
 
 
 def test_the_benchmark_commands_have_run_functions() -> None:
