@@ -185,11 +185,14 @@ class Session:
             if lead is None:
                 return b"", index  # a step of a long command, not its last
             if lead[1]:
+                index += lead[1]
+                if index == end:  # a whole run (or a long command's last step)
+                    self.state.commands_processed += index - start
+                    return lead[0], index
                 append(lead[0])
                 size = len(lead[0])
-                index += lead[1]
-                if budget and size >= budget:
-                    end = index  # the piece is full: skip the loop
+                # A full piece skips the loop.
+                end = index if budget and size >= budget else end
             # The loop is written out (no call per command): it is the hot path.
             while index < end:
                 args = commands[index]
