@@ -15,7 +15,8 @@ The package is cut by concept, each module readable on its own:
   builds out of one module per kind: strings and keys (``commands``), lists,
   sets, hashes and sorted sets (``list_commands``, ``set_commands``,
   ``hash_commands``, ``zset_commands``), ``transactions`` (MULTI/EXEC/WATCH) and
-  :mod:`handlers.resp.connection_commands`;
+  :mod:`handlers.resp.connection_commands`; a pipelined run of one command
+  (sixteen SETs) is answered by its fast path in :mod:`handlers.resp.runs`;
 * the network: ``server`` (below) and ``faults`` (the escaped, rate-limited log
   of peers' faults).
 

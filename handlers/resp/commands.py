@@ -29,10 +29,12 @@ from handlers.resp.encoding import (
 from handlers.resp.glob import compile_glob
 from handlers.resp.hash_commands import HASH_COMMANDS
 from handlers.resp.list_commands import LIST_COMMANDS
+from handlers.resp.runs import RUNS
 from handlers.resp.session import (
     NOT_AN_INTEGER,
     SYNTAX_ERROR,
     CommandTable,
+    RunTable,
     ServerState,
     Session,
     integer_argument,
@@ -45,7 +47,7 @@ from handlers.resp.transactions import TRANSACTION_COMMANDS
 from handlers.resp.values import KEY_OVERHEAD, value_size
 from handlers.resp.zset_commands import ZSET_COMMANDS
 
-__all__ = ["COMMANDS", "open_session"]
+__all__ = ["COMMANDS", "RUN_TABLE", "open_session"]
 
 
 def get(session: Session, args: list[bytes]) -> bytes:
@@ -282,7 +284,15 @@ COMMANDS: CommandTable = {
 # Clients send upper case (redis-benchmark, redis-py): one dict hit, no lower().
 COMMANDS.update({name.upper(): entry for name, entry in list(COMMANDS.items())})
 
+#: The commands with a fast path for runs (see :mod:`handlers.resp.runs`): name
+#: (lower and upper case) -> (run function, arity).
+RUN_TABLE: RunTable = {
+    name: (RUNS[name.lower()], arity)
+    for name, (_function, arity) in COMMANDS.items()
+    if name.lower() in RUNS
+}
+
 
 def open_session(state: ServerState, address: Any = None) -> Session:
     """A session on ``state`` that understands every command in :data:`COMMANDS`."""
-    return Session(state, COMMANDS, address)
+    return Session(state, COMMANDS, address, RUN_TABLE)

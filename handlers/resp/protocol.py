@@ -34,7 +34,9 @@ Speed
 The parser keeps one ``bytes`` buffer and an offset into it, finds each CRLF with
 ``bytes.find`` and cuts arguments with slices: everything per byte runs in C. The
 buffer is compacted only when a call ends, so a pipeline of a thousand commands is
-not copied a thousand times.
+not copied a thousand times. A batch of commands that all have one name and one
+width is returned as a :class:`Run`, which the session answers without checking
+each command again.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Optional, Union
 from handlers.resp.inline import split_inline
 from pyserve import ProtocolError
 
-__all__ = ["ARGUMENT_OVERHEAD", "NEED_DATA", "Command", "CommandParser", "NeedData"]
+__all__ = ["ARGUMENT_OVERHEAD", "NEED_DATA", "Command", "CommandParser", "NeedData", "Run"]
 
 
 class NeedData:
@@ -61,6 +63,15 @@ NEED_DATA = NeedData()
 
 #: One command: its name and arguments, exactly as sent.
 Command = list[bytes]
+
+
+class Run(list[Command]):
+    """Commands :meth:`CommandParser.drain` found to be a *run*: every one has the
+    same name, spelled the same way, and the same number of words (what a
+    pipelining client sends). A plain list otherwise; the session skips checking
+    this again (see :mod:`handlers.resp.runs`)."""
+
+    __slots__ = ()
 
 #: What one argument costs beside its bytes: a bytes object's header and a list slot.
 ARGUMENT_OVERHEAD = 48
@@ -125,6 +136,8 @@ class CommandParser:
         self._pieces: list[bytes] = []
         self._pieces_size = 0
         self._failed: Optional[ProtocolError] = None
+        # The last drain's commands so far are one run (see Run).
+        self._run = False
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
@@ -170,9 +183,10 @@ class CommandParser:
         try:
             while True:
                 if not self._remaining and self._failed is None:
+                    self._run = False
                     self._parse_simple(commands)
                     if self._pos == len(self._buffer):  # all consumed: the usual case
-                        return commands
+                        return Run(commands) if self._run else commands
                 command = parse()
                 if command is None:
                     return commands
@@ -282,10 +296,13 @@ class CommandParser:
         A pipelining client usually sends many commands of one shape in a row (N
         times ``*3 $3 SET $n key $n value``, or N inline ``PING`` lines). Such a run
         is checked and cut with a few whole-list operations in C instead of a Python
-        loop per command: the array headers are every ``2n+1``-th piece, and once
-        they are removed, headers and arguments alternate for the whole run, so
-        one comparison checks every length. Anything else returns 0 and the loop in
-        :meth:`_parse_simple` (then the exact parser) takes over.
+        loop per command: the array headers are every ``2n+1``-th piece, and the
+        k-th argument of every command, and its header, are each a slice with the
+        same step (a *column*). A column's headers are checked against its
+        arguments' lengths in one comparison; a column that holds one value
+        throughout (the command's name, a fixed key) needs only a count. Anything
+        else returns 0 and the loop in :meth:`_parse_simple` (then the exact
+        parser) takes over.
         """
         head = pieces[0]
         count = _ARRAY_HEADERS.get(head)
@@ -294,20 +311,30 @@ class CommandParser:
         stride = 2 * count + 1
         usable = complete - complete % stride
         heads = pieces[0:usable:stride]
-        if count > self.max_array_length or len(heads) < 2 or heads.count(head) != len(heads):
+        runs = len(heads)
+        if count > self.max_array_length or runs < 2 or heads.count(head) != runs:
             return 0
-        body = pieces[:usable]
-        del body[::stride]
-        values = body[1::2]
+        header_for = _BULK_HEADERS.__getitem__
+        columns = []
         try:
-            if list(map(_BULK_HEADERS.__getitem__, map(len, values))) != body[0::2]:
-                return 0
+            for place in range(2, stride, 2):
+                column = pieces[place:usable:stride]
+                headers = pieces[place - 1 : usable : stride]
+                if column.count(column[0]) == runs:  # one value throughout
+                    if headers.count(header_for(len(column[0]))) != runs:
+                        return 0
+                elif list(map(header_for, map(len, column))) != headers:
+                    return 0
+                columns.append(column)
         except IndexError:  # an argument of 1 KiB or more
             return 0
+        if usable == complete and not commands:
+            names = columns[0]
+            self._run = names.count(names[0]) == runs
         if count == 1:
-            commands.extend([value] for value in values)
+            commands.extend([[value] for value in columns[0]])
         else:
-            commands.extend(map(list, zip(*[iter(values)] * count)))
+            commands.extend(map(list, zip(*columns)))
         return usable
 
     def _parse_inline_run(
@@ -318,6 +345,11 @@ class CommandParser:
         if len(lines) < 2:
             return 0
         block = b"".join(lines)  # the CRLFs are gone: any LF left is a bare one
+        if block.isalnum() and len(block) <= self.max_inline_length and b"" not in lines:
+            # One word a line (no spaces, quotes, "*" or bare LF): the usual PINGs.
+            self._run = not commands and lines.count(lines[0]) == len(lines)
+            commands.extend([[line] for line in lines])
+            return complete
         if (
             b"*" in block
             or b'"' in block

@@ -225,38 +225,39 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
         ``max_write_buffer`` bytes of replies wait: ``write_buffer_drained()``
         resumes it.
         """
-        if self.write_buffer_size > self.max_write_buffer:
+        unsent = self.write_buffer_size
+        if unsent > self.max_write_buffer:
             return  # resumed by write_buffer_drained()
-        if self.next_command >= len(self.pending):
+        parser = self.parser
+        pending = self.pending
+        if self.next_command >= len(pending):
             try:
-                self.pending = self.parser.drain()
+                pending = self.pending = parser.drain()
             except ProtocolError as exc:
                 self._refuse(exc)
                 return
             self.next_command = 0
-            if not self.pending:
+            if not pending:
                 if self.peer_done:
                     self.close()
                 return
         session = self.session
-        unsent = self.write_buffer_size
-        reply, self.next_command = session.execute_some(
-            self.pending, self.next_command, self.reply_chunk
-        )
-        if self._too_big(unsent, len(reply)):
+        reply, done = session.execute_some(pending, self.next_command, self.reply_chunk)
+        self.next_command = done
+        if unsent + len(reply) > self.max_output_buffer and self._too_big(unsent, len(reply)):
             self.close()
             return
         self.write(reply)
         if session.closing:
             self.close()
             return
-        if self.next_command < len(self.pending):
+        if done < len(pending):
             self._schedule()
             return
         self.pending = []
-        if self.parser.error is not None:  # met after the commands just answered
-            self._refuse(self.parser.error)
-        elif self.parser.buffered:
+        if parser.error is not None:  # met after the commands just answered
+            self._refuse(parser.error)
+        elif parser.buffered:
             self._schedule()  # bytes that arrived while a long pipeline ran
         elif self.peer_done:
             self.close()

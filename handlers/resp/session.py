@@ -17,6 +17,10 @@ the lock is released between them. A command that could hold the lock long
 (``KEYS`` over a large keyspace) returns an iterator of steps instead of its
 reply, and each call runs one step. Inside ``MULTI`` commands are queued instead
 (see :mod:`handlers.resp.transactions`). :meth:`Session.execute` runs them all.
+A batch that is a *run* (every command the same, as pipelining clients send them)
+goes first to its command's run function, which answers it in one loop without the
+per-command dispatch (see :mod:`handlers.resp.runs`); whatever it leaves, the
+general loop answers.
 
 A command function returns its reply as bytes. For errors it may return an
 encoded error or raise :class:`ReplyError`; a write that would break the memory
@@ -37,6 +41,7 @@ from typing import Any, Callable, Optional, cast
 
 from handlers.resp.encoding import encode_error
 from handlers.resp.faults import FaultLog
+from handlers.resp.protocol import Run
 from handlers.resp.store import DEFAULT_MAX_MEMORY, KeyValueStore, OutOfMemory, WrongType
 
 __all__ = ["TRANSACTION_CONTROL", "CommandTable", "ReplyError", "ServerState", "Session"]
@@ -88,14 +93,24 @@ class ServerState:
 CommandFunction = Callable[["Session", list[bytes]], Any]
 #: Command name -> (function, arity in Redis's convention).
 CommandTable = dict[bytes, tuple[CommandFunction, int]]
+#: A run function (see :mod:`handlers.resp.runs`): (session, commands of one name
+#: and one length, budget) -> (the replies of a prefix of them, its length).
+RunTable = dict[bytes, tuple[Callable[["Session", list[list[bytes]], int], tuple[bytes, int]], int]]
 
 
 class Session:
     """One connection: its id, name, QUIT flag, transaction, and the shared state."""
 
-    def __init__(self, state: ServerState, commands: CommandTable, address: Any = None) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        commands: CommandTable,
+        address: Any = None,
+        runs: Optional[RunTable] = None,
+    ) -> None:
         self.state = state
         self.commands = commands
+        self.runs: RunTable = runs or {}
         self.store = state.store
         self.address = address
         self.client_id = state.connect()
@@ -160,14 +175,24 @@ class Session:
         end = len(commands)
         size = 0
         with self.store.lock:
-            if self.stepping is not None:  # a long command, one more step
-                reply = next(self.stepping)
-                if reply is None:
-                    return b"", index
-                self.stepping = None
-                append(reply)
-                index += 1
-                size = len(reply)
+            # (A step of a long command goes on; one command alone gains nothing
+            # from a run function.)
+            lead = (
+                self._lead(commands, index, end, budget)
+                if end - index > 1 or self.stepping is not None
+                else (b"", 0)
+            )
+            if lead is None:
+                return b"", index  # a step of a long command, not its last
+            if lead[1]:
+                index += lead[1]
+                if index == end:  # a whole run (or a long command's last step)
+                    self.state.commands_processed += index - start
+                    return lead[0], index
+                append(lead[0])
+                size = len(lead[0])
+                # A full piece skips the loop.
+                end = index if budget and size >= budget else end
             # The loop is written out (no call per command): it is the hot path.
             while index < end:
                 args = commands[index]
@@ -201,6 +226,29 @@ class Session:
             self.state.commands_processed += index - start
         return b"".join(replies), index
 
+    def _lead(
+        self, commands: list[list[bytes]], start: int, end: int, budget: int
+    ) -> Optional[tuple[bytes, int]]:
+        """What goes before the general loop: the next step of a command run in
+        steps, or a run function (see :mod:`handlers.resp.runs`) if the commands
+        are a run: one name spelled one way, one number of words, the arity right.
+
+        The reply and how many commands it answers; None after a step but the last.
+        """
+        if self.stepping is not None:
+            reply = next(self.stepping)
+            if reply is None:
+                return None
+            self.stepping = None
+            return reply, 1
+        entry = self.runs.get(commands[start][0]) if start < end and self.queued is None else None
+        if entry is None:
+            return b"", 0
+        run = commands[start:end] if start else commands
+        if not _is_run(run, entry[1]):
+            return b"", 0
+        return entry[0](self, run, budget)
+
     def _refuse(self, args: list[bytes], unknown: bool) -> bytes:
         """The error for an unknown command or a wrong number of arguments."""
         self.queue_failed = self.queued is not None  # EXEC will refuse to run
@@ -225,6 +273,22 @@ class Session:
 #: The functions that run at once inside MULTI instead of being queued (filled
 #: in by :mod:`handlers.resp.transactions`).
 TRANSACTION_CONTROL: set[CommandFunction] = set()
+
+
+def _is_run(commands: list[list[bytes]], arity: int) -> bool:
+    """Whether ``commands`` are one name spelled one way, with one number of words
+    that ``arity`` allows. (The parser says so by returning a Run.)"""
+    name = commands[0][0]
+    width = len(commands[0])
+    if width != arity if arity > 0 else width < -arity:
+        return False
+    if type(commands) is Run:
+        return True
+    # A plain loop: all() over a generator costs a frame switch per command.
+    for args in commands:  # noqa: SIM110
+        if len(args) != width or args[0] != name:
+            return False
+    return True
 
 
 def unknown_command(args: list[bytes]) -> bytes:

@@ -178,6 +178,41 @@ class KeyValueStore:
         self.keyspace.store(key, value)
         self.used_memory += growth
 
+    def put_run(self, run: list[list[bytes]], limit: int) -> int:
+        """``put(key, value)`` for each ``[SET, key, value]`` of ``run[:limit]``.
+
+        Stops before the first write :meth:`put` would not make as cheaply (TTLs
+        or watchers in the store, a write the cap refuses: the caller runs that
+        one the general way); returns how many were stored.
+        """
+        if self._deadlines or self.watchers:
+            return 0
+        values = self.data
+        get = values.get
+        cap = self.max_memory
+        used = self.used_memory
+        done = 0
+        try:
+            for _name, key, value in run[:limit]:
+                old = get(key)
+                if old is None:
+                    growth = KEY_OVERHEAD + len(key) + len(value)
+                elif type(old) is bytes:
+                    growth = len(value) - len(old)
+                else:
+                    growth = len(value) - value_size(old)
+                if growth > 0 and cap and used + growth > cap:
+                    break
+                if old is None:
+                    self.keyspace.store(key, value)
+                else:
+                    values[key] = value
+                used += growth
+                done += 1
+        finally:
+            self.used_memory = used
+        return done
+
     def set(
         self,
         key: bytes,

@@ -1,0 +1,270 @@
+"""Fast paths for a pipelined run of one command: the whole run in one loop.
+
+Theory of operation
+-------------------
+A pipelining client mostly sends *runs*: sixteen ``SET``, then sixteen ``GET``
+(``redis-benchmark -P 16``), a queue producer's ``LPUSH`` after ``LPUSH``. Run one
+at a time, each command pays for its dispatch (a table look-up, the arity check,
+the MULTI check, the size of its reply against the budget) and, often, for
+several small store methods; for a short command that is most of its cost.
+
+:meth:`~handlers.resp.session.Session.execute_some` hands a batch to the *run
+function* of its command when every command in it has the same name, spelled the
+same way, and the same number of words, with no transaction open (see
+:data:`RUNS`). A run function answers a *prefix* of the run and says how long it
+is; the general loop takes the rest, one command at a time. The contract that
+keeps a fast path honest:
+
+* the replies and the store afterwards are exactly what the commands would give
+  one at a time (``tests/test_handlers_resp_runs.py`` compares both ways on
+  random batches);
+* a run function stops *before* any command it does not take cheaply (a key
+  with a TTL, a key of another kind, a write the memory cap refuses, a store
+  with WATCHed keys), having changed nothing for it: the general loop then runs
+  that command and gives its reply or its error;
+* it stops after the reply that brings the replies to ``budget`` bytes, as the
+  general loop does, so a long pipeline is still answered in pieces.
+
+The memory cap, WRONGTYPE and watchers are the store's own rules: the run
+functions use :meth:`~handlers.resp.store.KeyValueStore.put_run` and the same
+checks the one-command paths make.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable
+
+from handlers.resp.encoding import NULL_BULK, OK, PONG
+from handlers.resp.hash_commands import hget
+from handlers.resp.list_commands import llen
+from handlers.resp.session import CommandFunction, ReplyError, Session
+from handlers.resp.store import OutOfMemory, WrongType
+from handlers.resp.values import ELEMENT_OVERHEAD, FIELD_OVERHEAD
+
+__all__ = ["RUNS", "RunFunction"]
+
+#: (session, run, budget) -> (the replies of a prefix of run, its length).
+RunFunction = Callable[[Session, list[list[bytes]], int], tuple[bytes, int]]
+
+_Deque = collections.deque
+# The longest reply of an LPUSH/RPUSH: a list's length as a 64-bit integer.
+_LONGEST_INTEGER = len(b":%d\r\n" % (2**63))
+
+
+def _how_many(count: int, reply_size: int, budget: int) -> int:
+    """How many replies of ``reply_size`` bytes the budget lets a piece hold."""
+    if not budget:
+        return count
+    return min(count, -(-budget // reply_size))  # the one reaching the budget counts
+
+
+def ping_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    if len(run[0]) != 1:
+        return b"", 0  # PING message: the general path
+    count = _how_many(len(run), len(PONG), budget)
+    return PONG * count, count
+
+
+def get_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    store = session.store
+    get = store.data.get
+    expires = store.expires
+    replies = []
+    size = 0
+    for _name, key in run:
+        value = get(key)
+        if value is None:
+            reply = NULL_BULK
+        elif type(value) is not bytes or (expires and key in expires):
+            break  # another kind (WRONGTYPE), a TTL (it may be due): the general path
+        else:
+            reply = b"$%d\r\n%b\r\n" % (len(value), value)
+        replies.append(reply)
+        size += len(reply)
+        if budget and size >= budget:
+            break
+    return b"".join(replies), len(replies)
+
+
+def set_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    if len(run[0]) != 3:
+        return b"", 0  # options (EX, NX, GET...): the general path
+    count = session.store.put_run(run, _how_many(len(run), len(OK), budget))
+    return OK * count, count
+
+
+def _push_run(
+    session: Session, run: list[list[bytes]], budget: int, left: bool
+) -> tuple[bytes, int]:
+    """LPUSH/RPUSH of one element each (the usual queue producer)."""
+    store = session.store
+    if len(run[0]) != 3 or store.watchers:
+        return b"", 0
+    data = store.data
+    expires = store.expires
+    cap = store.max_memory
+    used = store.used_memory
+    lengths: list[int] = []  # each reply: the list's length after the push
+    limit = _how_many(len(run), _LONGEST_INTEGER, budget)
+    try:
+        for _name, key, item in run[:limit]:
+            values = data.get(key)
+            growth = len(item) + ELEMENT_OVERHEAD
+            if values is None:  # a new list: made and counted by the store
+                store.used_memory = used
+                try:
+                    values = store.prepare(key, None, _Deque, growth)
+                except OutOfMemory:
+                    break  # the general path answers it
+                used = store.used_memory
+            elif type(values) is not _Deque or (expires and key in expires):
+                break  # another kind, a TTL: the general path
+            elif cap and used + growth > cap:
+                break  # OOM: the general path answers it
+            else:
+                used += growth
+            if left:
+                values.appendleft(item)
+            else:
+                values.append(item)
+            lengths.append(len(values))
+    finally:
+        store.used_memory = used
+    # One format call for every reply (half the cost of one call per reply).
+    return (":%d\r\n" * len(lengths) % tuple(lengths)).encode(), len(lengths)
+
+
+def lpush_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    return _push_run(session, run, budget, True)
+
+
+def rpush_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    return _push_run(session, run, budget, False)
+
+
+def _pop_run(
+    session: Session, run: list[list[bytes]], budget: int, left: bool
+) -> tuple[bytes, int]:
+    """LPOP/RPOP of one element each (the usual queue consumer)."""
+    store = session.store
+    if len(run[0]) != 2 or store.watchers:
+        return b"", 0
+    data = store.data
+    expires = store.expires
+    used = store.used_memory
+    replies = []
+    size = 0
+    try:
+        for _name, key in run:
+            values = data.get(key)
+            if values is None:
+                reply = NULL_BULK
+            elif type(values) is not _Deque or (expires and key in expires):
+                break  # another kind, a TTL: the general path
+            else:
+                item = values.popleft() if left else values.pop()
+                used -= len(item) + ELEMENT_OVERHEAD
+                if not values:  # Redis keeps no empty list
+                    store.used_memory = used
+                    store.drop_if_empty(key)
+                    used = store.used_memory
+                reply = b"$%d\r\n%b\r\n" % (len(item), item)
+            replies.append(reply)
+            size += len(reply)
+            if budget and size >= budget:
+                break
+    finally:
+        store.used_memory = used
+    return b"".join(replies), len(replies)
+
+
+def lpop_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    return _pop_run(session, run, budget, True)
+
+
+def rpop_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    return _pop_run(session, run, budget, False)
+
+
+def hset_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+    """HSET of one field each (a missing hash is made, as HSET makes it)."""
+    store = session.store
+    if len(run[0]) != 4 or store.watchers:
+        return b"", 0
+    data = store.data
+    expires = store.expires
+    cap = store.max_memory
+    used = store.used_memory
+    replies = []
+    try:
+        for _name, key, field, value in run[: _how_many(len(run), 4, budget)]:
+            existing = data.get(key)
+            if existing is None:  # a new hash: made and counted by the store
+                store.used_memory = used
+                try:
+                    store.prepare(key, None, dict, FIELD_OVERHEAD + len(field) + len(value))
+                except OutOfMemory:
+                    break  # the general path answers it
+                used = store.used_memory
+                data[key][field] = value
+                replies.append(b":1\r\n")
+                continue
+            if type(existing) is not dict or (expires and key in expires):
+                break  # another kind, a TTL: the general path
+            old = existing.get(field)
+            if old is None:
+                growth = FIELD_OVERHEAD + len(field) + len(value)
+            else:
+                growth = len(value) - len(old)
+            if growth > 0 and cap and used + growth > cap:
+                break  # OOM: the general path answers it
+            used += growth
+            existing[field] = value
+            replies.append(b":1\r\n" if old is None else b":0\r\n")
+    finally:
+        store.used_memory = used
+    return b"".join(replies), len(replies)
+
+
+def _each(function: CommandFunction) -> RunFunction:
+    """A run function that calls ``function`` per command, without the dispatch.
+
+    For commands whose every reply is bytes and that leave the session's state
+    alone (no QUIT, no MULTI): stops before a command that raises, which the
+    general loop then runs again for its error (such a command changed nothing:
+    the command functions check before they write).
+    """
+
+    def each(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
+        replies: list[bytes] = []
+        append = replies.append
+        size = 0
+        try:
+            for args in run:
+                reply = function(session, args)
+                append(reply)
+                size += len(reply)
+                if budget and size >= budget:
+                    break
+        except (ReplyError, WrongType, OutOfMemory):
+            pass
+        return b"".join(replies), len(replies)
+
+    return each
+
+
+#: Command name (lower case) -> its run function. :mod:`handlers.resp.commands`
+#: makes the session's table of them (:data:`~handlers.resp.commands.RUN_TABLE`).
+RUNS: dict[bytes, RunFunction] = {
+    b"ping": ping_run,
+    b"get": get_run,
+    b"set": set_run,
+    b"lpush": lpush_run,
+    b"rpush": rpush_run,
+    b"lpop": lpop_run,
+    b"rpop": rpop_run,
+    b"hset": hset_run,
+    b"hget": _each(hget),
+    b"llen": _each(llen),
+}
