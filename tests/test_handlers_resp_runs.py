@@ -355,3 +355,37 @@ def test_a_parsed_run_gives_the_replies_of_one_command_at_a_time(
     assert commands == batch
     assert fast.execute(commands) == b"".join(plain.execute([c]) for c in batch)
     assert snapshot(fast) == snapshot(plain)
+
+
+# The whole-run paths (one key that is there, see handlers.resp.runs) on the
+# batches that reach them, beside their edges: a key set twice, a big value in
+# between, new and old fields, a list popped empty, a cap met half-way.
+WHOLE_RUNS = {
+    "set overwrites, one key twice": [[b"SET", b"a", b"x" * 30], [b"SET", b"a", b""]] * 3,
+    "set a big value in between": [[b"SET", b"a", b"2"], [b"SET", b"a", b"y" * 900],
+                                   [b"SET", b"a", b"3"]],
+    "get strings": [[b"GET", b"a"], [b"GET", b"ttl"], [b"GET", b"a"]],
+    "lpush one list": [[b"LPUSH", b"list", b"z" * n] for n in range(8)],
+    "rpush one list": [[b"RPUSH", b"list", b"z" * n] for n in range(8)],
+    "lpop the list empty": [[b"LPOP", b"list"]] * 2,
+    "rpop past the end": [[b"RPOP", b"list"]] * 3,
+    "hset new fields": [[b"HSET", b"hash", b"g%d" % n, b"w" * n] for n in range(6)],
+    "hset old and new fields": [[b"HSET", b"hash", b"f", b""], [b"HSET", b"hash", b"g", b"1"]],
+    "hset one field twice": [[b"HSET", b"hash", b"f", b"long" * 50],
+                             [b"HSET", b"hash", b"f", b"s"]],
+    "hset a new field twice": [[b"HSET", b"hash", b"n", b"1"],
+                               [b"HSET", b"hash", b"n", b"2"]],
+}
+
+
+@pytest.mark.parametrize("max_memory", [0, 1200, 2000, 256 * 1024 * 1024])
+@pytest.mark.parametrize("name", sorted(WHOLE_RUNS))
+def test_a_whole_run_path_gives_the_replies_and_store_of_one_at_a_time(
+    name: str, max_memory: int
+) -> None:
+    batch = WHOLE_RUNS[name]
+    fast, _, plain, _ = two_worlds(max_memory, watch=False)
+    together = fast.execute(batch)
+    one_by_one = b"".join(plain.execute([command]) for command in batch)
+    assert together == one_by_one
+    assert snapshot(fast) == snapshot(plain)
