@@ -19,27 +19,24 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from typing import Any
 
+from handlers._per_server import PerServer
 from pyserve.logs import RateLimitedLog
 
 __all__ = ["fault_log"]
 
-_logs_lock = threading.Lock()
-_logs: weakref.WeakKeyDictionary[Any, dict[str, RateLimitedLog]] = weakref.WeakKeyDictionary()
-#: For a server that cannot be weakly referenced (``__slots__`` without
-#: ``__weakref__``): one shared set of logs, still bounded by the handlers' names.
-_shared: dict[str, RateLimitedLog] = {}
+#: A server that cannot be weakly referenced shares one set of logs with every
+#: such server (see :class:`~handlers._per_server.PerServer`), still bounded by the
+#: handlers' names.
+_logs: PerServer[dict[str, RateLimitedLog]] = PerServer(dict)
+_names_lock = threading.Lock()
 
 
 def fault_log(server: Any, name: str, logger: logging.Logger) -> RateLimitedLog:
     """The :class:`~pyserve.logs.RateLimitedLog` of handler ``name`` on ``server``."""
-    with _logs_lock:
-        try:
-            logs = _logs.setdefault(server, {})
-        except TypeError:
-            logs = _shared
+    logs = _logs.get(server)
+    with _names_lock:
         log = logs.get(name)
         if log is None:
             log = logs[name] = RateLimitedLog(logger)

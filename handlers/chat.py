@@ -59,9 +59,9 @@ import re
 import socket
 import threading
 import time
-import weakref
 from typing import Any, NamedTuple, Optional
 
+from handlers._per_server import PerServer
 from handlers.chat_limits import RateLimit, clean_text
 from pyserve import StreamRequestHandler, ThreadingTCPServer
 from pyserve.logs import RateLimitedLog, escape
@@ -388,8 +388,7 @@ class ChatServer(ThreadingTCPServer):
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
 
-_rooms_lock = threading.Lock()
-_rooms: weakref.WeakKeyDictionary[Any, Room] = weakref.WeakKeyDictionary()
+_rooms: PerServer[Room] = PerServer(Room)
 
 
 def _room_of(server: Any) -> Room:
@@ -401,8 +400,4 @@ def _room_of(server: Any) -> Room:
     room = getattr(server, "room", None)
     if isinstance(room, Room):
         return room
-    with _rooms_lock:
-        room = _rooms.get(server)
-        if room is None:
-            room = _rooms[server] = Room()
-        return room
+    return _rooms.get(server)

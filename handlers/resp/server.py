@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
-import weakref
 from typing import Any, Optional
 
+from handlers._per_server import PerServer
 from handlers.resp.commands import open_session
 from handlers.resp.encoding import encode_error
 from handlers.resp.protocol import Command, CommandParser
@@ -45,8 +44,7 @@ __all__ = ["RespConnection", "RespHandler", "RespServer", "server_state"]
 
 logger = logging.getLogger("pyserve.resp")
 
-_states: weakref.WeakKeyDictionary[Any, ServerState] = weakref.WeakKeyDictionary()
-_states_lock = threading.Lock()
+_states: PerServer[ServerState] = PerServer(ServerState)
 
 
 def server_state(server: Any, max_memory: int = DEFAULT_MAX_MEMORY) -> ServerState:
@@ -54,11 +52,7 @@ def server_state(server: Any, max_memory: int = DEFAULT_MAX_MEMORY) -> ServerSta
     state = getattr(server, "resp_state", None)
     if isinstance(state, ServerState):
         return state
-    with _states_lock:
-        state = _states.get(server)
-        if state is None:
-            state = _states[server] = ServerState(max_memory)
-        return state
+    return _states.get(server, lambda: ServerState(max_memory))
 
 
 class _RespSettings:
