@@ -29,13 +29,20 @@ def test_the_object_dies_with_its_server() -> None:
     server = Server()
     value = weakref.ref(kept.get(server))
     del server
-    gc.collect()
+    for _ in range(3):  # PyPy frees the key in one pass and the value in the next
+        gc.collect()
     assert value() is None
 
 
 def test_a_server_without_weak_references_shares_one_object() -> None:
     kept: PerServer[list[int]] = PerServer(list)
-    assert kept.get(SlottedServer()) is kept.get(SlottedServer())
+    one, two = SlottedServer(), SlottedServer()
+    try:
+        weakref.ref(one)
+    except TypeError:  # CPython: __slots__ without __weakref__
+        assert kept.get(one) is kept.get(two)
+    else:  # PyPy refers weakly to every object: each server keeps its own
+        assert kept.get(one) is not kept.get(two)
 
 
 def test_a_maker_given_on_first_use_builds_the_object() -> None:
