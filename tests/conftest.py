@@ -124,6 +124,17 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def slowest_ping(client: socket.socket, times: int) -> float:
+    """The longest of ``times`` RESP ``PING`` round trips on ``client``, in seconds."""
+    slowest = 0.0
+    for _ in range(times):
+        started = time.perf_counter()
+        client.sendall(b"PING\r\n")
+        assert recv_exactly(client, 7) == b"+PONG\r\n"
+        slowest = max(slowest, time.perf_counter() - started)
+    return slowest
+
+
 def round_trip(address: Any, payload: bytes = b"ping\n") -> bytes:
     """Connect, send ``payload``, return the first reply (at most 100 bytes)."""
     with socket.create_connection(address, timeout=TIMEOUT) as client:

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 import pytest
-from conftest import memory_growth, recv_exactly, wait_until
+from conftest import memory_growth, recv_exactly, slowest_ping, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,20 +200,11 @@ def test_keys_over_a_large_keyspace_does_not_starve_another_client(
     with store.lock:
         for i in range(400_000):
             store.put(b"key:%06d" % i, b"")
-    def slowest_ping(client: socket.socket) -> float:
-        slowest = 0.0
-        for _ in range(10):
-            started = time.perf_counter()
-            client.sendall(b"PING\r\n")
-            assert recv_exactly(client, 7) == b"+PONG\r\n"
-            slowest = max(slowest, time.perf_counter() - started)
-        return slowest
-
     reply_size = len(b"*400000\r\n") + 400_000 * len(b"$10\r\nkey:000000\r\n")
     with connect(server) as other, connect(server) as asker:
-        quiet = slowest_ping(other)
+        quiet = slowest_ping(other, 10)
         asker.sendall(b"KEYS *\r\n")
-        during = slowest_ping(other)  # while the KEYS runs (it takes a second)
+        during = slowest_ping(other, 10)  # while the KEYS runs (it takes a second)
         assert recv_exactly(asker, reply_size).startswith(b"*400000\r\n$10\r\n")
     # The old store answered after the whole KEYS (0.7 s for a big one); a thread
     # of its own still waits for the GIL behind the KEYS steps: a loaded 2-core
@@ -261,19 +252,10 @@ def test_a_flood_of_pipelined_keys_does_not_starve_another_client(
         for i in range(20_000):
             store.put(b"key:%05d" % i, b"")
 
-    def slowest_ping(client: socket.socket) -> float:
-        slowest = 0.0
-        for _ in range(30):
-            started = time.perf_counter()
-            client.sendall(b"PING\r\n")
-            assert recv_exactly(client, 7) == b"+PONG\r\n"
-            slowest = max(slowest, time.perf_counter() - started)
-        return slowest
-
     with connect(server) as other, connect(server) as flood:
-        quiet = slowest_ping(other)
+        quiet = slowest_ping(other, 30)
         flood.sendall(encode_command(b"KEYS", b"*") * 200)
-        loaded = slowest_ping(other)
+        loaded = slowest_ping(other, 30)
         flood.shutdown(socket.SHUT_RDWR)
     # The starving store made one PING wait the whole batch (0.7 s, longer on a
     # loaded machine); a fair one costs a PING at most a slice of KEYS work. The

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable
 
 import pytest
-from conftest import recv_exactly
+from conftest import recv_exactly, slowest_ping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -282,18 +282,9 @@ def test_a_huge_pipelined_run_does_not_starve_another_clients_ping(
     count = 300_000
     command = encode_command(b"SET", b"key", b"value")
 
-    def slowest_ping(client: socket.socket) -> float:
-        slowest = 0.0
-        for _ in range(30):
-            started = time.perf_counter()
-            client.sendall(b"PING\r\n")
-            assert recv_exactly(client, 7) == b"+PONG\r\n"
-            slowest = max(slowest, time.perf_counter() - started)
-        return slowest
-
     with socket.create_connection(server.server_address[:2], timeout=30) as other, \
             socket.create_connection(server.server_address[:2], timeout=30) as flood:
-        quiet = slowest_ping(other)
+        quiet = slowest_ping(other, 30)
         received = []
         reader = threading.Thread(
             target=lambda: received.append(recv_exactly(flood, 5 * count)), daemon=True
@@ -301,7 +292,7 @@ def test_a_huge_pipelined_run_does_not_starve_another_clients_ping(
         reader.start()
         before = state.commands_processed
         flood.sendall(command * count)
-        loaded = slowest_ping(other)
+        loaded = slowest_ping(other, 30)
         busy = state.commands_processed - before < count  # the flood still running
         reader.join(60)
         assert not reader.is_alive()

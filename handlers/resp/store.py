@@ -49,7 +49,7 @@ from typing import Any, Optional
 
 from handlers.resp.glob import compile_glob
 from handlers.resp.keyspace import Keyspace
-from handlers.resp.values import KEY_OVERHEAD, type_name, value_size
+from handlers.resp.values import KEY_OVERHEAD, Value, type_name, value_size
 
 __all__ = ["DEFAULT_MAX_MEMORY", "KeyValueStore", "OutOfMemory", "WrongType"]
 
@@ -167,12 +167,7 @@ class KeyValueStore:
             self.set(key, value)
             return
         old = self.data.get(key)
-        if old is None:
-            growth = KEY_OVERHEAD + len(key) + len(value)
-        elif type(old) is bytes:
-            growth = len(value) - len(old)
-        else:
-            growth = len(value) - value_size(old)
+        growth = _string_growth(key, value, old)
         if growth > 0 and self.max_memory and self.used_memory + growth > self.max_memory:
             raise OutOfMemory(key)
         self.keyspace.store(key, value)
@@ -195,12 +190,7 @@ class KeyValueStore:
         try:
             for _name, key, value in run[:limit]:
                 old = get(key)
-                if old is None:
-                    growth = KEY_OVERHEAD + len(key) + len(value)
-                elif type(old) is bytes:
-                    growth = len(value) - len(old)
-                else:
-                    growth = len(value) - value_size(old)
+                growth = _string_growth(key, value, old)
                 if growth > 0 and cap and used + growth > cap:
                     break
                 if old is None:
@@ -364,3 +354,13 @@ def _is_canonical_integer(value: bytes) -> bool:
         return False
     digits = value[1:] if value[:1] == b"-" else value
     return digits.isdigit() and (digits[:1] != b"0" or digits == b"0") and value != b"-0"
+
+
+def _string_growth(key: bytes, value: bytes, old: Optional[Value]) -> int:
+    """Bytes of memory a plain SET of ``key`` to ``value`` adds over ``old``
+    (the key's present value, None for a new key)."""
+    if old is None:
+        return KEY_OVERHEAD + len(key) + len(value)
+    if type(old) is bytes:
+        return len(value) - len(old)
+    return len(value) - value_size(old)
