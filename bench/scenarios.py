@@ -87,6 +87,8 @@ TARGETS = [
            probe="import uvloop"),
     Target("gevent", "echo", ("{py}", f"{SERVERS}/echo_gevent.py"), probe="import gevent"),
     Target("c-epoll", "echo", (f"{BENCH}/build/c_echo",)),
+    # not a contender: bare threads in accept(), the floor any Python pool can reach
+    Target("python-floor", "echo", ("{py}", f"{SERVERS}/echo_floor.py")),
     Target("stdlib-http", "http", ("{py}", f"{SERVERS}/http_server.py")),
     Target("pyserve-http", "http", ("{py}", f"{SERVERS}/http_server.py", "--module", "pyserve")),
     Target("pyserve-pool-http", "http", ("{py}", f"{SERVERS}/http_server.py", "--module",
