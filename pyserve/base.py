@@ -190,11 +190,15 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
         if self._backoff_delay:
             self._accept_recovered()
         # Inline, not helper calls: this runs once per connection on every strategy.
-        self._registry.count("accepted")
-        if self._observers:
+        # Unobserved (the usual case), the registry counts the connection as
+        # accepted in the same locked step that admits it; an observer sees the
+        # count already made when its "accepted" event arrives.
+        observed = bool(self._observers)
+        if observed:
+            self._registry.count("accepted")
             self._emit(ACCEPTED, client_address, None)
         try:
-            entry = self._admit(request, client_address)
+            entry = self._admit(request, client_address, not observed)
         except BaseException:
             self.shutdown_request(request)
             raise

@@ -219,6 +219,22 @@ def test_a_flood_of_rejections_is_logged_once(caplog) -> None:
     assert caplog.text.count("max_connections=0 reached") == 1
 
 
+@pytest.mark.parametrize("observed", [False, True], ids=["unobserved", "observed"])
+def test_a_connection_refused_by_a_limit_still_counts_as_accepted(observed) -> None:
+    # Unobserved, the registry counts "accepted" in the step that admits (or
+    # refuses) the connection; observed, before the "accepted" event. Same totals.
+    server_class = type("Limited", (pyserve.ThreadPoolTCPServer,), {"max_connections": 0})
+    server = server_class(("127.0.0.1", 0), Hold)
+    if observed:
+        server.add_observer(lambda event: None)
+    with serving(server):
+        for _ in range(2):
+            with connect(server) as client:
+                assert closed_by_server(client)
+    stats = server.stats
+    assert (stats.accepted, stats.rejected, stats.started) == (2, 2, 0)
+
+
 def test_rejections_held_back_are_counted_in_the_next_line(caplog) -> None:
     now = [0.0]
     server_class = type("Limited", (pyserve.ThreadingTCPServer,), {"max_connections": 0})

@@ -173,12 +173,7 @@ class Lifecycle:
         self, request: Any, client_address: Any, thread: threading.Thread
     ) -> LiveRequest:
         """``_track()`` and ``_started()`` in one step, for a request run in ``thread``."""
-        registry = self._registry
-        entry = registry.get(request)
-        if entry is None:
-            entry = registry.add(request, client_address, thread)
-        else:
-            registry.start(entry, None, thread)
+        entry = self._registry.run(request, client_address, thread)
         if self._observers:
             self._emit(STARTED, client_address, entry.id)
         return entry

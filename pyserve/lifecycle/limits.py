@@ -103,11 +103,18 @@ class ConnectionLimits:
 
         def _rejected(self, client_address: Any, reason: str) -> None: ...
 
-    def _admit(self, request: Any, client_address: Any) -> Optional[LiveRequest]:
+    def _admit(
+        self, request: Any, client_address: Any, accepted: bool = False
+    ) -> Optional[LiveRequest]:
         """Enter a request just accepted in the registry if it fits the limits;
-        else reject it (counted, logged rate-limited) and return None."""
+        else reject it (counted, logged rate-limited) and return None.
+        ``accepted``: count it as accepted too, in the same locked step."""
         admitted = self._registry.admit(
-            request, client_address, self.max_connections, self.max_connections_per_client
+            request,
+            client_address,
+            self.max_connections,
+            self.max_connections_per_client,
+            accepted,
         )
         if isinstance(admitted, str):
             self._over_limit(client_address, admitted)

@@ -340,7 +340,7 @@ class WorkersAccept(AcceptHooksInTurn):
         connection arrives. Only after a close is the listener left alone.
         """
         slot = worker.slot
-        if slot is None or self._closing():
+        if slot is None or self._pool_closed:
             return
         listener = slot.listener_fd
         for fd, _events in slot.poller.poll():
@@ -368,7 +368,8 @@ class WorkersAccept(AcceptHooksInTurn):
             self._hold_accept(_LISTENER_FAILED)
             self._BaseServer__shutdown_request = True  # stop the loop; it re-raises
         finally:
-            self._leave_hooks(worker)
+            if worker.in_hooks:  # inline test: usually left in _serve_here() already
+                self._leave_hooks(worker)
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """As ``BaseServer.serve_forever()``; what ends it when the loop accepts (a
