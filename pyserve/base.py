@@ -198,11 +198,20 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
             self._registry.count("accepted")
             self._emit(ACCEPTED, client_address, None)
         try:
-            entry = self._admit(request, client_address, not observed)
+            # Within the connection limits, in the registry's one locked step.
+            entry = self._registry.admit(
+                request,
+                client_address,
+                self.max_connections,
+                self.max_connections_per_client,
+                not observed,
+            )
+            if isinstance(entry, str):  # the limit it is over
+                self._over_limit(client_address, entry)
         except BaseException:
             self.shutdown_request(request)
             raise
-        if entry is None:
+        if isinstance(entry, str):
             self.shutdown_request(request)
             return None
         return request, client_address, entry

@@ -8,7 +8,8 @@ all off by default (the stdlib's behaviour) and on, with safe values, in pyserve
 own thread-pool servers (:mod:`pyserve.pool.workers`):
 
 **On the server** (:class:`ConnectionLimits`, inherited by every server), checked
-in the loop right after ``verify_request()``:
+as each connection is accepted, before ``verify_request()``, in the locked step
+that enters it in the registry (``RequestRegistry.admit``):
 
 - ``max_connections``: requests in flight at once, server-wide;
 - ``max_connections_per_client``: in flight at once from one client host.
@@ -57,7 +58,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.errors import LineTooLong, RequestTimedOut
-from pyserve.lifecycle.registry import LiveRequest, RequestRegistry
+from pyserve.lifecycle.registry import RequestRegistry
 from pyserve.logs import RateLimitedLog, escape
 
 __all__ = ["ConnectionLimits", "DeadlineReader", "LineLimitedReader", "SocketReader", "client_host"]
@@ -102,24 +103,6 @@ class ConnectionLimits:
     if TYPE_CHECKING:
 
         def _rejected(self, client_address: Any, reason: str) -> None: ...
-
-    def _admit(
-        self, request: Any, client_address: Any, accepted: bool = False
-    ) -> Optional[LiveRequest]:
-        """Enter a request just accepted in the registry if it fits the limits;
-        else reject it (counted, logged rate-limited) and return None.
-        ``accepted``: count it as accepted too, in the same locked step."""
-        admitted = self._registry.admit(
-            request,
-            client_address,
-            self.max_connections,
-            self.max_connections_per_client,
-            accepted,
-        )
-        if isinstance(admitted, str):
-            self._over_limit(client_address, admitted)
-            return None
-        return admitted
 
     def _guard_request(self, request: Any) -> None:
         """Give a connection's socket the server's ``idle_timeout`` as its timeout
