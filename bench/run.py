@@ -79,7 +79,7 @@ def parse() -> argparse.Namespace:
                         "measures their code: a number, 'somaxconn' (the kernel's maximum, "
                         "pyserve's default; the default here), or 'default' for each "
                         "library's own (the stdlib's is 5)")
-    parser.add_argument("--resp-requests", type=int, default=20000,
+    parser.add_argument("--resp-requests", type=int, default=100000,
                         help="redis-benchmark -n per test (x4 when pipelined)")
     parser.add_argument("--shutdown-count", type=int, default=200)
     parser.add_argument("--shutdown-budget", type=float, default=10.0,

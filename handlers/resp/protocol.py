@@ -196,7 +196,9 @@ class CommandParser:
                 return commands
             raise
         finally:
-            self._compact()
+            if self._pos:  # (_compact() written out: this runs once per receive)
+                self._buffer = self._buffer[self._pos :]
+                self._pos = 0
 
     def _compact(self) -> None:
         if self._pos:
@@ -259,7 +261,12 @@ class CommandParser:
         complete = len(pieces) - 1  # the last piece is not terminated yet
         header_for = _BULK_HEADERS.__getitem__
         counts = _ARRAY_HEADERS
-        index = self._parse_uniform(pieces, complete, commands)
+        # One command alone (an unpipelined client) is no run: straight to the loop.
+        count = counts.get(pieces[0])
+        if count is not None and complete == 2 * count + 1:
+            index = 0
+        else:
+            index = self._parse_uniform(pieces, complete, commands)
         append = commands.append
         try:
             while index < complete:
