@@ -262,11 +262,8 @@ class CommandParser:
         header_for = _BULK_HEADERS.__getitem__
         counts = _ARRAY_HEADERS
         # One command alone (an unpipelined client) is no run: straight to the loop.
-        count = counts.get(pieces[0])
-        if count is not None and complete == 2 * count + 1:
-            index = 0
-        else:
-            index = self._parse_uniform(pieces, complete, commands)
+        single = counts.get(pieces[0], 0) * 2 + 1 == complete
+        index = 0 if single else self._parse_uniform(pieces, complete, commands)
         append = commands.append
         try:
             while index < complete:
