@@ -101,7 +101,9 @@ class KeyValueStore:
 
     def get(self, key: bytes) -> Optional[bytes]:
         """The string in ``key``, or None if missing; WrongType for another kind."""
-        value = self.value(key)
+        if self.expires and key in self.expires:  # value(), inline: GET is the hot path
+            self._expire_if_due(key)
+        value = self.data.get(key)
         if value is None or type(value) is bytes:
             return value
         raise WrongType(key)
