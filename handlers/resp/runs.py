@@ -28,17 +28,29 @@ keeps a fast path honest:
 The memory cap, WRONGTYPE and watchers are the store's own rules: the run
 functions use :meth:`~handlers.resp.store.KeyValueStore.put_run` and the same
 checks the one-command paths make.
+
+*One key*: a producer pushes many items onto one queue, a consumer pops many
+from it, a loader fills one hash. When every command of the run names the same
+key, which already holds a collection of the right kind and no TTL, the list and
+hash runs change it in one call (``extend``, ``update``) after checking the
+whole run against the cap and the budget at once; when a check cannot be made
+that cheaply (the cap would be reached part-way, a reply would pass the budget,
+a hash run that sets some fields twice) they fall back to the loop, one command
+at a time, which stops exactly where the general path would.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Callable
+import itertools
+import operator
+from typing import Any, Callable, Optional
 
 from handlers.resp.encoding import NULL_BULK, OK, PONG
 from handlers.resp.hash_commands import hget
 from handlers.resp.list_commands import llen
 from handlers.resp.session import CommandFunction, ReplyError, Session
+from handlers.resp.store import KeyValueStore as Store
 from handlers.resp.store import OutOfMemory, WrongType
 from handlers.resp.values import ELEMENT_OVERHEAD, FIELD_OVERHEAD
 
@@ -48,6 +60,9 @@ __all__ = ["RUNS", "RunFunction"]
 RunFunction = Callable[[Session, list[list[bytes]], int], tuple[bytes, int]]
 
 _Deque = collections.deque
+_KEY = operator.itemgetter(1)
+_ARG2 = operator.itemgetter(2)
+_ARG3 = operator.itemgetter(3)
 # The longest reply of an LPUSH/RPUSH: a list's length as a 64-bit integer.
 _LONGEST_INTEGER = len(b":%d\r\n" % (2**63))
 
@@ -57,6 +72,17 @@ def _how_many(count: int, reply_size: int, budget: int) -> int:
     if not budget:
         return count
     return min(count, -(-budget // reply_size))  # the one reaching the budget counts
+
+
+def _one_collection(store: Store, run: list[list[bytes]], kind: type) -> Optional[Any]:
+    """The collection every command of ``run`` names, if they all name one key
+    holding a ``kind`` without a TTL; else None (the one-at-a-time loop)."""
+    key = run[0][1]
+    value = store.data.get(key)
+    if type(value) is not kind or (store.expires and key in store.expires):
+        return None
+    keys = list(map(_KEY, run))
+    return value if keys.count(key) == len(keys) else None
 
 
 def ping_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
@@ -107,8 +133,14 @@ def _push_run(
     used = store.used_memory
     lengths: list[int] = []  # each reply: the list's length after the push
     limit = _how_many(len(run), _LONGEST_INTEGER, budget)
+    head = run[:limit]
+    values = _one_collection(store, head, _Deque)
+    if values is not None:
+        done = _push_one_list(store, values, head, left)
+        if done is not None:
+            return done
     try:
-        for _name, key, item in run[:limit]:
+        for _name, key, item in head:
             values = data.get(key)
             growth = len(item) + ELEMENT_OVERHEAD
             if values is None:  # a new list: made and counted by the store
@@ -135,6 +167,25 @@ def _push_run(
     return (":%d\r\n" * len(lengths) % tuple(lengths)).encode(), len(lengths)
 
 
+def _push_one_list(
+    store: Store, values: collections.deque[bytes], run: list[list[bytes]], left: bool
+) -> Optional[tuple[bytes, int]]:
+    """Pushes onto one existing list in one extend; None if the cap would stop
+    them part-way (the loop then stops where one at a time does)."""
+    items = list(map(_ARG2, run))
+    growth = sum(map(len, items)) + ELEMENT_OVERHEAD * len(items)
+    if store.max_memory and store.used_memory + growth > store.max_memory:
+        return None
+    before = len(values)
+    if left:
+        values.extendleft(items)
+    else:
+        values.extend(items)
+    store.used_memory += growth
+    count = len(items)
+    return (":%d\r\n" * count % tuple(range(before + 1, before + count + 1))).encode(), count
+
+
 def lpush_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[bytes, int]:
     return _push_run(session, run, budget, True)
 
@@ -153,6 +204,21 @@ def _pop_run(
     data = store.data
     expires = store.expires
     used = store.used_memory
+    values = _one_collection(store, run, _Deque)
+    if values is not None:
+        count = min(len(run), len(values))
+        items = list(itertools.islice(values if left else reversed(values), count))
+        reply = b"$%d\r\n%b\r\n" * count % tuple(
+            itertools.chain.from_iterable(zip(map(len, items), items))
+        )
+        if not budget or len(reply) < budget:  # else the loop cuts it where it should
+            pop = values.popleft if left else values.pop
+            for _ in items:
+                pop()
+            store.used_memory = used - sum(map(len, items)) - ELEMENT_OVERHEAD * count
+            if not values:  # Redis keeps no empty list
+                store.drop_if_empty(run[0][1])
+            return reply, count
     replies = []
     size = 0
     try:
@@ -196,9 +262,15 @@ def hset_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[byt
     expires = store.expires
     cap = store.max_memory
     used = store.used_memory
+    head = run[: _how_many(len(run), 4, budget)]
+    existing = _one_collection(store, head, dict)
+    if existing is not None:
+        done = _hset_one_hash(store, existing, head)
+        if done is not None:
+            return done
     replies = []
     try:
-        for _name, key, field, value in run[: _how_many(len(run), 4, budget)]:
+        for _name, key, field, value in head:
             existing = data.get(key)
             if existing is None:  # a new hash: made and counted by the store
                 store.used_memory = used
@@ -225,6 +297,43 @@ def hset_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[byt
     finally:
         store.used_memory = used
     return b"".join(replies), len(replies)
+
+
+def _hset_one_hash(
+    store: Store, existing: dict[bytes, bytes], run: list[list[bytes]]
+) -> Optional[tuple[bytes, int]]:
+    """HSETs of one existing hash in one update, when every field differs or all
+    are one field; None when the loop must decide (fields repeated otherwise, or
+    the cap may be reached part-way)."""
+    fields = list(map(_ARG2, run))
+    values = list(map(_ARG3, run))
+    count = len(fields)
+    cap = store.max_memory
+    if fields.count(fields[0]) == count:  # one field, set count times: the last stays
+        field = fields[0]
+        old = existing.get(field)
+        base = FIELD_OVERHEAD + len(field) if old is None else -len(old)
+        # Every step's growth is at most base + its value: check the largest.
+        if cap and store.used_memory + base + max(map(len, values)) > cap:
+            return None
+        existing[field] = values[-1]
+        store.used_memory += base + len(values[-1])
+        first = b":1\r\n" if old is None else b":0\r\n"
+        return first + b":0\r\n" * (count - 1), count
+    if len(set(fields)) != count:
+        return None
+    olds = list(map(existing.get, fields))
+    growths = [
+        FIELD_OVERHEAD + len(field) + len(value) if old is None else len(value) - len(old)
+        for field, value, old in zip(fields, values, olds)
+    ]
+    # One at a time, a step that grows may meet the cap even if a later one
+    # shrinks: only the sum of the growing steps is safe to compare.
+    if cap and store.used_memory + sum(g for g in growths if g > 0) > cap:
+        return None
+    existing.update(zip(fields, values))
+    store.used_memory += sum(growths)
+    return b"".join([b":1\r\n" if old is None else b":0\r\n" for old in olds]), count
 
 
 def _each(function: CommandFunction) -> RunFunction:

@@ -192,7 +192,9 @@ class KeyValueStore:
         try:
             for _name, key, value in run[:limit]:
                 old = get(key)
-                growth = _string_growth(key, value, old)
+                # An overwrite of a string, the usual case, without the call.
+                growth = (len(value) - len(old) if type(old) is bytes
+                          else _string_growth(key, value, old))
                 if growth > 0 and cap and used + growth > cap:
                     break
                 if old is None:
