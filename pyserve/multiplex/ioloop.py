@@ -65,6 +65,13 @@ _NEVER = float("inf")
 # now; write() asks the socket for its descriptor each time (a socket closed
 # under us answers -1), and flush() keeps request.send().
 _RAW_READ = os.name == "posix"
+# How much a plain socket's read asks for until one comes back full: a bytes
+# object this small comes from the interpreter's own allocator (objects up to
+# 512 bytes, less a bytes header of 33), where receive_size (64 KiB) costs a
+# malloc() of 64 KiB and a realloc() down to what arrived, on every read (an
+# eighth of an echo round trip). A peer that sends more at once gets
+# receive_size from then on (read_rest()): its reads are as large as before.
+_SMALL_READ = 512 - 33
 
 
 def _new_poller() -> tuple[Any, float]:
@@ -198,18 +205,14 @@ class IOLoop:
     def dispatch(self, ready: list[tuple[int, int]]) -> None:
         """Serve one poll()'s readiness: the hot path, so the read is written inline."""
         connections = self.connections
+        small = _SMALL_READ
         for fd, reported in ready:
             try:
                 handler = connections[fd]  # cheaper than get() when found: the usual case
             except KeyError:
                 handler = None  # (handled outside: no KeyError context on what follows)
-            if handler is None:  # wake-up, listener, a new connection, or a stale event
-                if fd == self.wake_fd:
-                    self.take_incoming()
-                elif fd == self.listener_fd and fd not in self.arriving:
-                    self.server._io_accept()  # type: ignore[attr-defined]
-                else:
-                    self.arrive(fd)
+            if handler is None:
+                self.serve_loop_event(fd)
                 continue
             if reported != _READ or handler._events != _READ:
                 self.serve_other(handler, reported)  # writable, failed, or paused
@@ -223,6 +226,8 @@ class IOLoop:
                 self.call(handler, _raise, exc)  # a reset: logged as the peer's going
                 continue
             if data:
+                if len(data) >= small and handler._recv is not handler._recv_full:
+                    data = self.read_rest(handler, data)  # once per connection at most
                 if handler._idle is not None:
                     handler._last_read = time.monotonic()
                 try:
@@ -231,6 +236,25 @@ class IOLoop:
                     self.failed(handler, exc)
                 continue
             self.ended(handler)
+
+    def serve_loop_event(self, fd: int) -> None:
+        """An event for no open connection: a wake-up, the listener, a connection
+        handed over, or a stale event of one ended earlier in this turn."""
+        if fd == self.wake_fd:
+            self.take_incoming()
+        elif fd == self.listener_fd and fd not in self.arriving:
+            self.server._io_accept()  # type: ignore[attr-defined]
+        else:
+            self.arrive(fd)
+
+    def read_rest(self, handler: ConnectionHandler[Any], data: bytes) -> bytes:
+        """A small read came back full: read ``receive_size`` from now on, and
+        what waits already, so the peer's data arrives in one piece."""
+        handler._recv = handler._recv_full
+        try:  # (only a plain socket reads small: its descriptor is read directly)
+            return data + os.read(handler._fd, handler._receive_size - len(data))
+        except OSError:  # nothing more yet; an error stays, the next read reports it
+            return data
 
     def serve_other(self, handler: ConnectionHandler[Any], reported: int) -> None:
         """Any other event of an open connection: flush, then read if it may."""
@@ -359,12 +383,15 @@ class IOLoop:
             self.failed(handler, exc)
         # Reads take receive_size as the handler has it once open (a class
         # attribute, which CPython 3.11 looks up slowly per read otherwise).
-        size = handler.receive_size
+        size = handler._receive_size = handler.receive_size
         if _RAW_READ and type(request) is socket.socket:
-            handler._recv = functools.partial(os.read, fd, size)
+            handler._recv_full = handler._recv_small = functools.partial(os.read, fd, size)
+            if size > _SMALL_READ:
+                handler._recv_small = functools.partial(os.read, fd, _SMALL_READ)
             handler._raw = request
-        else:
-            handler._recv = functools.partial(request.recv, size)
+        else:  # (an SSL socket keeps what a short read leaves, unseen by the poller)
+            handler._recv_full = handler._recv_small = functools.partial(request.recv, size)
+        handler._recv = handler._recv_small
 
     def call(
         self, handler: ConnectionHandler[Any], callback: Callable[..., None], *args: Any
