@@ -206,6 +206,7 @@ class IOLoop:
         """Serve one poll()'s readiness: the hot path, so the read is written inline."""
         connections = self.connections
         small = _SMALL_READ
+        read_only = _READ
         for fd, reported in ready:
             try:
                 handler = connections[fd]  # cheaper than get() when found: the usual case
@@ -214,12 +215,15 @@ class IOLoop:
             if handler is None:
                 self.serve_loop_event(fd)
                 continue
-            if reported != _READ or handler._events != _READ:
+            if reported != read_only or handler._events != read_only:
                 self.serve_other(handler, reported)  # writable, failed, or paused
                 continue
             # The usual event, inline: readable, and reading is all it waits for.
+            # (_recv is an instance attribute: read as an attribute, then called,
+            # it is a specialised load; handler._recv() would look up a method.)
+            recv = handler._recv
             try:
-                data = handler._recv()
+                data = recv()
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
