@@ -6,19 +6,19 @@ poll), the open connections by file descriptor, what other threads hand over,
 and, while it may accept, the listener:
 
 * ``hand_over()`` (a connection another thread accepted: the serve loop's first
-  one, which starts this thread, or a drain's last ones) registers the new
-  socket for reading *and* writing; a new connection is writable, so the next
-  ``poll()`` reports it and ``arrive()`` opens it: the handler is made, watched
+  one, which starts this thread, or a drain's last ones) and ``call_soon()``
+  (any thread) go through the loop's :class:`~pyserve.multiplex.inbox.Inbox`
+  (the only state other threads touch); a connection handed over reports
+  itself writable, and ``arrive()`` opens it: the handler is made, watched
   for reading, and gets ``connection_made()``;
-* ``call_soon()`` (any thread) queues a callback and sends one wake-up byte per
-  batch;
 * the listener, while the server lets this thread accept (``sync_listener()``
   watches it or stops, as the server's accept gate says): when it is readable,
   the server's ``_io_accept()`` takes connections and opens each here at once.
 
 ``dispatch()`` is the hot path: the usual event (readable, and reading is all
 the connection waits for) is served inline: one read (``read(2)`` on a plain
-socket's descriptor), the bytes to ``data_received()``; any other event goes to
+socket's descriptor, of a few hundred bytes until one comes back full, see
+``_SMALL_READ``), the bytes to ``data_received()``; any other event goes to
 ``serve_other()``, which flushes buffered output when writable, then reads.
 ``watch()`` re-registers what a handler needs (write when output waits; read
 unless closing, at EOF or over ``max_write_buffer``);
@@ -43,6 +43,7 @@ from pyserve.errors import RequestTimedOut
 from pyserve.lifecycle.limits import handler_setting
 from pyserve.lifecycle.registry import LiveRequest
 from pyserve.multiplex.connection import ConnectionHandler
+from pyserve.multiplex.inbox import Inbox
 
 __all__ = ["IOLoop"]
 
@@ -91,21 +92,10 @@ class IOLoop:
     def __init__(self, server: BaseServer) -> None:
         self.server = server
         self.poller, self.timeout_scale = _new_poller()
-        self.receiver, self.sender = socket.socketpair()
-        self.receiver.setblocking(False)
-        self.sender.setblocking(False)
-        self.wake_fd = self.receiver.fileno()
-        self.poller.register(self.wake_fd, _READ)
+        self.inbox = Inbox(self.poller)  # what other threads hand over
+        self.wake_fd = self.inbox.wake_fd
         # Open connections by file descriptor: what poll() reports is a number.
         self.connections: dict[int, ConnectionHandler[Any]] = {}
-        # What other threads hand over, under one lock: callbacks, with whether a
-        # wake-up byte is already on its way (then another caller need not send
-        # one: one wake-up, one batch); and connections just accepted, by fd.
-        self.incoming_lock = threading.Lock()
-        self.incoming: list[Callable[[], None]] = []
-        self.wake_pending = False
-        self.arriving: dict[int, tuple[Any, Any, LiveRequest]] = {}
-        self.closed = False  # the poller is closed: nothing is handed over any more
         self.listener_fd = -1  # the listener, while this thread accepts
         self.stopping = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
@@ -117,17 +107,7 @@ class IOLoop:
     # -- from any thread -------------------------------------------------------------
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        with self.incoming_lock:
-            self.incoming.append(callback)
-            if self.wake_pending:
-                return  # the I/O thread will take this batch when it wakes
-            self.wake_pending = True
-        try:
-            self.sender.send(b"x")
-        except (BlockingIOError, InterruptedError):
-            pass  # the pipe is full of wake-ups already
-        except OSError:
-            pass  # stopped: nothing runs callbacks any more
+        self.inbox.call_soon(callback)
 
     def hand_over(self, request: Any, client_address: Any, entry: LiveRequest) -> bool:
         """Give the I/O thread a connection just accepted (False: it has stopped).
@@ -137,20 +117,16 @@ class IOLoop:
         it and the I/O thread opens it (``arrive()``) in the same turn as any
         other work. That saves two system calls and a callback per connection.
         """
-        fd = request.fileno()
-        with self.incoming_lock:  # the poller stays open while we register
-            if self.closed:
-                return False
-            self.arriving[fd] = (request, client_address, entry)
-            self.poller.register(fd, _READ | _WRITE)
-        return True
+        return self.inbox.hand_over(request, client_address, entry)
 
     def discard(self) -> None:
         """Release what a loop whose thread never started holds."""
-        if _EPOLL:
+        self.close_poller()
+        self.inbox.release()
+
+    def close_poller(self) -> None:
+        if _EPOLL:  # (a poll object holds no descriptor)
             self.poller.close()
-        self.receiver.close()
-        self.sender.close()
 
     # -- in the I/O thread -----------------------------------------------------------
 
@@ -180,16 +156,9 @@ class IOLoop:
             self.stopping = True
             for handler in list(self.connections.values()):
                 self.finish(handler, None)
-            with self.incoming_lock:
-                self.closed = True
-                arriving, self.arriving = self.arriving, {}
-                if _EPOLL:
-                    self.poller.close()
-            for request, client_address, entry in arriving.values():
+            for request, client_address, entry in self.inbox.close(self.close_poller):
                 self.shut(request, client_address)
                 self.server._ended(entry)
-            self.receiver.close()
-            self.sender.close()
 
     def serve(self) -> None:
         poll = self.poller.poll
@@ -246,7 +215,7 @@ class IOLoop:
         handed over, or a stale event of one ended earlier in this turn."""
         if fd == self.wake_fd:
             self.take_incoming()
-        elif fd == self.listener_fd and fd not in self.arriving:
+        elif fd == self.listener_fd and fd not in self.inbox.arriving:
             self.server._io_accept()  # type: ignore[attr-defined]
         else:
             self.arrive(fd)
@@ -294,20 +263,10 @@ class IOLoop:
             self.watch(handler)
 
     def take_incoming(self) -> None:
-        # Empty the wake-up socket *before* taking the batch: a caller that finds
-        # wake_pending false after this sends a byte the next poll() sees. (At most
-        # one byte waits: only the caller that set wake_pending sends one.)
-        try:
-            self.receiver.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            pass
-        with self.incoming_lock:
-            batch, self.incoming = self.incoming, []
-            self.wake_pending = False
-        # Only what was queued before this turn (the batch taken above): a callback
+        # Only what was queued before this turn (the batch taken here): a callback
         # that queues another (a long job done in pieces) lets every connection be
         # served in between.
-        for callback in batch:
+        for callback in self.inbox.take_callbacks():
             try:
                 callback()
             except Exception:
@@ -335,8 +294,7 @@ class IOLoop:
 
     def arrive(self, fd: int) -> None:
         """Open the connection handed over on ``fd``, if one was (else: stale)."""
-        with self.incoming_lock:
-            arrival = self.arriving.pop(fd, None)
+        arrival = self.inbox.take_arrival(fd)
         if arrival is not None:
             self.open(fd, *arrival)
 
