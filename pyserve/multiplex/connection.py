@@ -94,7 +94,7 @@ class ConnectionHandler(Generic[ServerT_co]):
         self._fd = -1
         self._recv: Callable[[], bytes] = _not_open
         # The two reads _recv may be: up to a few hundred bytes, until a read
-        # fills that, then receive_size (see the I/O loop's _SMALL_READ).
+        # fills that, then receive_size (see pyserve.multiplex.reading).
         self._recv_small: Callable[[], bytes] = _not_open
         self._recv_full: Callable[[], bytes] = _not_open
         self._receive_size = 0  # receive_size, as it was when the connection opened

@@ -16,10 +16,10 @@ and, while it may accept, the listener:
   the server's ``_io_accept()`` takes connections and opens each here at once.
 
 ``dispatch()`` is the hot path: the usual event (readable, and reading is all
-the connection waits for) is served inline: one read (``read(2)`` on a plain
-socket's descriptor, of a few hundred bytes until one comes back full, see
-``_SMALL_READ``), the bytes to ``data_received()``; any other event goes to
-``serve_other()``, which flushes buffered output when writable, then reads.
+the connection waits for) is served inline: one read (the function
+:mod:`~pyserve.multiplex.reading` chose when it opened), the bytes to
+``data_received()``; any other event goes to ``serve_other()``, which flushes
+buffered output when writable, then reads.
 ``watch()`` re-registers what a handler needs (write when output waits; read
 unless closing, at EOF or over ``max_write_buffer``);
 ``finish()`` ends a connection exactly once. An exception from a callback ends
@@ -29,11 +29,8 @@ that connection only (``handle_error()`` logs it). The loop implements the
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import select
-import socket
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -44,6 +41,7 @@ from pyserve.lifecycle.limits import handler_setting
 from pyserve.lifecycle.registry import LiveRequest
 from pyserve.multiplex.connection import ConnectionHandler
 from pyserve.multiplex.inbox import Inbox
+from pyserve.multiplex.reading import SMALL_READ, prepare, read_rest
 
 __all__ = ["IOLoop"]
 
@@ -59,20 +57,6 @@ _READ, _WRITE = select.POLLIN, select.POLLOUT
 # watched (reading, writing or both) then runs, and finds out how.
 _FAULT = select.POLLERR | select.POLLHUP | getattr(select, "POLLNVAL", 0)
 _NEVER = float("inf")
-# Reads of a plain socket go straight to read(2) on its descriptor: the same
-# system call as recv() with no flags, without the argument tuple that
-# socket.recv() builds and parses on every call (a tenth of an echo's work).
-# Only in dispatch(), which reads a descriptor only for the handler that owns it
-# now; write() asks the socket for its descriptor each time (a socket closed
-# under us answers -1), and flush() keeps request.send().
-_RAW_READ = os.name == "posix"
-# How much a plain socket's read asks for until one comes back full: a bytes
-# object this small comes from the interpreter's own allocator (objects up to
-# 512 bytes, less a bytes header of 33), where receive_size (64 KiB) costs a
-# malloc() of 64 KiB and a realloc() down to what arrived, on every read (an
-# eighth of an echo round trip). A peer that sends more at once gets
-# receive_size from then on (read_rest()): its reads are as large as before.
-_SMALL_READ = 512 - 33
 
 
 def _new_poller() -> tuple[Any, float]:
@@ -174,7 +158,7 @@ class IOLoop:
     def dispatch(self, ready: list[tuple[int, int]]) -> None:
         """Serve one poll()'s readiness: the hot path, so the read is written inline."""
         connections = self.connections
-        small = _SMALL_READ
+        small = SMALL_READ
         read_only = _READ
         for fd, reported in ready:
             try:
@@ -200,7 +184,7 @@ class IOLoop:
                 continue
             if data:
                 if len(data) >= small and handler._recv is not handler._recv_full:
-                    data = self.read_rest(handler, data)  # once per connection at most
+                    data = read_rest(handler, data)  # once per connection at most
                 if handler._idle is not None:
                     handler._last_read = time.monotonic()
                 try:
@@ -219,15 +203,6 @@ class IOLoop:
             self.server._io_accept()  # type: ignore[attr-defined]
         else:
             self.arrive(fd)
-
-    def read_rest(self, handler: ConnectionHandler[Any], data: bytes) -> bytes:
-        """A small read came back full: read ``receive_size`` from now on, and
-        what waits already, so the peer's data arrives in one piece."""
-        handler._recv = handler._recv_full
-        try:  # (only a plain socket reads small: its descriptor is read directly)
-            return data + os.read(handler._fd, handler._receive_size - len(data))
-        except OSError:  # nothing more yet; an error stays, the next read reports it
-            return data
 
     def serve_other(self, handler: ConnectionHandler[Any], reported: int) -> None:
         """Any other event of an open connection: flush, then read if it may."""
@@ -343,17 +318,7 @@ class IOLoop:
             handler.connection_made()
         except Exception as exc:
             self.failed(handler, exc)
-        # Reads take receive_size as the handler has it once open (a class
-        # attribute, which CPython 3.11 looks up slowly per read otherwise).
-        size = handler._receive_size = handler.receive_size
-        if _RAW_READ and type(request) is socket.socket:
-            handler._recv_full = handler._recv_small = functools.partial(os.read, fd, size)
-            if size > _SMALL_READ:
-                handler._recv_small = functools.partial(os.read, fd, _SMALL_READ)
-            handler._raw = request
-        else:  # (an SSL socket keeps what a short read leaves, unseen by the poller)
-            handler._recv_full = handler._recv_small = functools.partial(request.recv, size)
-        handler._recv = handler._recv_small
+        prepare(handler, request, fd)
 
     def call(
         self, handler: ConnectionHandler[Any], callback: Callable[..., None], *args: Any
