@@ -563,3 +563,26 @@ def test_reads_never_exceed_receive_size(serve: Serve) -> None:
         assert recv_exactly(client, 3000) == b"y" * 3000
     assert sum(sizes) == 3000
     assert max(sizes) <= 1000
+
+
+def test_a_burst_arrives_in_one_piece_while_output_waits(serve: Serve) -> None:
+    """The same while the connection also waits to write (its events are then
+    served off the usual path): a burst read small would come in pieces."""
+    sizes: list[int] = []
+
+    class Floods(ChunkRecorder):
+        max_write_buffer = 64 << 20  # reading goes on while output waits
+
+        def connection_made(self) -> None:
+            self.write(b"z" * (32 << 20))  # more than the kernel takes: output waits
+
+        def data_received(self, data: bytes) -> None:
+            self.sizes.append(len(data))
+
+    handler = type("F", (Floods,), {"sizes": sizes})
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, handler))
+    with connect(server) as client:
+        client.recv(1)  # connected and flooding; the client reads no more
+        client.sendall(b"x" * 6000)
+        wait_until(lambda: sum(sizes) >= 6000)
+    assert sizes == [6000]

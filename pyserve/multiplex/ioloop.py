@@ -223,6 +223,8 @@ class IOLoop:
         if not data:
             self.ended(handler)
             return
+        if len(data) >= SMALL_READ and handler._recv is not handler._recv_full:
+            data = read_rest(handler, data)
         if handler._idle is not None:
             handler._last_read = time.monotonic()
         self.call(handler, handler.data_received, data)
