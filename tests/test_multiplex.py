@@ -525,3 +525,64 @@ def test_a_write_after_the_handler_closed_its_socket_never_reaches_another_socke
     assert leaked == b""
     assert reused, "the freed number was not reused: the test proved nothing"
     assert lost is OSError
+
+
+class ChunkRecorder(pyserve.ConnectionHandler[Any]):
+    """Echo, and note the size of every chunk data_received() gets."""
+
+    sizes: ClassVar[list[int]] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.sizes.append(len(data))
+        self.write(data)
+
+
+@pytest.mark.parametrize("burst", [100, 479, 480, 6000])
+def test_what_a_peer_sends_at_once_arrives_in_one_piece(serve: Serve, burst: int) -> None:
+    """Reads start small (a few hundred bytes: cheap to allocate); one that comes
+    back full reads the rest at once, so a larger burst is still one chunk, and
+    the reads after it stay large."""
+    sizes: list[int] = []
+    handler = type("C", (ChunkRecorder,), {"sizes": sizes})
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, handler))
+    with connect(server) as client:
+        for size in (burst, 3000, 50):
+            # One send of a few KiB is one segment on the loopback: the server
+            # finds it whole in the kernel, or not at all.
+            client.sendall(b"x" * size)
+            assert recv_exactly(client, size) == b"x" * size
+    assert sizes == [burst, 3000, 50]
+
+
+def test_reads_never_exceed_receive_size(serve: Serve) -> None:
+    sizes: list[int] = []
+    handler = type("C", (ChunkRecorder,), {"sizes": sizes, "receive_size": 1000})
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, handler))
+    with connect(server) as client:
+        client.sendall(b"y" * 3000)
+        assert recv_exactly(client, 3000) == b"y" * 3000
+    assert sum(sizes) == 3000
+    assert max(sizes) <= 1000
+
+
+def test_a_burst_arrives_in_one_piece_while_output_waits(serve: Serve) -> None:
+    """The same while the connection also waits to write (its events are then
+    served off the usual path): a burst read small would come in pieces."""
+    sizes: list[int] = []
+
+    class Floods(ChunkRecorder):
+        max_write_buffer = 64 << 20  # reading goes on while output waits
+
+        def connection_made(self) -> None:
+            self.write(b"z" * (32 << 20))  # more than the kernel takes: output waits
+
+        def data_received(self, data: bytes) -> None:
+            self.sizes.append(len(data))
+
+    handler = type("F", (Floods,), {"sizes": sizes})
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, handler))
+    with connect(server) as client:
+        client.recv(1)  # connected and flooding; the client reads no more
+        client.sendall(b"x" * 6000)
+        wait_until(lambda: sum(sizes) >= 6000)
+    assert sizes == [6000]

@@ -6,20 +6,20 @@ poll), the open connections by file descriptor, what other threads hand over,
 and, while it may accept, the listener:
 
 * ``hand_over()`` (a connection another thread accepted: the serve loop's first
-  one, which starts this thread, or a drain's last ones) registers the new
-  socket for reading *and* writing; a new connection is writable, so the next
-  ``poll()`` reports it and ``arrive()`` opens it: the handler is made, watched
+  one, which starts this thread, or a drain's last ones) and ``call_soon()``
+  (any thread) go through the loop's :class:`~pyserve.multiplex.inbox.Inbox`
+  (the only state other threads touch); a connection handed over reports
+  itself writable, and ``arrive()`` opens it: the handler is made, watched
   for reading, and gets ``connection_made()``;
-* ``call_soon()`` (any thread) queues a callback and sends one wake-up byte per
-  batch;
 * the listener, while the server lets this thread accept (``sync_listener()``
   watches it or stops, as the server's accept gate says): when it is readable,
   the server's ``_io_accept()`` takes connections and opens each here at once.
 
 ``dispatch()`` is the hot path: the usual event (readable, and reading is all
-the connection waits for) is served inline: one read (``read(2)`` on a plain
-socket's descriptor), the bytes to ``data_received()``; any other event goes to
-``serve_other()``, which flushes buffered output when writable, then reads.
+the connection waits for) is served inline: one read (the function
+:mod:`~pyserve.multiplex.reading` chose when it opened), the bytes to
+``data_received()``; any other event goes to ``serve_other()``, which flushes
+buffered output when writable, then reads.
 ``watch()`` re-registers what a handler needs (write when output waits; read
 unless closing, at EOF or over ``max_write_buffer``);
 ``finish()`` ends a connection exactly once. An exception from a callback ends
@@ -29,11 +29,8 @@ that connection only (``handle_error()`` logs it). The loop implements the
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import select
-import socket
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -43,6 +40,8 @@ from pyserve.errors import RequestTimedOut
 from pyserve.lifecycle.limits import handler_setting
 from pyserve.lifecycle.registry import LiveRequest
 from pyserve.multiplex.connection import ConnectionHandler
+from pyserve.multiplex.inbox import Inbox
+from pyserve.multiplex.reading import SMALL_READ, prepare, read_rest
 
 __all__ = ["IOLoop"]
 
@@ -58,13 +57,6 @@ _READ, _WRITE = select.POLLIN, select.POLLOUT
 # watched (reading, writing or both) then runs, and finds out how.
 _FAULT = select.POLLERR | select.POLLHUP | getattr(select, "POLLNVAL", 0)
 _NEVER = float("inf")
-# Reads of a plain socket go straight to read(2) on its descriptor: the same
-# system call as recv() with no flags, without the argument tuple that
-# socket.recv() builds and parses on every call (a tenth of an echo's work).
-# Only in dispatch(), which reads a descriptor only for the handler that owns it
-# now; write() asks the socket for its descriptor each time (a socket closed
-# under us answers -1), and flush() keeps request.send().
-_RAW_READ = os.name == "posix"
 
 
 def _new_poller() -> tuple[Any, float]:
@@ -84,21 +76,10 @@ class IOLoop:
     def __init__(self, server: BaseServer) -> None:
         self.server = server
         self.poller, self.timeout_scale = _new_poller()
-        self.receiver, self.sender = socket.socketpair()
-        self.receiver.setblocking(False)
-        self.sender.setblocking(False)
-        self.wake_fd = self.receiver.fileno()
-        self.poller.register(self.wake_fd, _READ)
+        self.inbox = Inbox(self.poller)  # what other threads hand over
+        self.wake_fd = self.inbox.wake_fd
         # Open connections by file descriptor: what poll() reports is a number.
         self.connections: dict[int, ConnectionHandler[Any]] = {}
-        # What other threads hand over, under one lock: callbacks, with whether a
-        # wake-up byte is already on its way (then another caller need not send
-        # one: one wake-up, one batch); and connections just accepted, by fd.
-        self.incoming_lock = threading.Lock()
-        self.incoming: list[Callable[[], None]] = []
-        self.wake_pending = False
-        self.arriving: dict[int, tuple[Any, Any, LiveRequest]] = {}
-        self.closed = False  # the poller is closed: nothing is handed over any more
         self.listener_fd = -1  # the listener, while this thread accepts
         self.stopping = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
@@ -110,17 +91,7 @@ class IOLoop:
     # -- from any thread -------------------------------------------------------------
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        with self.incoming_lock:
-            self.incoming.append(callback)
-            if self.wake_pending:
-                return  # the I/O thread will take this batch when it wakes
-            self.wake_pending = True
-        try:
-            self.sender.send(b"x")
-        except (BlockingIOError, InterruptedError):
-            pass  # the pipe is full of wake-ups already
-        except OSError:
-            pass  # stopped: nothing runs callbacks any more
+        self.inbox.call_soon(callback)
 
     def hand_over(self, request: Any, client_address: Any, entry: LiveRequest) -> bool:
         """Give the I/O thread a connection just accepted (False: it has stopped).
@@ -130,20 +101,16 @@ class IOLoop:
         it and the I/O thread opens it (``arrive()``) in the same turn as any
         other work. That saves two system calls and a callback per connection.
         """
-        fd = request.fileno()
-        with self.incoming_lock:  # the poller stays open while we register
-            if self.closed:
-                return False
-            self.arriving[fd] = (request, client_address, entry)
-            self.poller.register(fd, _READ | _WRITE)
-        return True
+        return self.inbox.hand_over(request, client_address, entry)
 
     def discard(self) -> None:
         """Release what a loop whose thread never started holds."""
-        if _EPOLL:
+        self.close_poller()
+        self.inbox.release()
+
+    def close_poller(self) -> None:
+        if _EPOLL:  # (a poll object holds no descriptor)
             self.poller.close()
-        self.receiver.close()
-        self.sender.close()
 
     # -- in the I/O thread -----------------------------------------------------------
 
@@ -173,16 +140,9 @@ class IOLoop:
             self.stopping = True
             for handler in list(self.connections.values()):
                 self.finish(handler, None)
-            with self.incoming_lock:
-                self.closed = True
-                arriving, self.arriving = self.arriving, {}
-                if _EPOLL:
-                    self.poller.close()
-            for request, client_address, entry in arriving.values():
+            for request, client_address, entry in self.inbox.close(self.close_poller):
                 self.shut(request, client_address)
                 self.server._ended(entry)
-            self.receiver.close()
-            self.sender.close()
 
     def serve(self) -> None:
         poll = self.poller.poll
@@ -198,31 +158,33 @@ class IOLoop:
     def dispatch(self, ready: list[tuple[int, int]]) -> None:
         """Serve one poll()'s readiness: the hot path, so the read is written inline."""
         connections = self.connections
+        small = SMALL_READ
+        read_only = _READ
         for fd, reported in ready:
             try:
                 handler = connections[fd]  # cheaper than get() when found: the usual case
             except KeyError:
                 handler = None  # (handled outside: no KeyError context on what follows)
-            if handler is None:  # wake-up, listener, a new connection, or a stale event
-                if fd == self.wake_fd:
-                    self.take_incoming()
-                elif fd == self.listener_fd and fd not in self.arriving:
-                    self.server._io_accept()  # type: ignore[attr-defined]
-                else:
-                    self.arrive(fd)
+            if handler is None:
+                self.serve_loop_event(fd)
                 continue
-            if reported != _READ or handler._events != _READ:
+            if reported != read_only or handler._events != read_only:
                 self.serve_other(handler, reported)  # writable, failed, or paused
                 continue
             # The usual event, inline: readable, and reading is all it waits for.
+            # (_recv is an instance attribute: read as an attribute, then called,
+            # it is a specialised load; handler._recv() would look up a method.)
+            recv = handler._recv
             try:
-                data = handler._recv()
+                data = recv()
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
                 self.call(handler, _raise, exc)  # a reset: logged as the peer's going
                 continue
             if data:
+                if len(data) >= small and handler._recv is not handler._recv_full:
+                    data = read_rest(handler, data)  # once per connection at most
                 if handler._idle is not None:
                     handler._last_read = time.monotonic()
                 try:
@@ -231,6 +193,16 @@ class IOLoop:
                     self.failed(handler, exc)
                 continue
             self.ended(handler)
+
+    def serve_loop_event(self, fd: int) -> None:
+        """An event for no open connection: a wake-up, the listener, a connection
+        handed over, or a stale event of one ended earlier in this turn."""
+        if fd == self.wake_fd:
+            self.take_incoming()
+        elif fd == self.listener_fd and fd not in self.inbox.arriving:
+            self.server._io_accept()  # type: ignore[attr-defined]
+        else:
+            self.arrive(fd)
 
     def serve_other(self, handler: ConnectionHandler[Any], reported: int) -> None:
         """Any other event of an open connection: flush, then read if it may."""
@@ -251,6 +223,8 @@ class IOLoop:
         if not data:
             self.ended(handler)
             return
+        if len(data) >= SMALL_READ and handler._recv is not handler._recv_full:
+            data = read_rest(handler, data)
         if handler._idle is not None:
             handler._last_read = time.monotonic()
         self.call(handler, handler.data_received, data)
@@ -266,20 +240,10 @@ class IOLoop:
             self.watch(handler)
 
     def take_incoming(self) -> None:
-        # Empty the wake-up socket *before* taking the batch: a caller that finds
-        # wake_pending false after this sends a byte the next poll() sees. (At most
-        # one byte waits: only the caller that set wake_pending sends one.)
-        try:
-            self.receiver.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            pass
-        with self.incoming_lock:
-            batch, self.incoming = self.incoming, []
-            self.wake_pending = False
-        # Only what was queued before this turn (the batch taken above): a callback
+        # Only what was queued before this turn (the batch taken here): a callback
         # that queues another (a long job done in pieces) lets every connection be
         # served in between.
-        for callback in batch:
+        for callback in self.inbox.take_callbacks():
             try:
                 callback()
             except Exception:
@@ -307,8 +271,7 @@ class IOLoop:
 
     def arrive(self, fd: int) -> None:
         """Open the connection handed over on ``fd``, if one was (else: stale)."""
-        with self.incoming_lock:
-            arrival = self.arriving.pop(fd, None)
+        arrival = self.inbox.take_arrival(fd)
         if arrival is not None:
             self.open(fd, *arrival)
 
@@ -357,14 +320,7 @@ class IOLoop:
             handler.connection_made()
         except Exception as exc:
             self.failed(handler, exc)
-        # Reads take receive_size as the handler has it once open (a class
-        # attribute, which CPython 3.11 looks up slowly per read otherwise).
-        size = handler.receive_size
-        if _RAW_READ and type(request) is socket.socket:
-            handler._recv = functools.partial(os.read, fd, size)
-            handler._raw = request
-        else:
-            handler._recv = functools.partial(request.recv, size)
+        prepare(handler, request, fd)
 
     def call(
         self, handler: ConnectionHandler[Any], callback: Callable[..., None], *args: Any
