@@ -208,16 +208,7 @@ class RequestRegistry:
         entry = self._live.get(id(request))
         if entry is None:
             return self.add(request, client_address, thread)
-        entry.thread = thread
-        lock = self._lock
-        lock.acquire()
-        try:
-            if entry.state is QUEUED:
-                entry.state = RUNNING
-                self._queued -= 1
-                self._counts["started"] += 1
-        finally:
-            lock.release()
+        self.start(entry, None, thread)
         return entry
 
     def start(

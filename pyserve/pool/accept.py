@@ -66,7 +66,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from pyserve.lifecycle.events import STARTED
 from pyserve.lifecycle.registry import LiveRequest
 from pyserve.pool.hooks import AcceptHooksInTurn
 
@@ -311,12 +310,9 @@ class WorkersAccept(AcceptHooksInTurn):
         """
         if worker.in_hooks:  # inline test: the hot path, and usually False
             self._leave_hooks(worker)
-        # _track_running() inline: one call fewer per connection.
-        entry = self._registry.run(
+        entry = self._track_running(
             request, client_address, worker.thread or threading.current_thread()
         )
-        if self._observers:
-            self._emit(STARTED, client_address, entry.id)
         slot, worker.slot = worker.slot, None
         if slot is not None:
             self._return_slot(slot)
