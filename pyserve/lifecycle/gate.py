@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import enum
 import threading
-import time
 from typing import Callable, Optional
 
 _get_ident = threading.get_ident
@@ -193,18 +192,11 @@ class AcceptGate:
     def wait_quiet(self, timeout: Optional[float] = None) -> bool:
         """Wait until no other thread is in the accept path; False on timeout."""
         me = _get_ident()
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._waiting += 1
             try:
-                while any(ident != me for ident in self._accepting):
-                    if deadline is None:
-                        self._quiet.wait()
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._quiet.wait(remaining)
-                return True
+                return self._quiet.wait_for(
+                    lambda: all(ident == me for ident in self._accepting), timeout
+                )
             finally:
                 self._waiting -= 1

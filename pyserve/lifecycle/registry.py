@@ -274,19 +274,10 @@ class RequestRegistry:
 
     def wait_empty(self, timeout: Optional[float]) -> bool:
         """Wait up to ``timeout`` seconds (None: forever) for no request in flight."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._waiting += 1
             try:
-                while self._live:
-                    if deadline is None:
-                        self._emptied.wait()
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._emptied.wait(remaining)
-                return True
+                return self._emptied.wait_for(lambda: not self._live, timeout)
             finally:
                 self._waiting -= 1
 
