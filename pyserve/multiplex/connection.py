@@ -93,9 +93,8 @@ class ConnectionHandler(Generic[ServerT_co]):
         # fileno() *at the time* (-1 once closed: never another connection's).
         self._fd = -1
         self._recv: Callable[[], bytes] = _not_open
-        # The two reads _recv may be: up to a few hundred bytes, until a read
-        # fills that, then receive_size (see pyserve.multiplex.reading).
-        self._recv_small: Callable[[], bytes] = _not_open
+        # _recv reads up to a few hundred bytes until a read fills that, then
+        # becomes this, which reads receive_size (see pyserve.multiplex.reading).
         self._recv_full: Callable[[], bytes] = _not_open
         self._receive_size = 0  # receive_size, as it was when the connection opened
         self._send: Callable[[bytes], int] = self._send_unopened

@@ -47,13 +47,13 @@ def prepare(handler: ConnectionHandler[Any], request: Any, fd: int) -> None:
     # CPython 3.11 would look up slowly on every read otherwise).
     size = handler._receive_size = handler.receive_size
     if _RAW_READ and type(request) is socket.socket:
-        handler._recv_full = handler._recv_small = functools.partial(os.read, fd, size)
-        if size > SMALL_READ:
-            handler._recv_small = functools.partial(os.read, fd, SMALL_READ)
+        full = functools.partial(os.read, fd, size)
+        small = functools.partial(os.read, fd, SMALL_READ) if size > SMALL_READ else full
         handler._raw = request
     else:
-        handler._recv_full = handler._recv_small = functools.partial(request.recv, size)
-    handler._recv = handler._recv_small
+        full = small = functools.partial(request.recv, size)
+    handler._recv_full = full
+    handler._recv = small
 
 
 def read_rest(handler: ConnectionHandler[Any], data: bytes) -> bytes:
