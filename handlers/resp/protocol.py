@@ -196,9 +196,7 @@ class CommandParser:
                 return commands
             raise
         finally:
-            if self._pos:  # (_compact() written out: this runs once per receive)
-                self._buffer = self._buffer[self._pos :]
-                self._pos = 0
+            self._compact()
 
     def _compact(self) -> None:
         if self._pos:

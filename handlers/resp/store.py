@@ -101,9 +101,7 @@ class KeyValueStore:
 
     def get(self, key: bytes) -> Optional[bytes]:
         """The string in ``key``, or None if missing; WrongType for another kind."""
-        if self.expires and key in self.expires:  # value(), inline: GET is the hot path
-            self._expire_if_due(key)
-        value = self.data.get(key)
+        value = self.value(key)
         if value is None or type(value) is bytes:
             return value
         raise WrongType(key)
@@ -192,9 +190,7 @@ class KeyValueStore:
         try:
             for _name, key, value in run[:limit]:
                 old = get(key)
-                # An overwrite of a string, the usual case, without the call.
-                growth = (len(value) - len(old) if type(old) is bytes
-                          else _string_growth(key, value, old))
+                growth = _string_growth(key, value, old)
                 if growth > 0 and cap and used + growth > cap:
                     break
                 if old is None:
