@@ -34,8 +34,8 @@ moves by about 3,000 instructions per connection: compare medians of a few.
 What the pool pays beyond the floor, and why it stays
 -----------------------------------------------------
 Measured on CPython 3.11 with 2,000 connections (the client's share included
-in both): the floor ~81,000 instructions per connection, the pool ~124,000
-(~138,000 before the registry and gate did their bookkeeping in fewer steps).
+in both): the floor ~81,600 instructions per connection, the pool ~132,000
+(~140,100 before the registry and gate did their bookkeeping in fewer steps).
 Server-side system calls per connection beyond the floor's ``accept4``,
 ``recvfrom`` x2, ``sendto``, ``close`` (``strace -f -c``, N=1000 minus N=0):
 
@@ -79,18 +79,16 @@ from typing import Any, Callable
 
 import pyserve  # from the checkout: run with PYTHONPATH=. (see above)
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "servers"))
+from echo_floor import THREADS, echo_until_closed  # bench/servers is a script folder
+
 PAYLOAD = b"x" * 64
 
 
 def pool_server() -> tuple[Callable[[], None], int, Callable[[], None]]:
     class RawEcho(pyserve.BaseRequestHandler):  # type: ignore[misc]
         def handle(self) -> None:
-            sock = self.request
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                sock.sendall(data)
+            echo_until_closed(self.request)
 
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), RawEcho)
     port = server.server_address[1]
@@ -116,14 +114,10 @@ def floor_server() -> tuple[Callable[[], None], int, Callable[[], None]]:
             except OSError:
                 return
             with conn:
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    conn.sendall(data)
+                echo_until_closed(conn)
 
     def run() -> None:
-        threads = [threading.Thread(target=serve, daemon=True) for _ in range(16)]
+        threads = [threading.Thread(target=serve, daemon=True) for _ in range(THREADS)]
         for thread in threads:
             thread.start()
         done.wait()

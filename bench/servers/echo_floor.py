@@ -18,6 +18,15 @@ from _common import parse_args
 THREADS = 16
 
 
+def echo_until_closed(conn: socket.socket) -> None:
+    """Send back what ``conn`` reads until its peer closes."""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        conn.sendall(data)
+
+
 def main() -> None:
     args = parse_args(__doc__)
     listener = socket.socket()
@@ -29,11 +38,7 @@ def main() -> None:
         while True:
             conn, _ = listener.accept()
             with conn:
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    conn.sendall(data)
+                echo_until_closed(conn)
 
     for _ in range(THREADS):
         threading.Thread(target=serve, daemon=True).start()
