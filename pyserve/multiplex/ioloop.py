@@ -13,7 +13,8 @@ and, while it may accept, the listener:
   for reading, and gets ``connection_made()``;
 * the listener, while the server lets this thread accept (``sync_listener()``
   watches it or stops, as the server's accept gate says): when it is readable,
-  the server's ``_io_accept()`` takes connections and opens each here at once.
+  the server's accept function (``_io_accept()``, given to the loop) takes
+  connections and opens each here at once.
 
 ``dispatch()`` is the hot path: the usual event (readable, and reading is all
 the connection waits for) is served inline: one read (the function
@@ -73,8 +74,9 @@ class IOLoop:
     ``finish``) for its handlers.
     """
 
-    def __init__(self, server: BaseServer) -> None:
+    def __init__(self, server: BaseServer, accept: Callable[[], None]) -> None:
         self.server = server
+        self.accept = accept  # the server's: takes what the listener has, opens it here
         self.poller, self.timeout_scale = _new_poller()
         self.inbox = Inbox(self.poller)  # what other threads hand over
         self.wake_fd = self.inbox.wake_fd
@@ -200,7 +202,7 @@ class IOLoop:
         if fd == self.wake_fd:
             self.take_incoming()
         elif fd == self.listener_fd and fd not in self.inbox.arriving:
-            self.server._io_accept()  # type: ignore[attr-defined]
+            self.accept()
         else:
             self.arrive(fd)
 

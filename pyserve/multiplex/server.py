@@ -301,7 +301,7 @@ class MultiplexingMixIn(_Base):
                     raise TypeError(
                         f"{type(self).__name__}: multiplexing serves stream sockets only"
                     )
-                io_loop = IOLoop(self)
+                io_loop = IOLoop(self, self._io_accept)
                 try:
                     io_loop.thread.start()
                 except BaseException:

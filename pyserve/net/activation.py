@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import MutableMapping
-from typing import Any, Callable, NamedTuple, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar
 
 from pyserve.errors import PyserveError
 
@@ -218,9 +218,10 @@ class SocketAdoption:
     socket_type: int
     _adopting: Optional[socket.socket]
 
-    @classmethod
-    def _family_is_chosen(cls) -> bool:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+
+        @classmethod
+        def _family_is_chosen(cls) -> bool: ...
 
     @classmethod
     def from_socket(
