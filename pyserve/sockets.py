@@ -1,4 +1,4 @@
-"""Socket lifecycle: the socket base, TCP, UDP and Unix-domain servers.
+"""Socket lifecycle: the socket base and the TCP and UDP servers built on it.
 
 Theory of operation
 -------------------
@@ -31,9 +31,9 @@ Defaults that differ from the stdlib, each for a reason:
   whole; one longer than a ``max_packet_size`` the program set is not delivered
   truncated: it is logged (once a minute), counted in ``datagrams_truncated`` and
   dropped;
-* Unix servers remove the socket file they created when they close, and replace a
-  *stale* socket file (nobody listening) on bind, but never a live socket or a
-  file of another kind;
+* Unix servers (these transports with the mix-ins of :mod:`pyserve.unix`) remove
+  the socket file they created when they close, and replace a *stale* socket file
+  (nobody listening) on bind, but never a live socket or a file of another kind;
 * the address family follows the address: ``TCPServer(("::1", 0), H)`` serves
   IPv6 (the stdlib fails), unless the class sets ``address_family`` itself (the
   rules are in :mod:`pyserve.net.addresses`).
