@@ -241,6 +241,33 @@ def test_pipelined_big_gets_from_a_client_that_never_reads_cost_bounded_memory(
 
 
 @both_forms
+@pytest.mark.parametrize("pop", [b"LPOP", b"RPOP"])
+def test_pipelined_big_pops_from_a_client_that_never_reads_cost_bounded_memory(
+    serve: Serve, make: Any, pop: bytes
+) -> None:
+    # The one-list fast path of a pop run once built the replies of the whole run
+    # (100 MiB for 100 pops of 1 MiB items) before finding them past the piece's
+    # budget: +100 MiB peak and another client's PING waiting 0.25 s.
+    server = serve(make(("127.0.0.1", 0)))
+    state = server_state(server)
+    with connect(server) as client:
+        for length in range(1, 101):
+            client.sendall(encode_command(b"RPUSH", b"queue", b"x" * MiB))
+            assert recv_exactly(client, len(b":%d\r\n" % length)) == b":%d\r\n" % length
+    before = state.commands_processed
+    with memory_growth() as grown, connect(server) as greedy, connect(server) as other:
+        greedy.sendall(encode_command(pop, b"queue") * 100)
+        wait_until(lambda: state.commands_processed > before)
+        for _ in range(20):
+            other.sendall(b"PING\r\n")
+            assert recv_exactly(other, 7) == b"+PONG\r\n"
+        peak = grown()
+        greedy.shutdown(socket.SHUT_RDWR)
+    assert peak < 16 * MiB, peak
+    assert state.commands_processed - before < 100 + 20  # the pops wait for a reader
+
+
+@both_forms
 def test_a_flood_of_pipelined_keys_does_not_starve_another_client(
     serve: Serve, make: Any
 ) -> None:
