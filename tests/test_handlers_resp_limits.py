@@ -191,6 +191,61 @@ def test_keys_in_steps_gives_the_whole_answer_to_execute_and_exec() -> None:
     assert b"*1\r\n*10\r\n" in replies  # EXEC's array of one reply: KEYS's 10 keys
 
 
+def test_scan_with_a_huge_count_runs_in_steps_that_release_the_store() -> None:
+    # "SCAN 0 COUNT 100000000" is KEYS * under another name: it held the store for
+    # the whole walk (another client's PING waited 0.3 s at 400k keys).
+    state = ServerState(max_memory=0)
+    mine, theirs = open_session(state), open_session(state)
+    for i in range(50_000):
+        state.store.put(b"k%d" % i, b"")
+    command = [[b"SCAN", b"0", b"MATCH", b"k1*", b"COUNT", b"100000000"]]
+    reply, done = mine.execute_some(command, 0, 65536)
+    steps = 1
+    while done < 1:
+        assert not state.store.lock.locked()  # released between steps
+        run(theirs, b"DEL", b"k%d" % (10_000 + steps))  # others write meanwhile
+        reply, done = mine.execute_some(command, done, 65536)
+        steps += 1
+    assert steps >= 3
+    assert reply.startswith(b"*2\r\n$1\r\n0\r\n")  # the walk is complete
+    expected = {b"k%d" % i for i in range(50_000) if (b"%d" % i).startswith(b"1")}
+    found = set(reply.split(b"\r\n")[5::2])
+    assert found >= expected - {b"k%d" % (10_000 + n) for n in range(steps)}
+    assert found <= expected
+
+
+def test_scan_in_steps_gives_the_whole_answer_to_execute_and_exec() -> None:
+    session = open_session(ServerState(max_memory=0))
+    for i in range(30_000):
+        session.store.put(b"k%d" % i, b"")
+    reply = run(session, b"SCAN", b"0", b"COUNT", b"25000")
+    assert reply.startswith(b"*2\r\n$5\r\n25000\r\n*25000\r\n")  # COUNT keys, then more
+    replies = session.execute(
+        [[b"MULTI"], [b"SCAN", b"0", b"MATCH", b"k2999?", b"COUNT", b"40000"], [b"EXEC"]]
+    )
+    assert b"*1\r\n*2\r\n$1\r\n0\r\n*10\r\n" in replies  # EXEC: the one whole walk
+
+
+@both_forms
+def test_scan_with_a_huge_count_does_not_starve_another_client(
+    serve: Serve, make: Any
+) -> None:
+    server = serve(make(("127.0.0.1", 0)))
+    store = server_state(server).store
+    with store.lock:
+        for i in range(800_000):
+            store.put(b"key:%06d" % i, b"")
+    reply_size = len(b"*2\r\n$1\r\n0\r\n*800000\r\n") + 800_000 * len(b"$10\r\nkey:000000\r\n")
+    with connect(server) as other, connect(server) as asker:
+        quiet = slowest_ping(other, 10)
+        asker.sendall(encode_command(b"SCAN", b"0", b"COUNT", b"100000000"))
+        during = slowest_ping(other, 10)
+        assert recv_exactly(asker, reply_size).startswith(b"*2\r\n$1\r\n0\r\n*800000\r\n")
+    # In one piece the walk held every client for 0.6 s; in steps a PING waits
+    # for one step at most (margin as for KEYS: a loaded CI machine's scheduler).
+    assert during < 2 * quiet + 0.35, (quiet, during)
+
+
 @both_forms
 def test_keys_over_a_large_keyspace_does_not_starve_another_client(
     serve: Serve, make: Any
