@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any, Optional
 
 from handlers._per_server import PerServer
@@ -165,6 +166,11 @@ class RespHandler(_RespSettings, StreamRequestHandler[Any]):
             done = 0
             while done < len(commands) and not session.closing:
                 reply, done = session.execute_some(commands, done, chunk)
+                if not reply and session.stepping is not None:
+                    # A step of a long command (KEYS, SCAN): the store lock is not
+                    # fair, so let a thread waiting for it in before the next step.
+                    time.sleep(0.001)
+                    continue
                 if self._too_big(0, len(reply)):
                     return
                 sendall(reply)
