@@ -400,6 +400,36 @@ def test_a_reply_past_the_output_limit_closes_that_client_with_one_log_line(
     assert "output buffer limit" in lines[0]
 
 
+@both_forms
+@pytest.mark.parametrize("command", [b"MGET", b"HMGET"])
+def test_a_reply_past_the_output_limit_is_refused_before_it_is_built(
+    serve: Serve, make: Any, command: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "MGET big big ... big" (916 bytes for 100 copies of a 1 MiB value) built the
+    # whole 100 MiB reply, then found it past the 64 MiB limit: +354 MiB peak RSS,
+    # and the cost had no bound but the number of arguments.
+    server = serve(make(("127.0.0.1", 0)))
+    with connect(server) as client:
+        client.sendall(encode_command(b"SET", b"big", b"x" * MiB))
+        client.sendall(encode_command(b"HSET", b"hash", b"big", b"x" * MiB))
+        assert recv_exactly(client, 9) == b"+OK\r\n:1\r\n"
+    names = [b"big"] * 100 if command == b"MGET" else [b"hash"] + [b"big"] * 100
+    with caplog.at_level(logging.WARNING, logger="pyserve"), memory_growth() as grown:
+        with connect(server) as greedy:
+            greedy.sendall(encode_command(command, *names))
+            assert read_until_eof(greedy) == b""
+        peak = grown()
+    assert peak < 16 * MiB, peak
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("pyserve")]
+    assert len(lines) == 1, lines
+    assert "output buffer limit" in lines[0]
+    with connect(server) as client:  # a reply under the limit is answered as before
+        client.sendall(encode_command(command, *names[:3]))
+        count = 3 if command == b"MGET" else 2
+        bulk = b"$%d\r\n%b\r\n" % (MiB, b"x" * MiB)
+        assert recv_exactly(client, 4 + count * len(bulk)) == b"*%d\r\n" % count + bulk * count
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("max_output_buffer", 0), ("reply_chunk", -1), ("max_command_size", "big"),

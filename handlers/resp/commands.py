@@ -97,7 +97,10 @@ def set_(session: Session, args: list[bytes]) -> bytes:
 
 def mget(session: Session, args: list[bytes]) -> bytes:
     get_value = session.store.get
-    return encode_array([encode_bulk(get_value(key)) for key in args[1:]])
+    values = [get_value(key) for key in args[1:]]
+    # One key named many times multiplies a big value: check before building.
+    session.check_reply_size(sum([len(value) for value in values if value is not None]))
+    return encode_array([encode_bulk(value) for value in values])
 
 
 def mset(session: Session, args: list[bytes]) -> bytes:
