@@ -191,6 +191,61 @@ def test_keys_in_steps_gives_the_whole_answer_to_execute_and_exec() -> None:
     assert b"*1\r\n*10\r\n" in replies  # EXEC's array of one reply: KEYS's 10 keys
 
 
+def test_scan_with_a_huge_count_runs_in_steps_that_release_the_store() -> None:
+    # "SCAN 0 COUNT 100000000" is KEYS * under another name: it held the store for
+    # the whole walk (another client's PING waited 0.3 s at 400k keys).
+    state = ServerState(max_memory=0)
+    mine, theirs = open_session(state), open_session(state)
+    for i in range(50_000):
+        state.store.put(b"k%d" % i, b"")
+    command = [[b"SCAN", b"0", b"MATCH", b"k1*", b"COUNT", b"100000000"]]
+    reply, done = mine.execute_some(command, 0, 65536)
+    steps = 1
+    while done < 1:
+        assert not state.store.lock.locked()  # released between steps
+        run(theirs, b"DEL", b"k%d" % (10_000 + steps))  # others write meanwhile
+        reply, done = mine.execute_some(command, done, 65536)
+        steps += 1
+    assert steps >= 3
+    assert reply.startswith(b"*2\r\n$1\r\n0\r\n")  # the walk is complete
+    expected = {b"k%d" % i for i in range(50_000) if (b"%d" % i).startswith(b"1")}
+    found = set(reply.split(b"\r\n")[5::2])
+    assert found >= expected - {b"k%d" % (10_000 + n) for n in range(steps)}
+    assert found <= expected
+
+
+def test_scan_in_steps_gives_the_whole_answer_to_execute_and_exec() -> None:
+    session = open_session(ServerState(max_memory=0))
+    for i in range(30_000):
+        session.store.put(b"k%d" % i, b"")
+    reply = run(session, b"SCAN", b"0", b"COUNT", b"25000")
+    assert reply.startswith(b"*2\r\n$5\r\n25000\r\n*25000\r\n")  # COUNT keys, then more
+    replies = session.execute(
+        [[b"MULTI"], [b"SCAN", b"0", b"MATCH", b"k2999?", b"COUNT", b"40000"], [b"EXEC"]]
+    )
+    assert b"*1\r\n*2\r\n$1\r\n0\r\n*10\r\n" in replies  # EXEC: the one whole walk
+
+
+@both_forms
+def test_scan_with_a_huge_count_does_not_starve_another_client(
+    serve: Serve, make: Any
+) -> None:
+    server = serve(make(("127.0.0.1", 0)))
+    store = server_state(server).store
+    with store.lock:
+        for i in range(800_000):
+            store.put(b"key:%06d" % i, b"")
+    reply_size = len(b"*2\r\n$1\r\n0\r\n*800000\r\n") + 800_000 * len(b"$10\r\nkey:000000\r\n")
+    with connect(server) as other, connect(server) as asker:
+        quiet = slowest_ping(other, 10)
+        asker.sendall(encode_command(b"SCAN", b"0", b"COUNT", b"100000000"))
+        during = slowest_ping(other, 10)
+        assert recv_exactly(asker, reply_size).startswith(b"*2\r\n$1\r\n0\r\n*800000\r\n")
+    # In one piece the walk held every client for 0.6 s; in steps a PING waits
+    # for one step at most (margin as for KEYS: a loaded CI machine's scheduler).
+    assert during < 2 * quiet + 0.35, (quiet, during)
+
+
 @both_forms
 def test_keys_over_a_large_keyspace_does_not_starve_another_client(
     serve: Serve, make: Any
@@ -238,6 +293,33 @@ def test_pipelined_big_gets_from_a_client_that_never_reads_cost_bounded_memory(
         greedy.shutdown(socket.SHUT_RDWR)
     assert peak < 16 * MiB, peak
     assert state.commands_processed - before < 100  # the rest waits for a reader
+
+
+@both_forms
+@pytest.mark.parametrize("pop", [b"LPOP", b"RPOP"])
+def test_pipelined_big_pops_from_a_client_that_never_reads_cost_bounded_memory(
+    serve: Serve, make: Any, pop: bytes
+) -> None:
+    # The one-list fast path of a pop run once built the replies of the whole run
+    # (100 MiB for 100 pops of 1 MiB items) before finding them past the piece's
+    # budget: +100 MiB peak and another client's PING waiting 0.25 s.
+    server = serve(make(("127.0.0.1", 0)))
+    state = server_state(server)
+    with connect(server) as client:
+        for length in range(1, 101):
+            client.sendall(encode_command(b"RPUSH", b"queue", b"x" * MiB))
+            assert recv_exactly(client, len(b":%d\r\n" % length)) == b":%d\r\n" % length
+    before = state.commands_processed
+    with memory_growth() as grown, connect(server) as greedy, connect(server) as other:
+        greedy.sendall(encode_command(pop, b"queue") * 100)
+        wait_until(lambda: state.commands_processed > before)
+        for _ in range(20):
+            other.sendall(b"PING\r\n")
+            assert recv_exactly(other, 7) == b"+PONG\r\n"
+        peak = grown()
+        greedy.shutdown(socket.SHUT_RDWR)
+    assert peak < 16 * MiB, peak
+    assert state.commands_processed - before < 100 + 20  # the pops wait for a reader
 
 
 @both_forms
@@ -316,6 +398,36 @@ def test_a_reply_past_the_output_limit_closes_that_client_with_one_log_line(
     lines = [r.getMessage() for r in caplog.records if r.name == "pyserve.resp"]
     assert len(lines) == 1
     assert "output buffer limit" in lines[0]
+
+
+@both_forms
+@pytest.mark.parametrize("command", [b"MGET", b"HMGET"])
+def test_a_reply_past_the_output_limit_is_refused_before_it_is_built(
+    serve: Serve, make: Any, command: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "MGET big big ... big" (916 bytes for 100 copies of a 1 MiB value) built the
+    # whole 100 MiB reply, then found it past the 64 MiB limit: +354 MiB peak RSS,
+    # and the cost had no bound but the number of arguments.
+    server = serve(make(("127.0.0.1", 0)))
+    with connect(server) as client:
+        client.sendall(encode_command(b"SET", b"big", b"x" * MiB))
+        client.sendall(encode_command(b"HSET", b"hash", b"big", b"x" * MiB))
+        assert recv_exactly(client, 9) == b"+OK\r\n:1\r\n"
+    names = [b"big"] * 100 if command == b"MGET" else [b"hash"] + [b"big"] * 100
+    with caplog.at_level(logging.WARNING, logger="pyserve"), memory_growth() as grown:
+        with connect(server) as greedy:
+            greedy.sendall(encode_command(command, *names))
+            assert read_until_eof(greedy) == b""
+        peak = grown()
+    assert peak < 16 * MiB, peak
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("pyserve")]
+    assert len(lines) == 1, lines
+    assert "output buffer limit" in lines[0]
+    with connect(server) as client:  # a reply under the limit is answered as before
+        client.sendall(encode_command(command, *names[:3]))
+        count = 3 if command == b"MGET" else 2
+        bulk = b"$%d\r\n%b\r\n" % (MiB, b"x" * MiB)
+        assert recv_exactly(client, 4 + count * len(bulk)) == b"*%d\r\n" % count + bulk * count
 
 
 @pytest.mark.parametrize(

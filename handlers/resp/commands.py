@@ -97,7 +97,10 @@ def set_(session: Session, args: list[bytes]) -> bytes:
 
 def mget(session: Session, args: list[bytes]) -> bytes:
     get_value = session.store.get
-    return encode_array([encode_bulk(get_value(key)) for key in args[1:]])
+    values = [get_value(key) for key in args[1:]]
+    # One key named many times multiplies a big value: check before building.
+    session.check_reply_size(sum([len(value) for value in values if value is not None]))
+    return encode_array([encode_bulk(value) for value in values])
 
 
 def mset(session: Session, args: list[bytes]) -> bytes:
@@ -194,10 +197,10 @@ def persist(session: Session, args: list[bytes]) -> bytes:
     return encode_integer(session.store.set_deadline(args[1], None))
 
 
-#: KEYS over more keys than this runs in steps of this many, with the store lock
-#: released between them (a step costs a few milliseconds), instead of holding
-#: every other client for the whole walk. Its answer then has SCAN's guarantee:
-#: every key present throughout is in it.
+#: KEYS over more keys than this (and SCAN with a larger COUNT) runs in steps of
+#: this many, with the store lock released between them (a step costs a few
+#: milliseconds), instead of holding every other client for the whole walk.
+#: KEYS's answer then has SCAN's guarantee: every key present throughout is in it.
 KEYS_STEP = 20_000
 
 
@@ -226,7 +229,7 @@ def _keys_in_steps(store: KeyValueStore, pattern: bytes) -> Iterator[Optional[by
     yield b"*%d\r\n" % found + b"".join(parts)
 
 
-def scan(session: Session, args: list[bytes]) -> bytes:
+def scan(session: Session, args: list[bytes]) -> Any:
     cursor_arg = args[1]
     if not cursor_arg.isdigit():
         return b"-ERR invalid cursor\r\n"
@@ -249,10 +252,33 @@ def scan(session: Session, args: list[bytes]) -> bytes:
         else:
             return SYNTAX_ERROR
         i += 2
+    if count > KEYS_STEP:  # "SCAN 0 COUNT 100000000" is a KEYS: in steps too
+        return _scan_in_steps(session.store, int(cursor_arg), pattern, count, kind)
     cursor, found = session.store.scan(int(cursor_arg), pattern, count, kind)
     return encode_array([
         encode_bulk(b"%d" % cursor), encode_array([encode_bulk(key) for key in found])
     ])
+
+
+def _scan_in_steps(
+    store: KeyValueStore, cursor: int, pattern: Optional[bytes], count: int, kind: Optional[str]
+) -> Iterator[Optional[bytes]]:
+    """One SCAN of ``count`` slots' worth, ``KEYS_STEP`` at a time with the lock
+    released between steps; the cursor only moves forward, so the slot table's
+    guarantee holds across the steps as across calls."""
+    parts: list[bytes] = []  # each step's keys encoded in that step, as KEYS does
+    found = 0
+    left = count
+    while True:
+        step = min(left, KEYS_STEP)
+        cursor, batch = store.scan(cursor, pattern, step, kind)
+        found += len(batch)
+        parts.append(b"".join([encode_bulk(key) for key in batch]))
+        left -= step
+        if cursor == 0 or left <= 0:
+            break
+        yield None
+    yield b"*2\r\n" + encode_bulk(b"%d" % cursor) + b"*%d\r\n" % found + b"".join(parts)
 
 
 def dbsize(session: Session, args: list[bytes]) -> bytes:

@@ -68,7 +68,10 @@ def hget(session: Session, args: list[bytes]) -> bytes:
 
 def hmget(session: Session, args: list[bytes]) -> bytes:
     existing = session.store.collection(args[1], dict) or {}
-    return encode_array([encode_bulk(existing.get(field)) for field in args[2:]])
+    values = [existing.get(field) for field in args[2:]]
+    # One field named many times multiplies a big value: check before building.
+    session.check_reply_size(sum([len(value) for value in values if value is not None]))
+    return encode_array([encode_bulk(value) for value in values])
 
 
 def hgetall(session: Session, args: list[bytes]) -> bytes:

@@ -65,6 +65,8 @@ _ARG2 = operator.itemgetter(2)
 _ARG3 = operator.itemgetter(3)
 # The longest reply of an LPUSH/RPUSH: a list's length as a 64-bit integer.
 _LONGEST_INTEGER = len(b":%d\r\n" % (2**63))
+# The most bytes a bulk reply adds to its item: "$", a 64-bit length, two CRLFs.
+_LONGEST_FRAMING = len(b"$%d\r\n\r\n" % (2**63))
 
 
 def _how_many(count: int, reply_size: int, budget: int) -> int:
@@ -72,6 +74,20 @@ def _how_many(count: int, reply_size: int, budget: int) -> int:
     if not budget:
         return count
     return min(count, -(-budget // reply_size))  # the one reaching the budget counts
+
+
+def _within_budget(items: list[bytes], budget: int) -> int:
+    """How many of ``items``' bulk replies a piece of ``budget`` bytes holds
+    (the one reaching the budget counts), without building them."""
+    if sum(map(len, items)) + _LONGEST_FRAMING * len(items) < budget:
+        return len(items)  # the usual run of small items: no count needed
+    size = 0
+    for count, item in enumerate(items, 1):
+        length = len(item)
+        size += length + len(str(length)) + 5  # b"$%d\r\n%b\r\n"
+        if size >= budget:
+            return count
+    return len(items)
 
 
 def _one_collection(store: Store, run: list[list[bytes]], kind: type) -> Optional[Any]:
@@ -206,19 +222,20 @@ def _pop_run(
     used = store.used_memory
     values = _one_collection(store, run, _Deque)
     if values is not None:
-        count = min(len(run), len(values))
-        items = list(itertools.islice(values if left else reversed(values), count))
+        items = list(itertools.islice(values if left else reversed(values), len(run)))
+        if budget:  # cut before building: the whole run's replies may be huge
+            del items[_within_budget(items, budget):]
+        count = len(items)
         reply = b"$%d\r\n%b\r\n" * count % tuple(
             itertools.chain.from_iterable(zip(map(len, items), items))
         )
-        if not budget or len(reply) < budget:  # else the loop cuts it where it should
-            pop = values.popleft if left else values.pop
-            for _ in items:
-                pop()
-            store.used_memory = used - sum(map(len, items)) - ELEMENT_OVERHEAD * count
-            if not values:  # Redis keeps no empty list
-                store.drop_if_empty(run[0][1])
-            return reply, count
+        pop = values.popleft if left else values.pop
+        for _ in items:
+            pop()
+        store.used_memory = used - sum(map(len, items)) - ELEMENT_OVERHEAD * count
+        if not values:  # Redis keeps no empty list
+            store.drop_if_empty(run[0][1])
+        return reply, count
     replies = []
     size = 0
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any, Optional
 
 from handlers._per_server import PerServer
@@ -87,7 +88,9 @@ class _RespSettings:
         )
 
     def _open_session(self) -> Session:
-        return open_session(server_state(self.server, self.max_memory), self.client_address)
+        session = open_session(server_state(self.server, self.max_memory), self.client_address)
+        session.max_reply_size = self.max_output_buffer  # refused before it is built
+        return session
 
     def _fault(self, reason: str, detail: str) -> None:
         state = server_state(self.server, self.max_memory)
@@ -165,6 +168,14 @@ class RespHandler(_RespSettings, StreamRequestHandler[Any]):
             done = 0
             while done < len(commands) and not session.closing:
                 reply, done = session.execute_some(commands, done, chunk)
+                if session.too_big:  # a reply refused before it was built
+                    self._too_big(0, session.too_big)
+                    return
+                if not reply and session.stepping is not None:
+                    # A step of a long command (KEYS, SCAN): the store lock is not
+                    # fair, so let a thread waiting for it in before the next step.
+                    time.sleep(0.001)
+                    continue
                 if self._too_big(0, len(reply)):
                     return
                 sendall(reply)
@@ -238,7 +249,8 @@ class RespConnection(_RespSettings, ConnectionHandler[Any]):
         session = self.session
         reply, done = session.execute_some(pending, self.next_command, self.reply_chunk)
         self.next_command = done
-        if unsent + len(reply) > self.max_output_buffer and self._too_big(unsent, len(reply)):
+        size = len(reply) + session.too_big  # too_big: a reply refused before it was built
+        if unsent + size > self.max_output_buffer and self._too_big(unsent, size):
             self.close()
             return
         self.write(reply)

@@ -44,7 +44,9 @@ from handlers.resp.faults import FaultLog
 from handlers.resp.protocol import Run
 from handlers.resp.store import DEFAULT_MAX_MEMORY, KeyValueStore, OutOfMemory, WrongType
 
-__all__ = ["TRANSACTION_CONTROL", "CommandTable", "ReplyError", "ServerState", "Session"]
+__all__ = [
+    "TRANSACTION_CONTROL", "CommandTable", "ReplyError", "ReplyTooBig", "ServerState", "Session"
+]
 
 #: The version clients are told. 7.0 is what the commands here behave like.
 REDIS_VERSION = "7.0.0"
@@ -98,6 +100,16 @@ CommandTable = dict[bytes, tuple[CommandFunction, int]]
 RunTable = dict[bytes, tuple[Callable[["Session", list[list[bytes]], int], tuple[bytes, int]], int]]
 
 
+class ReplyTooBig(ReplyError):
+    """Raised (by :meth:`Session.check_reply_size`) for a reply that would pass the
+    session's ``max_reply_size``: it is refused before it is built, with no reply,
+    and the session closes (the handlers log it as the output buffer limit)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(b"")
+        self.size = size
+
+
 class Session:
     """One connection: its id, name, QUIT flag, transaction, and the shared state."""
 
@@ -116,6 +128,10 @@ class Session:
         self.client_id = state.connect()
         self.name = b""
         self.closing = False
+        # The largest reply a command may build (0: any), and the size of the one
+        # refused for it (0: none; the session is then closing).
+        self.max_reply_size = 0
+        self.too_big = 0
         # MULTI ... EXEC: the queued commands (None: no transaction open), whether
         # queuing met an error (EXEC then refuses), the WATCHed keys, and whether one
         # of them changed since (EXEC then answers nil).
@@ -248,6 +264,13 @@ class Session:
         if not _is_run(run, entry[1]):
             return b"", 0
         return entry[0](self, run, budget)
+
+    def check_reply_size(self, size: int) -> None:
+        """Raise :class:`ReplyTooBig` if a reply of ``size`` bytes is too big to build."""
+        if self.max_reply_size and size > self.max_reply_size:
+            self.too_big = size
+            self.closing = True  # the loop stops after this command
+            raise ReplyTooBig(size)
 
     def _refuse(self, args: list[bytes], unknown: bool) -> bytes:
         """The error for an unknown command or a wrong number of arguments."""
