@@ -7,7 +7,8 @@ the page and compared with the classes themselves:
 * "What each strategy overrides": the hooks each strategy mix-in defines (in its
   own class or a base of its own) are exactly the ones the table lists;
 * "One request's path": each step is defined in the module the diagram names,
-  for a ``TCPServer`` with a ``StreamRequestHandler``;
+  for a ``TCPServer`` with a ``StreamRequestHandler``, and the connection limits
+  come where the diagram puts them relative to ``verify_request()``;
 * "The accept gate": every reason the code holds the gate for is in the table
   of who holds, and why.
 """
@@ -15,13 +16,17 @@ the page and compared with the classes themselves:
 from __future__ import annotations
 
 import re
+import socket
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import pyserve
 from pyserve.multiplex.server import MultiplexingMixIn
 from pyserve.pool.workers import ThreadPoolMixIn
+from pyserve.testing import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = (ROOT / "docs" / "internals.rst").read_text()
@@ -112,6 +117,48 @@ def test_each_step_of_the_path_lives_in_the_module_the_diagram_names(
     )
     defined_in = getattr(owner, hook).__module__
     assert defined_in == f"pyserve.{module}", f"{hook}() is defined in {defined_in}"
+
+
+DEADLINE = 10.0  # seconds for any socket operation
+
+
+def _limits_checked_before_verify_request() -> bool:
+    """Observed: does a connection over ``max_connections`` reach ``verify_request()``?"""
+    started = threading.Event()
+    release = threading.Event()
+    verified: list[Any] = []
+
+    class Hold(pyserve.BaseRequestHandler):
+        def handle(self) -> None:
+            started.set()
+            release.wait(DEADLINE)
+
+    class Server(pyserve.ThreadingTCPServer):
+        max_connections = 1
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            verified.append(client_address)
+            return True
+
+    with serving(Server(("127.0.0.1", 0), Hold)) as server:
+        address = server.server_address[:2]
+        try:
+            with socket.create_connection(address, timeout=DEADLINE) as first:
+                assert started.wait(DEADLINE)
+                with socket.create_connection(address, timeout=DEADLINE) as second:
+                    assert second.recv(1) == b""  # over the limit: closed unserved
+                assert first.fileno() >= 0
+        finally:
+            release.set()
+    assert len(verified) in (1, 2)
+    return len(verified) == 1
+
+
+def test_the_diagram_puts_the_connection_limits_where_they_are_checked() -> None:
+    section = _section("One request's path")
+    limits = section.index("(connection limits)")
+    verify = section.index("verify_request()")
+    assert (limits < verify) == _limits_checked_before_verify_request()
 
 
 def _hold_reasons_in_code() -> set[str]:
