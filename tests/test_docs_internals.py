@@ -128,7 +128,7 @@ def _limits_checked_before_verify_request() -> bool:
     release = threading.Event()
     verified: list[Any] = []
 
-    class Hold(pyserve.BaseRequestHandler):
+    class Hold(pyserve.BaseRequestHandler["Server"]):
         def handle(self) -> None:
             started.set()
             release.wait(DEADLINE)
