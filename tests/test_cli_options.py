@@ -33,6 +33,7 @@ from test_cli import (
     tcp_echo,
 )
 
+from handlers import registry
 from pyserve.cli import command as cli
 
 # -- stopping ----------------------------------------------------------------------------
@@ -351,7 +352,5 @@ def test_the_documented_handler_names_are_the_registrys() -> None:
     page = Path(__file__).resolve().parent.parent / "docs" / "cli.rst"  # the checkout
     if not page.exists():
         pytest.skip("docs/ is not installed with the package (source checkout only)")
-    from handlers import registry
-
     listed = page.read_text().split("a name from the handlers registry")[1].split("(see")[0]
     assert sorted(re.findall(r"``([\w-]+)``", listed)) == sorted(registry.names())
