@@ -33,6 +33,7 @@ from test_cli import (
     tcp_echo,
 )
 
+from handlers import registry
 from pyserve.cli import command as cli
 
 # -- stopping ----------------------------------------------------------------------------
@@ -345,3 +346,11 @@ def test_a_number_option_takes_its_kind_and_shows_its_unit(flag: str) -> None:
 
 def test_the_drain_timeout_defaults_to_ten_seconds() -> None:
     assert cli.build_parser().parse_args([]).drain_timeout == 10.0
+
+
+def test_the_documented_handler_names_are_the_registrys() -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "cli.rst"  # the checkout
+    if not page.exists():
+        pytest.skip("docs/ is not installed with the package (source checkout only)")
+    listed = page.read_text().split("a name from the handlers registry")[1].split("(see")[0]
+    assert sorted(re.findall(r"``([\w-]+)``", listed)) == sorted(registry.names())

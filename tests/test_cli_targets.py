@@ -15,8 +15,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_cli import DEADLINE, Command, _one_error_line, _wait_for_stderr, host_port, tcp_echo
 
+from handlers import registry
 from pyserve.cli import command as cli
 
 
@@ -258,3 +260,17 @@ def test_a_datagram_handler_on_a_tcp_bind_exits_3(tmp_path: Path) -> None:
     code, _, err = _run("packets:Packets", "--bind", "127.0.0.1:0", cwd=tmp_path)
     assert code == cli.EXIT_TARGET
     assert "datagram" in _one_error_line(err)
+
+
+def test_help_lists_each_ready_handler_in_a_column_that_fits_the_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # argparse and the list below wrap to it
+    text = cli.build_parser().format_help()
+    listed = text.split("ready handlers (TARGET):\n")[1]
+    assert [line for line in listed.splitlines() if len(line) > 80] == []
+    starts = [line.split()[0] for line in listed.splitlines() if not line.startswith("   ")]
+    assert starts == list(registry.names())  # each name stands alone, in order
+    for name in registry.names():
+        line = next(line for line in listed.splitlines() if line.split()[0] == name)
+        assert line.startswith(f"  {name}  ") or line.strip() == name, line

@@ -1,6 +1,7 @@
 """The docs render readably: no code block or diagram scrolls sideways.
 
-Renders the built HTML of the tutorial, internals and results pages in headless
+Renders the built HTML of the tutorial, internals, results, engineering, handlers
+and command-line pages in headless
 Chromium at 1280 CSS pixels wide and asks the page itself, in JavaScript,
 whether any code block, diagram, table or image is wider than the column it
 sits in (``scrollWidth`` beyond ``clientWidth``, or a right edge past the
@@ -32,7 +33,7 @@ import pytest
 from peers import missing_peer
 
 HTML = os.environ.get("PYSERVE_DOCS_HTML")
-PAGES = ("tutorial", "internals", "results")
+PAGES = ("tutorial", "internals", "results", "engineering", "handlers", "cli")
 WIDTH = 1280  # CSS pixels: a common laptop screen
 MAX_SCREENSHOT_HEIGHT = 20000  # pixels; a longer page is cut there (the test is not)
 DEADLINE = 60.0  # seconds for any one browser answer

@@ -11,6 +11,12 @@ request on the stopped backend keeps its drain going while the load goes on. A
 backend whose listener stayed open during its drain would let the kernel accept
 connections it then drops, which HAProxy in TCP mode cannot retry.
 
+It runs twice: with this file's own minimal configuration, and with the
+cookbook's ``haproxy.cfg`` recipe exactly as docs/cookbook.rst shows it (only the
+listening and backend addresses replaced, and the backends started with
+``--proxy-protocol v2``, as the recipe's ``send-proxy-v2`` needs), so the recipe
+a user copies is the one that survives a drain.
+
 HAProxy is Debian's ``haproxy``: skipped locally without it, a failure under
 ``CI=true`` (CI installs it, see .ci/run).
 """
@@ -18,15 +24,18 @@ HAProxy is Debian's ``haproxy``: skipped locally without it, a failure under
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from faults import HOST, TIMEOUT
 from peers import ProxyProcess, listening_socket, require_binary
 from test_cli import Command, host_port
+from test_docs_cookbook import config_files
 
 from pyserve.cli import command as cli
 
@@ -36,9 +45,34 @@ REQUESTS_AFTER_STOP = 120  # per client, while and after it drains
 LOAD_DEADLINE = 60.0  # seconds for the whole load, a bound not an expectation
 
 
-def _start_haproxy(tmp_path: Path, backends: list[tuple[str, int]]) -> ProxyProcess:
+# A PROXY protocol v2 header with the LOCAL command: "no client address, the
+# proxy itself speaks" (what HAProxy's own health checks send).
+PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x20\x00\x00\x00"
+
+
+def _cookbook_config(listener: socket.socket, backends: list[tuple[str, int]]) -> str:
+    """The cookbook's haproxy.cfg, listening on ``listener``, serving ``backends``."""
+    recipe = config_files()["haproxy.cfg"]
+    config, bound = re.subn(r"^(\s*bind )\S+", rf"\g<1>fd@{listener.fileno()}", recipe, flags=re.M)
+    assert bound == 1, recipe
+    recipe_backends = re.findall(r"^\s*server \S+ (\S+)", config, flags=re.M)
+    assert len(recipe_backends) == len(backends), recipe
+    for written, (host, port) in zip(recipe_backends, backends):
+        config = config.replace(f" {written} ", f" {host}:{port} ", 1)
+    return config
+
+
+def _start_haproxy(
+    tmp_path: Path, backends: list[tuple[str, int]], recipe: bool = False
+) -> ProxyProcess:
     haproxy = require_binary("haproxy", "haproxy")
     listener = listening_socket()
+    if recipe:
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(_cookbook_config(listener, backends))
+        return ProxyProcess(
+            [haproxy, "-db", "-f", str(config)], listener, {}, tmp_path / "haproxy.log"
+        )
     servers = "\n".join(
         f"    server s{index} {host}:{port} check inter 200ms fall 1 rise 2"
         for index, (host, port) in enumerate(backends)
@@ -81,14 +115,19 @@ def _request(address: tuple[str, int], payload: bytes) -> bytes:
         return data
 
 
-def test_backend_drained_under_load_behind_haproxy_loses_no_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", [False, True], ids=["minimal-config", "cookbook-recipe"])
+def test_backend_drained_under_load_behind_haproxy_loses_no_request(
+    tmp_path: Path, recipe: bool
+) -> None:
     require_binary("haproxy", "haproxy")  # before the backends start
+    proxy_options = ["--proxy-protocol", "v2", "--trusted-proxy", HOST] if recipe else []
     backends = [
-        Command("echo", "--bind", f"{HOST}:0", "--drain-timeout", "30") for _ in range(2)
+        Command("echo", "--bind", f"{HOST}:0", "--drain-timeout", "30", *proxy_options)
+        for _ in range(2)
     ]
     try:
         addresses = [host_port(backend.addresses()[0]) for backend in backends]
-        with _start_haproxy(tmp_path, addresses) as proxy:
+        with _start_haproxy(tmp_path, addresses, recipe) as proxy:
             failures: list[str] = []
             done = [0] * CLIENTS
             stop_now = threading.Event()
@@ -119,7 +158,7 @@ def test_backend_drained_under_load_behind_haproxy_loses_no_request(tmp_path: Pa
             # A long request on the stopped backend keeps its drain going while
             # the load goes on; it finishes after the load.
             with socket.create_connection(addresses[0], timeout=TIMEOUT) as slow:
-                slow.sendall(b"slow\n")
+                slow.sendall((PROXY_V2_LOCAL if recipe else b"") + b"slow\n")
                 assert slow.recv(100) == b"slow\n"
                 backends[0].process.send_signal(signal.SIGTERM)  # drain it mid-load
                 for thread in clients:

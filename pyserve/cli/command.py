@@ -65,7 +65,9 @@ import errno
 import logging
 import os
 import platform
+import shutil
 import sys
+import textwrap
 from typing import Any, Callable, Optional, Union
 
 import pyserve
@@ -108,10 +110,25 @@ class _Parser(argparse.ArgumentParser):
     def format_help(self) -> str:
         try:
             registry = ready_handlers()
-            lines = [f"  {name:<14}{registry.describe(name)}" for name in registry.names()]
+            lines = _name_column([(name, registry.describe(name)) for name in registry.names()])
         except CliError as exc:
             lines = [f"  ({exc})"]
         return super().format_help() + "\nready handlers (TARGET):\n" + "\n".join(lines) + "\n"
+
+
+def _name_column(entries: list[tuple[str, str]]) -> list[str]:
+    """``name  description`` lines, the descriptions in one column and wrapped to
+    the terminal's width as argparse wraps the options (its ``COLUMNS`` too)."""
+    width = max(40, shutil.get_terminal_size().columns - 2)
+    column = 2 + max(len(name) for name, _ in entries) + 2
+    lines = []
+    for name, description in entries:
+        wrapped = textwrap.wrap(
+            description, max(20, width - column), break_on_hyphens=False, break_long_words=False
+        ) or [""]
+        lines.append(f"  {name:<{column - 4}}  {wrapped[0]}".rstrip())
+        lines.extend(" " * column + more for more in wrapped[1:])
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
