@@ -14,10 +14,9 @@ Unix), :mod:`pyserve.concurrency` (threads, processes), :mod:`pyserve.request`
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+import sys
 
 # The core, loaded at once: what the stdlib's module defines eagerly too.
 from pyserve.base import BaseServer
@@ -140,7 +139,10 @@ _LAZY = {
     name: module for name, module in _LAZY.items() if name in __all__ or name == "sockopts"
 }
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # type checkers see every name; the interpreter loads them lazily
+    from typing import Any
+
     from pyserve.multiplex.connection import ConnectionHandler
     from pyserve.multiplex.server import MultiplexingMixIn
     from pyserve.net import sockopts as sockopts
@@ -173,7 +175,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyserve' has no attribute {name!r}")
-    imported = importlib.import_module(module)
+    __import__(module)  # not importlib.import_module: importlib costs every importer
+    imported = sys.modules[module]
     value = imported if imported.__name__.endswith("." + name) else getattr(imported, name)
     globals()[name] = value  # later lookups are plain module attributes
     return value

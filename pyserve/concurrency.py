@@ -47,13 +47,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Optional
 
 from pyserve.base import BaseServer
 
 __all__ = ["ForkingMixIn", "ThreadingMixIn"]
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Optional
     _Base = BaseServer
 else:
     _Base = object

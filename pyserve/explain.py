@@ -64,15 +64,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import os
 import sys
 import threading
-from typing import IO, Any, Callable, Optional
+
+from pyserve.logs import INFO, NOTSET, DeferredLogger
 
 __all__ = ["ENVIRONMENT_VARIABLE", "install", "requested"]
 
-logger = logging.getLogger("pyserve.explain")
+logger = DeferredLogger("pyserve.explain")
 
 #: The environment variable that turns explain mode on for every server:
 #: ``1`` (or any value but ``0``) logs to ``pyserve.explain``; ``stderr`` writes there.
@@ -103,6 +103,10 @@ HANDLER_HOOKS = (
     "eof_received",
     "connection_lost",
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Optional
 # Hooks whose first argument is the request: their lines carry its number.
 _REQUEST_FIRST = frozenset(SERVER_HOOKS) - frozenset(LOOP_HOOKS) - {"get_request", "_child_exited"}
 
@@ -174,8 +178,8 @@ def install(server: Any, stream: Optional[IO[str]] = None) -> None:
             stream = chosen
         elif os.environ.get(ENVIRONMENT_VARIABLE) == "stderr":
             stream = sys.stderr
-    if stream is None and logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)  # asked for these lines: do not drop them
+    if stream is None and logger.level == NOTSET:
+        logger.setLevel(INFO)  # asked for these lines: do not drop them
     Explainer(stream).attach(server)
 
 

@@ -20,16 +20,42 @@ trustworthy and small whatever the peer does:
 
 The reasons are keys of a dictionary, so they must come from the program, never
 from the peer (a peer could otherwise grow the dictionary without bound).
+
+Importing :mod:`logging` costs a process several milliseconds (it brings
+:mod:`traceback`, :mod:`re`, :mod:`string`...), and most processes that import
+pyserve never log a line. So the modules of the core name their logger with
+:class:`DeferredLogger`: it imports logging and fetches
+``logging.getLogger(name)`` on first use, and from then on hands every call to
+that very logger (same name, level, handlers and propagation as if it had been
+fetched at import time).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from typing import Any, Callable
 
-__all__ = ["MAX_ESCAPED", "RateLimitedLog", "escape"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from logging import Logger
+    from typing import Any, Callable
+else:
+    Logger = object  # DeferredLogger stands in for a Logger: the checker sees one
+
+__all__ = [
+    "DEBUG",
+    "ERROR",
+    "INFO",
+    "MAX_ESCAPED",
+    "NOTSET",
+    "WARNING",
+    "DeferredLogger",
+    "RateLimitedLog",
+    "escape",
+]
+
+# logging's level numbers, fixed by its documentation: using them needs no import.
+NOTSET, DEBUG, INFO, WARNING, ERROR = 0, 10, 20, 30, 40
 
 #: The longest escaped value a log line carries. Long enough for any real Unix
 #: socket path (108 bytes) or host name (253) once escaped; a peer that sends
@@ -59,6 +85,27 @@ def escape(value: object) -> str:
     return text
 
 
+class DeferredLogger(Logger):
+    """``logging.getLogger(name)``, fetched (and logging imported) on first use."""
+
+    def __init__(self, name: str) -> None:  # no super().__init__(): not a Logger itself
+        self.__dict__["name"] = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        import logging  # noqa: PLC0415 - paid for by the first line logged
+
+        real = logging.getLogger(self.__dict__["name"])
+        return getattr(real, attribute)
+
+    def __setattr__(self, attribute: str, value: Any) -> None:
+        import logging  # noqa: PLC0415 - see __getattr__
+
+        setattr(logging.getLogger(self.__dict__["name"]), attribute, value)
+
+    def __repr__(self) -> str:
+        return f"<DeferredLogger {self.__dict__['name']!r}>"
+
+
 class _Reason:
     """What a :class:`RateLimitedLog` remembers of one reason."""
 
@@ -80,7 +127,7 @@ class RateLimitedLog:
 
     def __init__(
         self,
-        logger: logging.Logger,
+        logger: Logger,
         interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

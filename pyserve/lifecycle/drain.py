@@ -40,13 +40,11 @@ keep-alive client (the stdlib waits until the client hangs up).
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from pyserve.lifecycle.events import (
     DRAINED,
@@ -61,10 +59,17 @@ from pyserve.lifecycle.events import (
 )
 from pyserve.lifecycle.gate import AcceptGate
 from pyserve.lifecycle.registry import InFlight, LiveRequest, RequestRegistry
+from pyserve.logs import DeferredLogger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple, Optional
+else:
+    from pyserve.typing_free import NamedTuple
 
 __all__ = ["DrainReport", "Lifecycle"]
 
-logger = logging.getLogger("pyserve")
+logger = DeferredLogger("pyserve")
 
 # Timeouts of every flavour end a request as "timed out" rather than "errored".
 _TIMEOUTS = (socket.timeout, TimeoutError)

@@ -39,7 +39,10 @@ import socket
 import struct
 import sys
 from collections.abc import Iterable
-from typing import Union
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Union
 
 __all__ = [
     "SocketOption",
@@ -54,7 +57,10 @@ __all__ = [
 ]
 
 #: One option: the arguments of ``socket.setsockopt(level, option, value)``.
-SocketOption = tuple[int, int, Union[int, bytes]]
+if TYPE_CHECKING:
+    SocketOption = tuple[int, int, Union[int, bytes]]
+else:  # for type checkers only: at run time its spelling (typing is not imported)
+    SocketOption = "tuple[int, int, Union[int, bytes]]"
 
 # Linux's limits for the keepalive knobs (tcp(7)): larger values are EINVAL.
 _KEEPALIVE_LIMITS = {"idle": 32767, "interval": 32767, "count": 127}
