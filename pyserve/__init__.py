@@ -40,9 +40,6 @@ from pyserve.lifecycle.registry import InFlight
 from pyserve.request import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from pyserve.sockets import SocketServer, TCPServer, UDPServer
 
-if hasattr(socket, "AF_UNIX"):
-    from pyserve.unix import UnixDatagramServer, UnixStreamServer
-
 __version__ = "0.1.0"
 
 # The stdlib's names first (in the stdlib's order), then pyserve's extras.
@@ -100,12 +97,15 @@ __all__ += [
 ]
 
 # Everything not imported above is imported on first use (PEP 562: __getattr__
-# below), so a process that imports pyserve pays for the ready server
-# combinations, the thread pool, the multiplexer, prefork, multicast, PROXY and
-# TLS (with ssl) only when it touches them; `from pyserve import X` and
-# `pyserve.X` work the same either way. Each name -> the module defining it.
+# below), so a process that imports pyserve pays for the Unix servers (with their
+# socket-file care: fcntl, grp, pwd), the ready server combinations, the thread
+# pool, the multiplexer, prefork, multicast, PROXY and TLS (with ssl) only when it
+# touches them; `from pyserve import X` and `pyserve.X` work the same either way.
+# Each name -> the module defining it.
 _SERVERS = "pyserve.servers"
 _LAZY: dict[str, str] = {
+    "UnixStreamServer": "pyserve.unix",
+    "UnixDatagramServer": "pyserve.unix",
     "ThreadingTCPServer": _SERVERS,
     "ThreadingUDPServer": _SERVERS,
     "ForkingTCPServer": _SERVERS,
@@ -169,6 +169,7 @@ if TYPE_CHECKING:  # type checkers see every name; the interpreter loads them la
         ThreadPoolUnixDatagramServer,
         ThreadPoolUnixStreamServer,
     )
+    from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
 
 def __getattr__(name: str) -> Any:

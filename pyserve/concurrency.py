@@ -37,11 +37,8 @@ logging what was left. (The stdlib waits as long as a keep-alive client stays.)
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
 import os
-import signal
 import socket
 import sys
 import threading
@@ -97,6 +94,8 @@ if _START_AS_DAEMON:
     if _register_at_exit is not None:
         _register_at_exit(_join_outliving_threads)
     else:  # pragma: no cover - every CPython from 3.9 has it; other interpreters may not
+        import atexit
+
         atexit.register(_join_outliving_threads)
 
 
@@ -231,6 +230,8 @@ def _exit_failure(pid: int, status: Optional[int]) -> Optional[BaseException]:
     if status is None or status == 0:
         return None
     if os.WIFSIGNALED(status):
+        import signal  # noqa: PLC0415 - a failed child is rare; importers need not pay for it
+
         name = signal.Signals(os.WTERMSIG(status)).name
         return ChildProcessError(f"request child {pid} killed by {name}")
     return ChildProcessError(f"request child {pid} exited with status {os.WEXITSTATUS(status)}")
@@ -315,8 +316,10 @@ class ForkingMixIn(_Base):
 
     def _wait_for_a_child(self) -> None:
         oldest = next(iter(self.active_children))
-        with contextlib.suppress(ChildProcessError):
+        try:
             os.waitpid(oldest, 0)
+        except ChildProcessError:
+            pass  # already reaped elsewhere: nothing left to wait for
         self._forget_child(oldest)
 
     def _track_child(self, pid: int) -> None:

@@ -36,7 +36,6 @@ the kernel refuses stops the constructor instead of every connection.
 from __future__ import annotations
 
 import socket
-import struct
 import sys
 from collections.abc import Iterable
 
@@ -235,6 +234,7 @@ def drop_new_handshakes(listener: socket.socket) -> bool:
     if listener.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     import ctypes  # noqa: PLC0415 - only a drain pays for it
+    import struct  # noqa: PLC0415 - the same
 
     program = ctypes.create_string_buffer(
         b"".join(struct.pack("HBBI", *instruction) for instruction in _DROP_SYN)
