@@ -42,17 +42,8 @@ if TYPE_CHECKING:
 else:
     Logger = object  # DeferredLogger stands in for a Logger: the checker sees one
 
-__all__ = [
-    "DEBUG",
-    "ERROR",
-    "INFO",
-    "MAX_ESCAPED",
-    "NOTSET",
-    "WARNING",
-    "DeferredLogger",
-    "RateLimitedLog",
-    "escape",
-]
+# DeferredLogger and the level numbers serve pyserve's own modules: not exported.
+__all__ = ["MAX_ESCAPED", "RateLimitedLog", "escape"]
 
 # logging's level numbers, fixed by its documentation: using them needs no import.
 NOTSET, DEBUG, INFO, WARNING, ERROR = 0, 10, 20, 30, 40

@@ -59,8 +59,8 @@ if TYPE_CHECKING:
 
     #: The server type a handler is generic over (``self.server``'s type).
     ServerT_co = TypeVar("ServerT_co", bound="BaseServer", covariant=True)
-else:  # the same names, without importing typing (see pyserve.typing_free)
-    from pyserve.typing_free import Generic, TypeVar
+else:  # the same names, without importing typing (see pyserve._typing_free)
+    from pyserve._typing_free import Generic, TypeVar
 
     ServerT_co = TypeVar("ServerT_co")
 

@@ -64,7 +64,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple, Optional
 else:
-    from pyserve.typing_free import NamedTuple
+    from pyserve._typing_free import NamedTuple
 
 __all__ = ["DrainReport", "Lifecycle"]
 

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from logging import Logger
     from typing import Any, NamedTuple, Optional
 else:
-    from pyserve.typing_free import NamedTuple
+    from pyserve._typing_free import NamedTuple
 
 __all__ = [
     "ACCEPTED",

@@ -45,7 +45,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple, Optional, Union
 else:
-    from pyserve.typing_free import NamedTuple
+    from pyserve._typing_free import NamedTuple
 
 _monotonic = time.monotonic
 

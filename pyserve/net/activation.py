@@ -55,7 +55,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, NamedTuple, Optional, TypeVar
 else:
-    from pyserve.typing_free import NamedTuple, TypeVar
+    from pyserve._typing_free import NamedTuple, TypeVar
 
 _ServerT = TypeVar("_ServerT", bound="SocketAdoption")
 
