@@ -37,7 +37,6 @@ logging what was left. (The stdlib waits as long as a keep-alive client stays.)
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import sys
@@ -330,6 +329,8 @@ class ForkingMixIn(_Base):
             except OSError:
                 pidfd = -1  # old kernel: service_actions cannot help; reap on max
             if pidfd >= 0:
+                import functools  # noqa: PLC0415 - not loaded by socketserver on 3.13: defer
+
                 self._child_pidfds[pid] = pidfd
                 self._watch(pidfd, functools.partial(self._child_exited, pid))
         if len(self.active_children) >= self.max_children:

@@ -62,7 +62,6 @@ from ``get_request`` until ``shutdown_request``/``close_request`` returns.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import sys
@@ -224,9 +223,13 @@ class Explainer:
         traced.__qualname__ = handler_class.__qualname__
         return traced
 
+    # functools is imported where it is used: on 3.13 nothing else in `import
+    # pyserve` loads it, and only explain mode needs it.
     def _handler_hook(
         self, name: str, handler_class: type, original: Callable[..., Any]
     ) -> Callable[..., Any]:
+        import functools  # noqa: PLC0415 - see above
+
         provider = _provider(handler_class, name)
         note = _NOTES.get((name, provider), "")
         if name in ("handle", "connection_made", "data_received") and not note:
@@ -240,6 +243,8 @@ class Explainer:
         return hook
 
     def _wrap(self, name: str, provider: str, bound: Callable[..., Any], server: Any) -> Any:
+        import functools  # noqa: PLC0415 - see above
+
         def traced(*args: Any, **kwargs: Any) -> Any:
             call = functools.partial(bound, *args, **kwargs)
             if name == "get_request":
