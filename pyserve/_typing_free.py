@@ -28,6 +28,7 @@ imports typing itself and pays for it then.
 from __future__ import annotations
 
 import collections
+import sys
 import types
 
 TYPE_CHECKING = False
@@ -40,10 +41,10 @@ __all__ = ["Generic", "NamedTuple", "TypeVar"]
 class TypeVar:
     """A type parameter's name at run time (the checker sees ``typing.TypeVar``)."""
 
-    __slots__ = ("__name__",)
-
     def __init__(self, name: str, *constraints: object, **options: object) -> None:
         self.__name__ = name
+        # Where it was defined, as typing records it (documentation tools read it).
+        self.__module__ = sys._getframe(1).f_globals.get("__name__", "")
 
     def __repr__(self) -> str:
         return f"~{self.__name__}"
@@ -57,6 +58,9 @@ class Generic:
     # Generic[T] and Handler[Server] alike: an alias whose origin is the class, so
     # `class H(Handler[Server])` inherits from Handler itself.
     __class_getitem__: Any = classmethod(types.GenericAlias)
+
+
+_NOT_COPIED = ("__annotations__", "__module__", "__qualname__", "__orig_bases__")
 
 
 class _NamedTupleMeta(type):
@@ -78,7 +82,8 @@ class _NamedTupleMeta(type):
         record = collections.namedtuple(name, fields, defaults=defaults, module=module)  # type: ignore[misc]
         record.__annotations__ = dict(annotations)
         for key, value in namespace.items():
-            if key in fields or key in ("__annotations__", "__module__", "__qualname__"):
+            # __orig_bases__ would name this stand-in: typing's records have none (3.11).
+            if key in fields or key in _NOT_COPIED:
                 continue
             setattr(record, key, value)  # the docstring, methods, properties
         record.__qualname__ = namespace.get("__qualname__", name)

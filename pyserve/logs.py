@@ -24,7 +24,7 @@ from the peer (a peer could otherwise grow the dictionary without bound).
 Importing :mod:`logging` costs a process several milliseconds (it brings
 :mod:`traceback`, :mod:`re`, :mod:`string`...), and most processes that import
 pyserve never log a line. So the modules of the core name their logger with
-:class:`DeferredLogger`: it imports logging and fetches
+``DeferredLogger``: it imports logging and fetches
 ``logging.getLogger(name)`` on first use, and from then on hands every call to
 that very logger (same name, level, handlers and propagation as if it had been
 fetched at import time).
@@ -37,10 +37,12 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from logging import Logger
+    import logging
     from typing import Any, Callable
+
+    _LoggerView = logging.Logger
 else:
-    Logger = object  # DeferredLogger stands in for a Logger: the checker sees one
+    _LoggerView = object  # DeferredLogger stands in for a Logger: the checker sees one
 
 # DeferredLogger and the level numbers serve pyserve's own modules: not exported.
 __all__ = ["MAX_ESCAPED", "RateLimitedLog", "escape"]
@@ -76,7 +78,7 @@ def escape(value: object) -> str:
     return text
 
 
-class DeferredLogger(Logger):
+class DeferredLogger(_LoggerView):
     """``logging.getLogger(name)``, fetched (and logging imported) on first use."""
 
     def __init__(self, name: str) -> None:  # no super().__init__(): not a Logger itself
@@ -118,7 +120,7 @@ class RateLimitedLog:
 
     def __init__(
         self,
-        logger: Logger,
+        logger: logging.Logger,
         interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

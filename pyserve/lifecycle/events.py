@@ -48,7 +48,7 @@ from pyserve.logs import INFO, DeferredLogger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from logging import Logger
+    import logging
     from typing import Any, NamedTuple, Optional
 else:
     from pyserve._typing_free import NamedTuple
@@ -151,7 +151,7 @@ class LoggingObserver:
     ``finished ('127.0.0.1', 51234) request 7``.
     """
 
-    def __init__(self, logger: Optional[Logger] = None, level: int = INFO) -> None:
+    def __init__(self, logger: Optional[logging.Logger] = None, level: int = INFO) -> None:
         self.logger = logger if logger is not None else DeferredLogger("pyserve.events")
         self.level = level
 
