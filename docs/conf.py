@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from importlib.metadata import version as _installed_version
+from typing import Any, Generic
 
 project = "pyserve"
 author = "pyserve developers"
@@ -59,7 +60,23 @@ nitpick_ignore_regex = [
     (r"py:class", r"(?:pyserve|handlers)(?:\.\w+)+\._\w+"),
     # Standard-library names that Python's own inventory does not list.
     (r"py:class", r"re\.Pattern"),
+    # pyserve's core imports typing names for the type checker only (import time:
+    # see pyserve/_typing_free.py), so autodoc reads its annotations as text; these
+    # aliases and type variables exist for the checker alone and cannot be linked.
+    (r"py:class", r"SocketOption|_ServerT"),
 ]
+
+
+def _typing_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
+    """Show typing's Generic where pyserve's run-time stand-in for it is a base."""
+    for index, base in enumerate(bases):
+        origin = getattr(base, "__origin__", base)
+        if getattr(origin, "__module__", None) == "pyserve._typing_free":
+            bases[index] = Generic
+
+
+def setup(app: Any) -> None:
+    app.connect("autodoc-process-bases", _typing_bases)
 
 # Signatures show the annotations; "description" moves them into the parameter
 # list, which keeps long signatures readable.

@@ -14,10 +14,9 @@ Unix), :mod:`pyserve.concurrency` (threads, processes), :mod:`pyserve.request`
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+import sys
 
 # The core, loaded at once: what the stdlib's module defines eagerly too.
 from pyserve.base import BaseServer
@@ -40,9 +39,6 @@ from pyserve.lifecycle.events import (
 from pyserve.lifecycle.registry import InFlight
 from pyserve.request import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from pyserve.sockets import SocketServer, TCPServer, UDPServer
-
-if hasattr(socket, "AF_UNIX"):
-    from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
 __version__ = "0.1.0"
 
@@ -101,12 +97,15 @@ __all__ += [
 ]
 
 # Everything not imported above is imported on first use (PEP 562: __getattr__
-# below), so a process that imports pyserve pays for the ready server
-# combinations, the thread pool, the multiplexer, prefork, multicast, PROXY and
-# TLS (with ssl) only when it touches them; `from pyserve import X` and
-# `pyserve.X` work the same either way. Each name -> the module defining it.
+# below), so a process that imports pyserve pays for the Unix servers (with their
+# socket-file care: fcntl, grp, pwd), the ready server combinations, the thread
+# pool, the multiplexer, prefork, multicast, PROXY and TLS (with ssl) only when it
+# touches them; `from pyserve import X` and `pyserve.X` work the same either way.
+# Each name -> the module defining it.
 _SERVERS = "pyserve.servers"
 _LAZY: dict[str, str] = {
+    "UnixStreamServer": "pyserve.unix",
+    "UnixDatagramServer": "pyserve.unix",
     "ThreadingTCPServer": _SERVERS,
     "ThreadingUDPServer": _SERVERS,
     "ForkingTCPServer": _SERVERS,
@@ -140,7 +139,10 @@ _LAZY = {
     name: module for name, module in _LAZY.items() if name in __all__ or name == "sockopts"
 }
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # type checkers see every name; the interpreter loads them lazily
+    from typing import Any
+
     from pyserve.multiplex.connection import ConnectionHandler
     from pyserve.multiplex.server import MultiplexingMixIn
     from pyserve.net import sockopts as sockopts
@@ -167,13 +169,15 @@ if TYPE_CHECKING:  # type checkers see every name; the interpreter loads them la
         ThreadPoolUnixDatagramServer,
         ThreadPoolUnixStreamServer,
     )
+    from pyserve.unix import UnixDatagramServer, UnixStreamServer
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyserve' has no attribute {name!r}")
-    imported = importlib.import_module(module)
+    __import__(module)  # not importlib.import_module: importlib costs every importer
+    imported = sys.modules[module]
     value = imported if imported.__name__.endswith("." + name) else getattr(imported, name)
     globals()[name] = value  # later lookups are plain module attributes
     return value

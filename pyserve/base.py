@@ -38,12 +38,10 @@ state exists however ``__init__`` was reached.
 
 from __future__ import annotations
 
-import logging
 import selectors
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
 
 from pyserve import explain
 from pyserve.errors import (
@@ -58,17 +56,21 @@ from pyserve.lifecycle.drain import Lifecycle
 from pyserve.lifecycle.events import ACCEPTED
 from pyserve.lifecycle.limits import ConnectionLimits
 from pyserve.lifecycle.registry import LiveRequest
-from pyserve.logs import RateLimitedLog, escape
+from pyserve.logs import WARNING, DeferredLogger, RateLimitedLog, escape
 from pyserve.loop import ServeLoop, _Selector
 
-if sys.version_info >= (3, 11):
-    from typing import Self
-else:
-    from typing_extensions import Self
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    if sys.version_info >= (3, 11):
+        from typing import Self
+    else:
+        from typing_extensions import Self
 
 __all__ = ["BaseServer"]
 
-logger = logging.getLogger("pyserve")
+logger = DeferredLogger("pyserve")
 
 
 class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
@@ -327,7 +329,7 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
             # The peer's doing, as often as it likes: one line per kind of fault
             # per rejection_log_interval, with the peer's values escaped.
             self._peer_fault_log.report(
-                logging.WARNING,
+                WARNING,
                 type(exc).__name__,
                 "Closed the connection from %s: %s",
                 escape(client_address),

@@ -37,23 +37,20 @@ logging what was left. (The stdlib waits as long as a keep-alive client stays.)
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
 import os
-import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Optional
 
 from pyserve.base import BaseServer
 
 __all__ = ["ForkingMixIn", "ThreadingMixIn"]
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Optional
     _Base = BaseServer
 else:
     _Base = object
@@ -96,6 +93,8 @@ if _START_AS_DAEMON:
     if _register_at_exit is not None:
         _register_at_exit(_join_outliving_threads)
     else:  # pragma: no cover - every CPython from 3.9 has it; other interpreters may not
+        import atexit
+
         atexit.register(_join_outliving_threads)
 
 
@@ -230,6 +229,8 @@ def _exit_failure(pid: int, status: Optional[int]) -> Optional[BaseException]:
     if status is None or status == 0:
         return None
     if os.WIFSIGNALED(status):
+        import signal  # noqa: PLC0415 - a failed child is rare; importers need not pay for it
+
         name = signal.Signals(os.WTERMSIG(status)).name
         return ChildProcessError(f"request child {pid} killed by {name}")
     return ChildProcessError(f"request child {pid} exited with status {os.WEXITSTATUS(status)}")
@@ -314,8 +315,10 @@ class ForkingMixIn(_Base):
 
     def _wait_for_a_child(self) -> None:
         oldest = next(iter(self.active_children))
-        with contextlib.suppress(ChildProcessError):
+        try:
             os.waitpid(oldest, 0)
+        except ChildProcessError:
+            pass  # already reaped elsewhere: nothing left to wait for
         self._forget_child(oldest)
 
     def _track_child(self, pid: int) -> None:
@@ -326,6 +329,8 @@ class ForkingMixIn(_Base):
             except OSError:
                 pidfd = -1  # old kernel: service_actions cannot help; reap on max
             if pidfd >= 0:
+                import functools  # noqa: PLC0415 - not loaded by socketserver on 3.13: defer
+
                 self._child_pidfds[pid] = pidfd
                 self._watch(pidfd, functools.partial(self._child_exited, pid))
         if len(self.active_children) >= self.max_children:

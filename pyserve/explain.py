@@ -62,17 +62,16 @@ from ``get_request`` until ``shutdown_request``/``close_request`` returns.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import logging
 import os
 import sys
 import threading
-from typing import IO, Any, Callable, Optional
+
+from pyserve.logs import INFO, NOTSET, DeferredLogger
 
 __all__ = ["ENVIRONMENT_VARIABLE", "install", "requested"]
 
-logger = logging.getLogger("pyserve.explain")
+logger = DeferredLogger("pyserve.explain")
 
 #: The environment variable that turns explain mode on for every server:
 #: ``1`` (or any value but ``0``) logs to ``pyserve.explain``; ``stderr`` writes there.
@@ -103,6 +102,10 @@ HANDLER_HOOKS = (
     "eof_received",
     "connection_lost",
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Optional
 # Hooks whose first argument is the request: their lines carry its number.
 _REQUEST_FIRST = frozenset(SERVER_HOOKS) - frozenset(LOOP_HOOKS) - {"get_request", "_child_exited"}
 
@@ -174,8 +177,8 @@ def install(server: Any, stream: Optional[IO[str]] = None) -> None:
             stream = chosen
         elif os.environ.get(ENVIRONMENT_VARIABLE) == "stderr":
             stream = sys.stderr
-    if stream is None and logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)  # asked for these lines: do not drop them
+    if stream is None and logger.level == NOTSET:
+        logger.setLevel(INFO)  # asked for these lines: do not drop them
     Explainer(stream).attach(server)
 
 
@@ -220,9 +223,13 @@ class Explainer:
         traced.__qualname__ = handler_class.__qualname__
         return traced
 
+    # functools is imported where it is used: on 3.13 nothing else in `import
+    # pyserve` loads it, and only explain mode needs it.
     def _handler_hook(
         self, name: str, handler_class: type, original: Callable[..., Any]
     ) -> Callable[..., Any]:
+        import functools  # noqa: PLC0415 - see above
+
         provider = _provider(handler_class, name)
         note = _NOTES.get((name, provider), "")
         if name in ("handle", "connection_made", "data_received") and not note:
@@ -236,6 +243,8 @@ class Explainer:
         return hook
 
     def _wrap(self, name: str, provider: str, bound: Callable[..., Any], server: Any) -> Any:
+        import functools  # noqa: PLC0415 - see above
+
         def traced(*args: Any, **kwargs: Any) -> Any:
             call = functools.partial(bound, *args, **kwargs)
             if name == "get_request":

@@ -20,16 +20,35 @@ trustworthy and small whatever the peer does:
 
 The reasons are keys of a dictionary, so they must come from the program, never
 from the peer (a peer could otherwise grow the dictionary without bound).
+
+Importing :mod:`logging` costs a process several milliseconds (it brings
+:mod:`traceback`, :mod:`re`, :mod:`string`...), and most processes that import
+pyserve never log a line. So the modules of the core name their logger with
+``DeferredLogger``: it imports logging and fetches
+``logging.getLogger(name)`` on first use, and from then on hands every call to
+that very logger (same name, level, handlers and propagation as if it had been
+fetched at import time).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from typing import Any, Callable
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from typing import Any, Callable
+
+    _LoggerView = logging.Logger
+else:
+    _LoggerView = object  # DeferredLogger stands in for a Logger: the checker sees one
+
+# DeferredLogger and the level numbers serve pyserve's own modules: not exported.
 __all__ = ["MAX_ESCAPED", "RateLimitedLog", "escape"]
+
+# logging's level numbers, fixed by its documentation: using them needs no import.
+NOTSET, DEBUG, INFO, WARNING, ERROR = 0, 10, 20, 30, 40
 
 #: The longest escaped value a log line carries. Long enough for any real Unix
 #: socket path (108 bytes) or host name (253) once escaped; a peer that sends
@@ -57,6 +76,27 @@ def escape(value: object) -> str:
     if len(text) > MAX_ESCAPED:
         return f"{text[:MAX_ESCAPED]}... ({len(text) - MAX_ESCAPED} more characters)"
     return text
+
+
+class DeferredLogger(_LoggerView):
+    """``logging.getLogger(name)``, fetched (and logging imported) on first use."""
+
+    def __init__(self, name: str) -> None:  # no super().__init__(): not a Logger itself
+        self.__dict__["name"] = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        import logging  # noqa: PLC0415 - paid for by the first line logged
+
+        real = logging.getLogger(self.__dict__["name"])
+        return getattr(real, attribute)
+
+    def __setattr__(self, attribute: str, value: Any) -> None:
+        import logging  # noqa: PLC0415 - see __getattr__
+
+        setattr(logging.getLogger(self.__dict__["name"]), attribute, value)
+
+    def __repr__(self) -> str:
+        return f"<DeferredLogger {self.__dict__['name']!r}>"
 
 
 class _Reason:

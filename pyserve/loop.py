@@ -35,26 +35,29 @@ the first successful accept ends the episode with one INFO line.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import selectors
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.lifecycle.gate import AcceptGate
+from pyserve.logs import DeferredLogger
 
 __all__ = ["ServeLoop"]
 
-logger = logging.getLogger("pyserve")
+logger = DeferredLogger("pyserve")
 
 # poll(2) has no descriptor limit and no per-call setup cost; select(2) is the
 # fallback where poll is missing. The stdlib makes the same choice.
 _Selector: type[selectors.BaseSelector] = getattr(
     selectors, "PollSelector", selectors.SelectSelector
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 # What a byte on the wake-up socket asks of the loop.
 _WAKE_STOP = b"S"  # stop serving (written by shutdown(), possibly from a forked child)

@@ -40,7 +40,6 @@ import io
 import socket
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
 from pyserve.lifecycle.limits import SocketReader, make_rfile
 
@@ -50,13 +49,20 @@ __all__ = [
     "StreamRequestHandler",
 ]
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Generic, Optional, TypeVar
+
     from typing_extensions import Buffer
 
     from pyserve.base import BaseServer
 
-#: The server type a handler is generic over (``self.server``'s type).
-ServerT_co = TypeVar("ServerT_co", bound="BaseServer", covariant=True)
+    #: The server type a handler is generic over (``self.server``'s type).
+    ServerT_co = TypeVar("ServerT_co", bound="BaseServer", covariant=True)
+else:  # the same names, without importing typing (see pyserve._typing_free)
+    from pyserve._typing_free import Generic, TypeVar
+
+    ServerT_co = TypeVar("ServerT_co")
 
 
 class BaseRequestHandler(Generic[ServerT_co]):

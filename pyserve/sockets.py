@@ -56,17 +56,15 @@ accepted connection, at the cost of one truth test when there are none.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import select
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
 
 from pyserve.base import BaseServer
 from pyserve.errors import RequestDropped
-from pyserve.logs import RateLimitedLog, escape
+from pyserve.logs import WARNING, DeferredLogger, RateLimitedLog, escape
 from pyserve.net.activation import SocketAdoption
 from pyserve.net.addresses import family_for_address
 from pyserve.net.sockopts import (
@@ -77,13 +75,17 @@ from pyserve.net.sockopts import (
     probe_socket_options,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
 __all__ = [
     "SocketServer",
     "TCPServer",
     "UDPServer",
 ]
 
-logger = logging.getLogger("pyserve")
+logger = DeferredLogger("pyserve")
 
 
 class SocketServer(SocketAdoption, BaseServer):
@@ -427,7 +429,7 @@ class UDPServer(SocketServer):
     def _datagram_too_long(self, client_address: Any) -> None:
         self.datagrams_truncated += 1
         self._peer_faults.report(
-            logging.WARNING,
+            WARNING,
             "datagram too long",
             "Dropped a datagram from %s longer than max_packet_size=%d (%d dropped so far)",
             escape(client_address),

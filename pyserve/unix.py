@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import socket
 import stat
 import sys
-import tempfile
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Union
 
-from pyserve.logs import escape
+from pyserve.logs import WARNING, DeferredLogger, escape
 from pyserve.net.addresses import is_filesystem_path
 
 try:  # POSIX only: user and group names, file locks
@@ -48,7 +45,10 @@ except ImportError:  # pragma: no cover - Windows has none of them, nor socket f
 
 from pyserve.sockets import TCPServer, UDPServer
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Optional, Union
+
     from pyserve.sockets import SocketServer
 
     _FileBase = SocketServer
@@ -66,7 +66,7 @@ __all__ = [
     "set_socket_file_access",
 ]
 
-logger = logging.getLogger("pyserve")
+logger = DeferredLogger("pyserve")
 
 #: sun_path's size on Linux (108) and the BSDs (104), with room for the NUL.
 _MAX_SOCKET_PATH = 104 if sys.platform != "linux" else 108
@@ -209,6 +209,8 @@ def _bind_privately(
     done) when the private name would be too long for a socket address.
     """
     directory = os.path.dirname(os.fsdecode(path)) or "."
+    import tempfile  # noqa: PLC0415 - costs every importer ~5 ms; only this path needs it
+
     private = tempfile.mkdtemp(prefix=".pyserve-", dir=directory)  # mode 0700: ours alone
     temporary = os.path.join(private, "s")
     try:
@@ -304,7 +306,7 @@ class UnixDatagramReplies(_ReplyBase):
             self.unreplyable_datagrams += 1
             so_far = self.unreplyable_datagrams
         self._peer_faults.report(
-            logging.WARNING,
+            WARNING,
             "unreplyable datagram",
             "Could not reply to the Unix datagram client at %s: %s (%d so far; "
             "a client must bind its socket to receive replies)",

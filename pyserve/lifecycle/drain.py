@@ -40,13 +40,10 @@ keep-alive client (the stdlib waits until the client hangs up).
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from pyserve.lifecycle.events import (
     DRAINED,
@@ -61,10 +58,21 @@ from pyserve.lifecycle.events import (
 )
 from pyserve.lifecycle.gate import AcceptGate
 from pyserve.lifecycle.registry import InFlight, LiveRequest, RequestRegistry
+from pyserve.logs import DeferredLogger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple, Optional
+else:
+    from pyserve._typing_free import NamedTuple
 
 __all__ = ["DrainReport", "Lifecycle"]
 
-logger = logging.getLogger("pyserve")
+logger = DeferredLogger("pyserve")
+
+# POSIX fixes these numbers, so a drain needs no `import signal` (which every
+# importer of pyserve would pay for) to send them.
+_SIGTERM, _SIGKILL = 15, 9
 
 # Timeouts of every flavour end a request as "timed out" rather than "errored".
 _TIMEOUTS = (socket.timeout, TimeoutError)
@@ -269,7 +277,7 @@ class Lifecycle:
         left = registry.entries()
         for entry in left:
             if entry.pid is not None:  # a forked child's
-                _signal(entry.pid, signal.SIGKILL)
+                _signal(entry.pid, _SIGKILL)
         now = time.monotonic()
         records = tuple(entry.record(now, time.time()) for entry in left)
         for record in records:
@@ -302,7 +310,7 @@ class Lifecycle:
         """Cut one request short: SHUT_RD its connection, or SIGTERM its child."""
         entry.forced = True
         if entry.pid is not None:  # a forked child's
-            _signal(entry.pid, signal.SIGTERM)
+            _signal(entry.pid, _SIGTERM)
             return
         request = entry.request
         if isinstance(request, socket.socket):

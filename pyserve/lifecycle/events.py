@@ -41,9 +41,17 @@ never take a server down. Example, counting finished requests per client host::
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+
+from pyserve.logs import INFO, DeferredLogger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from typing import Any, NamedTuple, Optional
+else:
+    from pyserve._typing_free import NamedTuple
 
 __all__ = [
     "ACCEPTED",
@@ -71,7 +79,7 @@ DRAINED = "drained"
 #: Every event kind, in the order a request meets them.
 EVENT_KINDS = (ACCEPTED, REJECTED, STARTED, FINISHED, ERRORED, TIMED_OUT, DRAINED)
 
-logger = logging.getLogger("pyserve.events")
+logger = DeferredLogger("pyserve.events")
 
 
 class ServerEvent:
@@ -143,8 +151,8 @@ class LoggingObserver:
     ``finished ('127.0.0.1', 51234) request 7``.
     """
 
-    def __init__(self, logger: Optional[logging.Logger] = None, level: int = logging.INFO) -> None:
-        self.logger = logger if logger is not None else logging.getLogger("pyserve.events")
+    def __init__(self, logger: Optional[logging.Logger] = None, level: int = INFO) -> None:
+        self.logger = logger if logger is not None else DeferredLogger("pyserve.events")
         self.level = level
 
     def __call__(self, event: ServerEvent) -> None:

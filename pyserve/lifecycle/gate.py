@@ -50,7 +50,10 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import Callable, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 _get_ident = threading.get_ident
 

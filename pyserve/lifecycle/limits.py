@@ -52,18 +52,20 @@ per ``readline()``. Only handlers that ask for them pay.
 from __future__ import annotations
 
 import io
-import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.errors import LineTooLong, RequestTimedOut
 from pyserve.lifecycle.registry import RequestRegistry
-from pyserve.logs import RateLimitedLog, escape
+from pyserve.logs import WARNING, DeferredLogger, RateLimitedLog, escape
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 __all__ = ["ConnectionLimits", "DeadlineReader", "LineLimitedReader", "SocketReader", "client_host"]
 
-logger = logging.getLogger("pyserve")
+logger = DeferredLogger("pyserve")
 
 _NEVER = float("inf")
 
@@ -121,7 +123,7 @@ class ConnectionLimits:
         # ``reason`` is the registry's own text ("max_connections=2 reached"),
         # never the peer's, so it may key the log.
         self._peer_fault_log.report(
-            logging.WARNING,
+            WARNING,
             reason,
             "Rejected a connection from %s: %s",
             escape(client_address),

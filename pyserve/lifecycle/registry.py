@@ -38,9 +38,14 @@ import itertools
 import os
 import threading
 import time
-from typing import Any, NamedTuple, Optional, Union
 
 from pyserve.lifecycle.events import ERRORED, FINISHED, TIMED_OUT, Stats
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple, Optional, Union
+else:
+    from pyserve._typing_free import NamedTuple
 
 _monotonic = time.monotonic
 

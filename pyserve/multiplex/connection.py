@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Callable, Generic, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from pyserve.lifecycle.registry import LiveRequest
 from pyserve.request import ServerT_co
+
+if TYPE_CHECKING:
+    from typing import Generic
+else:  # ServerT_co is pyserve._typing_free's at run time, as for the request handlers
+    from pyserve._typing_free import Generic
 
 __all__ = ["ConnectionHandler", "Transport"]
 

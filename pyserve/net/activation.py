@@ -48,9 +48,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar
 
 from pyserve.errors import PyserveError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, NamedTuple, Optional, TypeVar
+else:
+    from pyserve._typing_free import NamedTuple, TypeVar
 
 _ServerT = TypeVar("_ServerT", bound="SocketAdoption")
 

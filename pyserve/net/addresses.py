@@ -26,13 +26,19 @@ or ``AF_UNIX`` on the Unix servers, always wins.
 from __future__ import annotations
 
 import socket
-from typing import Any, Union
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Union
 
 __all__ = ["Address", "family_for_address", "is_filesystem_path"]
 
 #: What a server may be bound to: (host, port), (host, port, flowinfo, scope_id), or
 #: a Unix path (str or bytes; a leading NUL byte means Linux's abstract namespace).
-Address = Union[tuple[str, int], tuple[str, int, int, int], str, bytes]
+if TYPE_CHECKING:
+    Address = Union[tuple[str, int], tuple[str, int, int, int], str, bytes]
+else:  # for type checkers only: at run time its spelling (typing is not imported)
+    Address = "Union[tuple[str, int], tuple[str, int, int, int], str, bytes]"
 
 
 def _family_of_host(host: object) -> int:

@@ -36,10 +36,12 @@ the kernel refuses stops the constructor instead of every connection.
 from __future__ import annotations
 
 import socket
-import struct
 import sys
 from collections.abc import Iterable
-from typing import Union
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Union
 
 __all__ = [
     "SocketOption",
@@ -54,7 +56,10 @@ __all__ = [
 ]
 
 #: One option: the arguments of ``socket.setsockopt(level, option, value)``.
-SocketOption = tuple[int, int, Union[int, bytes]]
+if TYPE_CHECKING:
+    SocketOption = tuple[int, int, Union[int, bytes]]
+else:  # for type checkers only: at run time its spelling (typing is not imported)
+    SocketOption = "tuple[int, int, Union[int, bytes]]"
 
 # Linux's limits for the keepalive knobs (tcp(7)): larger values are EINVAL.
 _KEEPALIVE_LIMITS = {"idle": 32767, "interval": 32767, "count": 127}
@@ -229,6 +234,7 @@ def drop_new_handshakes(listener: socket.socket) -> bool:
     if listener.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     import ctypes  # noqa: PLC0415 - only a drain pays for it
+    import struct  # noqa: PLC0415 - the same
 
     program = ctypes.create_string_buffer(
         b"".join(struct.pack("HBBI", *instruction) for instruction in _DROP_SYN)
