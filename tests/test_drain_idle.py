@@ -240,9 +240,12 @@ def _server_has_read_everything(server: Any, client: socket.socket) -> bool:
     entries = server.registry.entries()
     if len(entries) != 1:
         return False
-    return _queued(client, termios.TIOCOUTQ) == 0 and _queued(
-        entries[0].request, termios.FIONREAD
-    ) == 0
+    request = entries[0].request
+    # Under TLS the registry holds the plain socket; the TLS one has its descriptor.
+    request = getattr(server, "_tls_sockets", {}).get(request, request)
+    if request.fileno() < 0:
+        return False  # the handshake is still going on
+    return _queued(client, termios.TIOCOUTQ) == 0 and _queued(request, termios.FIONREAD) == 0
 
 
 def _not_cut(sock: socket.socket) -> bool:
