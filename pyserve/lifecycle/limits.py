@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import io
 import logging
+import select
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -168,7 +170,30 @@ class SocketReader(io.RawIOBase):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
-        self._recv_into = sock.recv_into
+        self._recv_into: Callable[[Any], int] = sock.recv_into
+        if not isinstance(sock, socket.socket) or type(sock) is socket.socket:
+            return
+        ssl = sys.modules.get("ssl")  # only a process that imported ssl has TLS sockets
+        if ssl is not None and isinstance(sock, ssl.SSLSocket):
+            self._recv_into = self._tls_recv_into
+            self._readable = select.poll()
+            self._readable.register(sock.fileno(), select.POLLIN)
+
+    def _tls_recv_into(self, buffer: Any) -> int:
+        """``recv_into`` of a TLS socket, waiting for the socket *before* OpenSSL
+        reads it: a drain's ``SHUT_RD`` then ends the read here, with the TLS
+        session intact, so the server still says close_notify. (Seen by
+        OpenSSL, the same EOF is a protocol error: it answers with an alert.)"""
+        sock: Any = self._sock
+        if not sock.pending():
+            timeout = sock.gettimeout()
+            if timeout != 0.0:
+                if not self._readable.poll(None if timeout is None else timeout * 1000.0):
+                    raise socket.timeout("timed out")
+                if self.drain_requested and _at_eof(sock):
+                    return 0
+        count: int = sock.recv_into(buffer)
+        return count
 
     def readinto(self, buffer: Any) -> int:
         self.waiting = True
@@ -223,7 +248,19 @@ class SocketReader(io.RawIOBase):
         raise io.UnsupportedOperation("rfile is not writable")
 
 
+# The plain socket's methods: on a TLS socket they act on the transport only.
 _shutdown = socket.socket.shutdown
+_peek = socket.socket.recv
+
+
+def _at_eof(sock: socket.socket) -> bool:
+    """Whether the socket's next read is end-of-file (without reading data)."""
+    try:
+        return _peek(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True  # reset: the read will fail as well; end it here
 
 
 class DeadlineReader(SocketReader):
