@@ -14,7 +14,6 @@ multiplexing server has no TLS).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
@@ -22,7 +21,6 @@ import socket
 import ssl
 import sys
 import tempfile
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from faults import TIMEOUT, Leaks, Running, wait_until
+from faults import TIMEOUT, Leaks, Running, server_has_read, wait_until
 from peers import Certificates, make_certificates
 from test_cli import Command, host_port
 
@@ -229,25 +227,6 @@ def _at_eof(sock: socket.socket) -> bool:
         return True  # the server closed without close_notify: EOF all the same
 
 
-def _queued(sock: Any, request: int) -> int:
-    found = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
-    return int.from_bytes(found, sys.byteorder)
-
-
-def _server_has_read_everything(server: Any, client: socket.socket) -> bool:
-    """The client's bytes left its send queue and the server's receive queue:
-    the server's handler (or I/O thread) has read them."""
-    entries = server.registry.entries()
-    if len(entries) != 1:
-        return False
-    request = entries[0].request
-    # Under TLS the registry holds the plain socket; the TLS one has its descriptor.
-    request = getattr(server, "_tls_sockets", {}).get(request, request)
-    if request.fileno() < 0:
-        return False  # the handshake is still going on
-    return _queued(client, termios.TIOCOUTQ) == 0 and _queued(request, termios.FIONREAD) == 0
-
-
 def _not_cut(sock: socket.socket) -> bool:
     """Nothing arrives (no EOF either) for QUIET seconds: the connection is kept.
     (A read, not select(): a TLS client's socket is readable with the session
@@ -269,7 +248,7 @@ def _not_cut(sock: socket.socket) -> bool:
 def test_an_idle_client_is_closed_at_once_and_the_drain_returns_promptly(cell: Cell) -> None:
     with cell.connect() as client:
         _round_trip(client, b"hello\n")
-        wait_until(lambda: _server_has_read_everything(cell.server, client))
+        wait_until(lambda: server_has_read(cell.server, client))
         drain = Drain(cell.server)
         assert drain.returned(PROMPT), "the drain waited on an idle connection"
         assert _at_eof(client)
@@ -293,7 +272,7 @@ def test_a_client_in_the_middle_of_a_request_is_answered_then_closed(cell: Cell)
     with cell.connect() as client:
         _round_trip(client, b"first\n")
         client.sendall(b"sec")  # a request begun: no newline yet
-        wait_until(lambda: _server_has_read_everything(cell.server, client))
+        wait_until(lambda: server_has_read(cell.server, client))
         drain = Drain(cell.server)
         assert _not_cut(client), "the drain cut a client in the middle of a request"
         client.sendall(b"ond\n")
@@ -323,21 +302,31 @@ def test_a_request_sent_while_the_previous_one_runs_is_answered(cell: Cell) -> N
 # -- the command line -------------------------------------------------------------------
 
 
-def test_cli_sigint_with_an_idle_client_exits_at_once() -> None:
+@pytest.mark.parametrize(
+    ("options", "stop"),
+    [((), signal.SIGINT), (("--processes", "2"), signal.SIGTERM)],
+    ids=["sigint", "prefork-sigterm"],
+)
+def test_cli_stop_with_an_idle_client_exits_at_once(
+    options: tuple[str, ...], stop: signal.Signals
+) -> None:
     """Issue 16: ``pyserve echo`` and Ctrl-C with one idle ``nc`` took the whole
-    10 s drain; now it exits 0 as soon as the idle connection is closed."""
-    command = Command("echo", "--bind", "127.0.0.1:0", cwd=Path(tempfile.gettempdir()))
+    10 s drain; now it exits 0 as soon as the idle connection is closed. Prefork
+    workers drain the same way."""
+    command = Command(
+        "echo", "--bind", "127.0.0.1:0", *options, cwd=Path(tempfile.gettempdir())
+    )
     try:
         [address] = command.addresses()
         with socket.create_connection(host_port(address), timeout=TIMEOUT) as client:
             _round_trip(client, b"hello\n")
             started = time.monotonic()
-            command.process.send_signal(signal.SIGINT)
+            command.process.send_signal(stop)
             command.process.wait(TIMEOUT)
             elapsed = time.monotonic() - started
             assert _at_eof(client)
         assert command.process.returncode == 0, command.finish()
-        assert elapsed < PROMPT, f"SIGINT with an idle client stopped after {elapsed:.2f} s"
+        assert elapsed < PROMPT, f"{stop.name} with an idle client stopped after {elapsed:.2f} s"
     finally:
         if command.process.poll() is None:
             command.process.kill()
