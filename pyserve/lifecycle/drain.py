@@ -66,9 +66,10 @@ sent bytes since the last write: it is not idle, and is waited for.
   the child holds the reader, and the drain signals it only when the grace
   ends. (A prefork worker runs this drain itself, so the rule applies there.)
 
-A request that arrives just as its idle connection is shut may be cut: the
-race every keep-alive server has, which is why clients retry a request on a
-connection that closed before answering.
+A request that arrives just as its idle connection is shut may be cut (for a
+blocking handler: also one whose first bytes a read returned a moment before
+the reader noted them): the race every keep-alive server has, which is why
+clients retry a request on a connection that closed before answering.
 
 ``server_close()`` of the threading, pool and forking strategies runs steps 2-4
 with ``close_timeout`` as the grace, so closing never waits without bound on a
