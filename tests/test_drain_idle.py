@@ -345,3 +345,25 @@ def test_cli_stop_with_an_idle_client_exits_at_once(
         if command.process.poll() is None:
             command.process.kill()
         command.finish()
+
+
+@pytest.mark.parametrize("strategy", ["thread", "pool"])
+def test_the_force_step_reaches_a_tls_request_in_progress(
+    strategy: str, certs: Certificates
+) -> None:
+    """The force step shut the plain socket the TLS one was made from (it has
+    no descriptor left), so a TLS handler blocked in a read mid-request stayed
+    until the force timeout and was reported as a straggler."""
+    leaks = Leaks()
+    live = Cell(strategy, "tls", certs)
+    try:
+        with live.connect() as client:
+            client.sendall(b"half a li")
+            wait_until(lambda: _mid_request(live.server, client))
+            report = live.server.drain(0.2, force_timeout=GRACE)
+            assert report.elapsed < PROMPT, report
+            assert (report.forced, report.stragglers) == (1, ())
+            assert _read_line(client) == b"half a li"  # the handler's readline() got EOF
+    finally:
+        live.stop()
+    leaks.check(live.server)
