@@ -120,9 +120,23 @@ class BaseServer(ServeLoop, Lifecycle, ConnectionLimits):
 
     #: Seconds handle_request() waits for a request; None waits forever (stdlib).
     timeout: Optional[float] = None
-    #: Trace every hook call (True: to the "pyserve.explain" logger; or a text
-    #: stream). See pyserve.explain; PYSERVE_EXPLAIN=1 turns it on everywhere.
-    explain: Any = False
+    _explain_setting: Any = False
+
+    @property
+    def explain(self) -> Any:
+        """Trace every hook call (True: to the "pyserve.explain" logger; or a text
+        stream). See pyserve.explain; PYSERVE_EXPLAIN=1 turns it on everywhere.
+
+        A class attribute of a subclass is read when the server is built; setting
+        it on a server (``server.explain = True``) turns explain mode on from then
+        on. (Turning it off again is not supported: the hooks stay traced.)"""
+        return self._explain_setting
+
+    @explain.setter
+    def explain(self, value: Any) -> None:
+        self._explain_setting = value
+        if value:
+            explain.install(self)  # idempotent: hooks already traced stay as they are
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         self.server_address: Any = server_address

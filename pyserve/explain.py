@@ -1,7 +1,8 @@
 """Explain mode: watch a request walk through the hooks, one line per hook call.
 
-For learners. Turn it on for one server with a class or instance attribute, or for
-every server of a process with an environment variable::
+For learners. Turn it on for one server with a class attribute or, on a server
+already built, by setting ``server.explain`` (from then on), or for every server of
+a process with an environment variable::
 
     class MyServer(ThreadingTCPServer):
         explain = True          # lines go to the "pyserve.explain" logger (INFO)
@@ -47,7 +48,8 @@ shows the loop reaping a child when the child's pidfd fires (``_child_exited``).
 
 How it works (and why it costs nothing when off)
 ------------------------------------------------
-``BaseServer.__init__`` checks ``self.explain`` and the environment variable once;
+``BaseServer.__init__`` checks ``self.explain`` and the environment variable once
+(and ``server.explain = ...``, a property, installs the tracing when it is set);
 when both are off nothing else happens, and requests run exactly the code they
 would without this module. When on, :func:`install` wraps the server's hooks *on
 the instance* (bound methods stored as instance attributes shadow the class's, and

@@ -19,11 +19,23 @@ Why the stream files are faster than the stdlib's
 -------------------------------------------------
 The stdlib's ``rfile`` is ``socket.makefile('rb')``: a C ``BufferedReader`` over
 ``socket.SocketIO``, whose ``readinto()`` is Python code that re-checks its state
-and translates errors on *every* refill. Here the raw layer's ``readinto`` is the
-socket's own ``recv_into`` bound method, so a ``readline()`` that needs a refill
-runs C code from the buffer to the system call. ``wfile.write()`` is one
-``sendall()``. With this, a ``readline``/``write`` echo outruns the stdlib's own
-raw ``recv``/``sendall`` echo, which allocates a 64 KiB buffer per ``recv``.
+and translates errors on *every* refill. Here the raw layer's ``readinto`` is a
+few attribute stores around the socket's own ``recv_into`` (they tell a
+graceful drain whether the connection is idle: see
+:class:`~pyserve.lifecycle.limits.SocketReader`), and ``wfile.write()`` is one
+``sendall()`` and one store. With this, a ``readline``/``write`` echo outruns
+the stdlib's own raw ``recv``/``sendall`` echo, which allocates a 64 KiB buffer
+per ``recv``.
+
+Idle connections and drain
+--------------------------
+A drain (:mod:`pyserve.lifecycle.drain`) closes *idle* connections at once: a
+handler waiting in ``rfile`` for a request after answering the last one gets
+EOF and ends normally. ``setup()`` hands the reader to the server
+(``_watch_reader``) and to ``wfile``, which notes after each write whether
+everything read was consumed. A handler reading ``self.request`` directly, or
+files from ``makefile()`` (``rbufsize = 0``, a socket subclass, ``wbufsize``
+set), is never taken for idle: the drain waits for it as before.
 
 Typing
 ------
@@ -102,6 +114,11 @@ class _SocketWriter(io.BufferedIOBase):
     ``sendall()`` also resumes after a signal interrupts it, so nothing is lost.
     """
 
+    #: The connection's reader and ``rfile.tell``, when ``rfile`` is pyserve's:
+    #: each write notes whether everything read was consumed (answered).
+    _reader: Optional[SocketReader] = None
+    _consumed: Any = None
+
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
@@ -112,6 +129,9 @@ class _SocketWriter(io.BufferedIOBase):
 
     def write(self, data: Buffer) -> int:
         self._sendall(data)
+        reader = self._reader
+        if reader is not None:
+            reader.answered = reader.received == self._consumed()
         if type(data) is bytes:  # the common case needs no memoryview
             return len(data)
         with memoryview(data) as view:
@@ -158,6 +178,14 @@ class StreamRequestHandler(BaseRequestHandler[ServerT_co]):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.rfile = self._make_rfile()
         self.wfile = self._make_wfile()
+        reader = getattr(self.rfile, "raw", None)
+        if isinstance(reader, SocketReader):
+            if type(self.wfile) is _SocketWriter:
+                self.wfile._reader = reader
+                self.wfile._consumed = self.rfile.tell
+            watch = getattr(self.server, "_watch_reader", None)
+            if watch is not None:
+                watch(self.connection, reader)
 
     def _make_rfile(self) -> io.BufferedIOBase:
         connection = self.connection

@@ -51,6 +51,12 @@ from typing import Any, Callable, Optional
 
 import pyserve
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # not POSIX: server_has_read() is for Linux
+    fcntl = termios = None  # type: ignore[assignment]
+
 HOST = "127.0.0.1"
 TIMEOUT = 10.0  # the deadline of every wait
 # How long a new client may take to be served before the server counts as deaf:
@@ -414,6 +420,28 @@ def reset_mid_request(address: Any) -> None:
 
 
 # -- running a server ------------------------------------------------------------------
+
+
+def _queued(sock: Any, request: int) -> int:
+    found = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
+    return int.from_bytes(found, sys.byteorder)
+
+
+def server_has_read(server: Any, client: socket.socket) -> bool:
+    """Whether the bytes ``client`` sent left its send queue and the server's
+    receive queue, so the handler (or I/O thread) of the server's one request in
+    flight has read them (Linux ioctls; readiness without a sleep)."""
+    entries = server.registry.entries()
+    if len(entries) != 1:
+        return False
+    request = entries[0].request
+    # Under TLS the registry holds the plain socket; the TLS one has its descriptor.
+    request = getattr(server, "_tls_sockets", {}).get(request, request)
+    if request.fileno() < 0:
+        return False  # not this process's (a forked child's), or a handshake goes on
+    if _queued(client, termios.TIOCOUTQ):
+        return False
+    return _queued(request, termios.FIONREAD) == 0
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> None:

@@ -115,6 +115,34 @@ def test_tcp_server_explains_one_request_in_the_documented_order() -> None:
     assert parse(seen[2])[3] == "BaseServer"  # process_request: synchronous
 
 
+def test_explain_set_on_a_built_server_turns_explain_mode_on() -> None:
+    """The module's docstring promises an instance attribute works: it was read
+    only when the server was built, so setting it afterwards printed nothing."""
+    lines = Lines()
+    server = ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    server.explain = lines
+    assert server.explain is lines
+    with serving(server):
+        one_echo(server)
+        seen = request_lines(lines.wait_for(1, "close_request"))
+    assert "handle" in [parse(line)[2] for line in seen]
+
+
+def test_explain_set_on_one_server_leaves_the_others_quiet() -> None:
+    lines = Lines()
+    traced = TCPServer(("127.0.0.1", 0), Echo)
+    quiet = TCPServer(("127.0.0.1", 0), Echo)
+    traced.explain = lines
+    assert not quiet.explain
+    with serving(quiet):
+        one_echo(quiet)
+    with serving(traced):
+        one_echo(traced)
+        seen = lines.wait_for(1, "close_request")
+    assert {parse(line)[0] for line in seen} == {os.getpid()}
+    assert sum(parse(line)[2] == "close_request" for line in seen) == 1
+
+
 def test_threading_server_explains_the_request_thread_separately() -> None:
     lines = Lines()
 

@@ -35,6 +35,7 @@ from faults import (
     build_server,
     client_socket,
     ready_then_echo_handler,
+    server_has_read,
     wait_until,
 )
 from test_cli import Command, host_port
@@ -158,9 +159,14 @@ def test_drain_closes_the_listener_so_new_connections_are_refused(strategy_name:
     drain: Optional[Drain] = None
     try:
         with _ready_client(address) as client:
+            # A request begun: a client that was answered and sent nothing since
+            # is idle, and a drain closes it at once (tests/test_drain_idle.py).
+            client.sendall(b"do")
+            if strategy.multiplexed:  # the others' handlers read the raw socket: never idle
+                wait_until(lambda: server_has_read(server, client), what="the server to read")
             drain = Drain(server, grace=5.0)
             refused = _refused_soon(address, drain)
-            client.sendall(b"done\n")
+            client.sendall(b"ne\n")
             assert client.recv(100) == b"done\n", "the request in flight finishes"
         assert refused, "a connect() during the drain was accepted: the listener is still open"
         assert drain.returned(within=TIMEOUT)

@@ -162,12 +162,22 @@ def test_idle_connection_times_out_while_a_busy_one_is_served(serve: Serve) -> N
     assert any(what.startswith("lost:RequestTimedOut") for what, _ in Idle.calls)
 
 
-def test_drain_forces_keep_alive_connections_and_counts_them(serve: Serve) -> None:
-    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Recorder))
+class Unanswering(pyserve.ConnectionHandler[Any]):
+    """Takes what arrives and never answers: a request in progress, for a drain."""
+
+    def data_received(self, data: bytes) -> None:
+        self.server.received.release()  # type: ignore[attr-defined]
+
+
+def test_drain_forces_connections_with_requests_in_progress_and_counts_them(
+    serve: Serve,
+) -> None:
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Unanswering))
+    server.received = threading.Semaphore(0)  # type: ignore[attr-defined]
     clients = [connect(server) for _ in range(10)]
     for client in clients:
         client.sendall(b"hi")
-        assert recv_exactly(client, 2) == b"hi"
+        assert server.received.acquire(timeout=TIMEOUT)  # type: ignore[attr-defined]
     report = server.drain(0.2, force_timeout=5.0)
     assert report.forced == 10
     assert report.stragglers == ()
@@ -176,6 +186,21 @@ def test_drain_forces_keep_alive_connections_and_counts_them(serve: Serve) -> No
         client.close()
     assert server.stats.active == 0
     assert server.stats.drained == 10
+
+
+def test_drain_closes_answered_keep_alive_connections_at_once(serve: Serve) -> None:
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Recorder))
+    clients = [connect(server) for _ in range(10)]
+    for client in clients:
+        client.sendall(b"hi")
+        assert recv_exactly(client, 2) == b"hi"
+    report = server.drain(5.0, force_timeout=5.0)
+    assert report.elapsed < 2.0  # not the grace: idle connections are closed at once
+    assert (report.completed, report.forced, report.stragglers) == (10, 0, ())
+    for client in clients:
+        assert read_until_eof(client) == b""
+        client.close()
+    assert server.stats.active == 0
 
 
 def test_server_close_is_bounded_with_clients_still_connected() -> None:

@@ -39,8 +39,9 @@ logger = logging.getLogger("pyserve.cli")
 #: and the documented deadline (--drain-timeout) stays the real one.
 FORCE_TIMEOUT = 0.25
 #: Seconds allowed beyond that for the servers to close their sockets; then the
-#: process ends at once. So the command exits at most half a second past
-#: --drain-timeout, whatever its handlers do.
+#: process ends at once. So the command exits half a second past
+#: --drain-timeout at the latest, whatever its handlers do (plus the moment
+#: os._exit() and the kernel take to end the process).
 CLOSE_MARGIN = 0.25
 
 # -- serving several servers until a signal --------------------------------------

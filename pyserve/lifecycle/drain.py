@@ -24,14 +24,52 @@ On top of the registry sits **graceful drain**, :meth:`Lifecycle.drain`:
    handshake nobody will serve and a load balancer retries elsewhere (a listener
    shared with other processes is only withdrawn from this one). From here on the
    registry holds exactly what the drain must wait for;
-2. wait what is left of ``grace`` seconds (counted from the call) for the
-   requests in flight to finish;
+2. close the *idle* connections (below) and wait what is left of ``grace``
+   seconds (counted from the call) for the requests in flight to finish;
 3. *force* what is left: ``shutdown(SHUT_RD)`` on each open connection, so a
    handler blocked in a read gets EOF and ends on its own; ``SIGTERM`` to each
    forked child;
 4. wait up to ``force_timeout`` more; ``SIGKILL`` the children still running and
    log every straggler by client address;
 5. stop the ``serve_forever()`` loop and return a :class:`DrainReport`.
+
+Idle connections
+----------------
+A keep-alive client that was answered and is now silent keeps its handler
+blocked in a read, with nothing in progress; waiting for it would make every
+stop last the whole grace period (as Ctrl-C with one idle ``nc`` did). So, as
+production servers close idle keep-alive connections when they stop, a drain
+closes them at once. A connection is **idle** when its handler is blocked
+waiting for input on ``rfile`` *and* has answered everything it received:
+nothing is left in ``rfile``'s buffer and no byte arrived since the handler
+last wrote to ``wfile`` (a connection that never sent anything counts as
+answered). A client in the middle of a request (say, half a line sent) has
+sent bytes since the last write: it is not idle, and is waited for.
+
+* The reader and writer pyserve gives stream handlers track this with a few
+  attribute stores per read and write (:class:`~pyserve.lifecycle.limits.SocketReader`);
+  the handler's ``setup()`` hands the reader to the registry entry
+  (``_watch_reader``). Right after the listener is closed, the drain asks every
+  reader in the registry to shut its connection for reading (``SHUT_RD``,
+  on the plain socket even under TLS) if it is idle now, and from then on when
+  it becomes idle: a handler that answers one more request during the drain
+  and waits to read again gets EOF then. Its read returns end-of-file and the
+  handler ends normally (``finish()``, ``shutdown_request()``): these count
+  as *completed*, not forced.
+* A handler that reads the raw socket (``self.request.recv()``) or uses files
+  from ``makefile()`` is never taken for idle: it is waited for as before.
+* The multiplexing server applies the same rule in its I/O thread: a
+  connection with no input received since its handler last called
+  ``write()`` and nothing left to send is closed at the drain's start, or as
+  soon as it becomes so during the drain.
+* A request run in a forked child (``ForkingMixIn``) is waited for as before:
+  the child holds the reader, and the drain signals it only when the grace
+  ends. (A prefork worker runs this drain itself, so the rule applies there.)
+
+A request that arrives just as its idle connection is shut may be cut (for a
+blocking handler: also one whose first bytes a read returned a moment before
+the reader noted them): the race every keep-alive server has, which is why
+clients retry a request on a connection that closed before answering.
 
 ``server_close()`` of the threading, pool and forking strategies runs steps 2-4
 with ``close_timeout`` as the grace, so closing never waits without bound on a
@@ -230,6 +268,7 @@ class Lifecycle:
         at_start = len(self._registry)  # before handlers see `draining` and hurry
         self.draining.set()
         at_start += self._withdraw_listener()
+        self._close_idle()
         remaining = max(0.0, grace - (time.monotonic() - started))
         report = self._settle(remaining, force_timeout, "drain", at_start, started)
         self._registry.count_many("drained", report.forced)
@@ -251,6 +290,25 @@ class Lifecycle:
         Socket servers close their listener here (see ``SocketServer``); a listener
         shared with other processes is only withdrawn from this one."""
         return 0
+
+    def _watch_reader(self, request: Any, reader: Any) -> None:
+        """A stream handler's ``setup()`` hands over its ``rfile`` reader, which
+        knows whether the connection is idle (see "Idle connections")."""
+        entry = self._registry.get(request)
+        if entry is None:
+            return
+        entry.reader = reader
+        # After the store: a drain that began before it did not see this reader.
+        if self.draining.is_set():
+            reader.drain_requested = True
+
+    def _close_idle(self) -> None:
+        """Shut every idle connection for reading, and have the others shut
+        themselves when they become idle (drain, after the listener closed)."""
+        for entry in self._registry.entries():
+            reader = entry.reader
+            if reader is not None:
+                reader.shut_if_idle()
 
     def _settle(
         self,
@@ -311,6 +369,11 @@ class Lifecycle:
         entry.forced = True
         if entry.pid is not None:  # a forked child's
             _signal(entry.pid, _SIGTERM)
+            return
+        if entry.reader is not None:
+            # The handler's own socket: under TLS the registry holds the plain
+            # socket the TLS one was made from, which no longer has a descriptor.
+            entry.reader.shut()
             return
         request = entry.request
         if isinstance(request, socket.socket):

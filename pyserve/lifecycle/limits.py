@@ -43,16 +43,19 @@ server (the handler's value wins when not None). An expired timer raises
 connection with one WARNING line naming the reason and the client, and counts as
 ``timed_out`` or ``errored`` in ``server.stats``.
 
-With all three unset, ``rfile`` is the fast reader of :mod:`pyserve.request`
-(C all the way from ``readline()`` to ``recv_into``). A deadline needs a Python
-frame per buffer refill to recompute the remaining time; the line limit needs one
-per ``readline()``. Only handlers that ask for them pay.
+With all three unset, ``rfile`` is the fast reader of :mod:`pyserve.request`:
+one small Python frame per buffer refill (it notes whether the connection is
+idle, for graceful drain), C from ``readline()`` to ``recv_into`` otherwise. A
+deadline also recomputes the remaining time per refill; the line limit needs a
+frame per ``readline()``. Only handlers that ask for them pay.
 """
 
 from __future__ import annotations
 
 import io
+import select
 import socket
+import sys
 import time
 
 from pyserve.errors import LineTooLong, RequestTimedOut
@@ -140,21 +143,96 @@ def handler_setting(handler: Any, name: str) -> Any:
 
 
 class SocketReader(io.RawIOBase):
-    """The raw layer under ``rfile``: reads go straight to ``socket.recv_into``.
+    """The raw layer under ``rfile``: reads go to ``socket.recv_into``, and note
+    whether the connection is *idle* for graceful drain.
 
     It answers what ``socket.SocketIO`` (the stdlib's raw layer) answers, so code
     inspecting ``rfile.raw``, ``rfile.name`` or ``rfile.mode`` works unchanged.
+
+    Idle tracking (:mod:`pyserve.lifecycle.drain` states the rule): ``waiting``
+    is true while a read blocks; ``answered`` is true until a read returns bytes,
+    and ``wfile`` sets it again when the handler writes with nothing left in
+    ``rfile``'s buffer (it compares ``received``, the bytes read so far, which
+    :meth:`tell` returns, with ``rfile.tell()``). Plain attribute stores, no
+    lock: the drain reads them from another thread, and the one ordering that
+    matters (a read starting as the drain starts) is covered from both sides:
+    the drain sets ``drain_requested`` and then looks at ``waiting``, the reader
+    sets ``waiting`` and then looks at ``drain_requested``.
     """
 
     #: The mode ``makefile()`` would have been given.
     mode = "rb"
 
+    # Class-level defaults: a connection stores only what changes.
+    waiting = False  #: a read is blocked on the connection now
+    answered = True  #: everything received has been answered (nothing yet, at first)
+    received = 0  #: bytes read from the connection so far
+    drain_requested = False  #: a drain asked: shut for reading as soon as idle
+
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
-        # An instance attribute shadows RawIOBase.readinto, so BufferedReader calls
-        # the C method directly: no Python frame per refill.
-        self.readinto = sock.recv_into  # type: ignore[method-assign]
+        self._recv_into: Callable[[Any], int] = sock.recv_into
+        if not isinstance(sock, socket.socket) or type(sock) is socket.socket:
+            return
+        ssl = sys.modules.get("ssl")  # only a process that imported ssl has TLS sockets
+        if ssl is not None and isinstance(sock, ssl.SSLSocket):
+            self._recv_into = self._tls_recv_into
+            self._readable = select.poll()
+            self._readable.register(sock.fileno(), select.POLLIN)
+
+    def _tls_recv_into(self, buffer: Any) -> int:
+        """``recv_into`` of a TLS socket, waiting for the socket *before* OpenSSL
+        reads it: a drain's ``SHUT_RD`` then ends the read here, with the TLS
+        session intact, so the server still says close_notify. (Seen by
+        OpenSSL, the same EOF is a protocol error: it answers with an alert.)"""
+        sock: Any = self._sock
+        if not sock.pending():
+            timeout = sock.gettimeout()
+            if timeout != 0.0:
+                if not self._readable.poll(None if timeout is None else timeout * 1000.0):
+                    raise socket.timeout("timed out")
+                if self.drain_requested and _at_eof(sock):
+                    return 0
+        count: int = sock.recv_into(buffer)
+        return count
+
+    def readinto(self, buffer: Any) -> int:
+        self.waiting = True
+        if self.drain_requested and self.answered:
+            self.shut()  # idle during a drain: this read returns EOF
+        try:
+            count: int = self._recv_into(buffer)
+        finally:
+            self.waiting = False
+        if count:
+            self.answered = False
+            self.received += count
+        return count
+
+    def tell(self) -> int:
+        """Bytes read from the connection so far (``rfile.tell()``: bytes consumed)."""
+        return self.received
+
+    def shut_if_idle(self) -> bool:
+        """For a drain (any thread): from now on, shut the connection for reading
+        when it is idle; True if it is idle now and was shut."""
+        self.drain_requested = True
+        if self.waiting and self.answered:
+            self.shut()
+            return True
+        return False
+
+    def shut(self) -> None:
+        """``shutdown(SHUT_RD)``: a blocked read returns EOF, writes still work.
+
+        Called on the plain socket's method even for TLS: ``SSLSocket.shutdown()``
+        would also drop the TLS session, and a reply written after it would go
+        out unencrypted."""
+        try:
+            _shutdown(self._sock, socket.SHUT_RD)
+        except OSError:
+            pass  # closed or reset already: its handler is ending anyway
 
     def readable(self) -> bool:
         return True
@@ -170,6 +248,21 @@ class SocketReader(io.RawIOBase):
     def write(self, data: Any) -> int:
         """Refuse, as a read-only ``SocketIO`` does (PyPy's RawIOBase has no write)."""
         raise io.UnsupportedOperation("rfile is not writable")
+
+
+# The plain socket's methods: on a TLS socket they act on the transport only.
+_shutdown = socket.socket.shutdown
+_peek = socket.socket.recv
+
+
+def _at_eof(sock: socket.socket) -> bool:
+    """Whether the socket's next read is end-of-file (without reading data)."""
+    try:
+        return _peek(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True  # reset: the read will fail as well; end it here
 
 
 class DeadlineReader(SocketReader):
@@ -191,7 +284,6 @@ class DeadlineReader(SocketReader):
         saturated: Optional[Callable[[], bool]] = None,
     ) -> None:
         super().__init__(sock)
-        del self.readinto  # the protected readinto() below, not recv_into itself
         self._idle = _NEVER if idle is None else idle
         self._deadline_at = _NEVER if deadline is None else time.monotonic() + deadline
         self._deadline = deadline
@@ -199,6 +291,19 @@ class DeadlineReader(SocketReader):
         self._busy_idle = _NEVER if busy_idle is None else busy_idle
 
     def readinto(self, buffer: Any) -> int:
+        self.waiting = True
+        if self.drain_requested and self.answered:
+            self.shut()
+        try:
+            count = self._wait_and_read(buffer)
+        finally:
+            self.waiting = False
+        if count:
+            self.answered = False
+            self.received += count
+        return count
+
+    def _wait_and_read(self, buffer: Any) -> int:
         waited_since = time.monotonic()
         while True:
             now = time.monotonic()
@@ -211,7 +316,7 @@ class DeadlineReader(SocketReader):
             wait = min(idle_left, remaining, self._busy_idle)
             self._sock.settimeout(wait)
             try:
-                return self._sock.recv_into(buffer)
+                return self._recv_into(buffer)
             except socket.timeout:
                 saturated = self._saturated
                 if saturated is not None and saturated():

@@ -26,6 +26,9 @@ snapshot. Entries are keyed by the
 request object's ``id()``; the entry holds the request, so the id cannot be
 reused while the entry lives.
 
+A stream handler whose ``rfile`` is pyserve's own hands its reader to the
+entry (``reader``), which tells a drain whether the connection is idle.
+
 Readers never see the live entries: :meth:`RequestRegistry.snapshot` returns
 immutable :class:`InFlight` records (``server.in_flight()``). Graceful drain
 (:mod:`pyserve.lifecycle.drain`) waits on ``RequestRegistry.wait_empty()`` and cuts
@@ -86,6 +89,9 @@ class LiveRequest:
     pid: Optional[int] = None
     forced = False  #: a drain or close has cut it short
     error: Optional[BaseException] = None  #: what its handler raised, if anything
+    #: The handler's ``rfile`` reader (a :class:`~pyserve.lifecycle.limits.SocketReader`),
+    #: which knows whether the connection is idle; None: unknown (never idle).
+    reader: Any = None
 
     def __init__(
         self, ident: int, request: Any, client_address: Any, host: Any, since: float

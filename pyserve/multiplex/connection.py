@@ -75,6 +75,9 @@ class ConnectionHandler(Generic[ServerT_co]):
     receive_size: int = 65536
     max_write_buffer: int = 1024 * 1024
     idle_timeout: Optional[float] = None
+    #: Input arrived since the last ``write()`` (set by the I/O loop): while true,
+    #: a drain waits for the connection rather than closing it as idle.
+    _unanswered = False
 
     def __init__(self, request: Any, client_address: Any, server: ServerT_co) -> None:
         self.request = request
@@ -149,6 +152,7 @@ class ConnectionHandler(Generic[ServerT_co]):
         """Send ``data``: now as far as the kernel takes it, the rest when it can."""
         if self._closing:
             return
+        self._unanswered = False  # for a drain: what arrived has been answered
         # (A size compared with 0 is cheaper than a deque's truth: the hot path.)
         if self._output_size == 0:  # nothing queued: try the kernel first (the usual case)
             try:

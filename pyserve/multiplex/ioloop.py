@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -84,6 +85,8 @@ class IOLoop:
         self.connections: dict[int, ConnectionHandler[Any]] = {}
         self.listener_fd = -1  # the listener, while this thread accepts
         self.stopping = False
+        # A drain began: shut connections for reading as soon as they are idle.
+        self.closing_idle = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
         # Reads only push expiries later, so one scan at that moment is enough.
         self.next_expiry = _NEVER
@@ -160,6 +163,7 @@ class IOLoop:
     def dispatch(self, ready: list[tuple[int, int]]) -> None:
         """Serve one poll()'s readiness: the hot path, so the read is written inline."""
         connections = self.connections
+        closing_idle = self.closing_idle
         small = SMALL_READ
         read_only = _READ
         for fd, reported in ready:
@@ -189,10 +193,13 @@ class IOLoop:
                     data = read_rest(handler, data)  # once per connection at most
                 if handler._idle is not None:
                     handler._last_read = time.monotonic()
+                handler._unanswered = True  # until the handler writes
                 try:
                     handler.data_received(data)
                 except Exception as exc:
                     self.failed(handler, exc)
+                if closing_idle:
+                    self.shut_if_idle(handler)
                 continue
             self.ended(handler)
 
@@ -229,7 +236,10 @@ class IOLoop:
             data = read_rest(handler, data)
         if handler._idle is not None:
             handler._last_read = time.monotonic()
+        handler._unanswered = True
         self.call(handler, handler.data_received, data)
+        if self.closing_idle:
+            self.shut_if_idle(handler)
 
     def ended(self, handler: ConnectionHandler[Any]) -> None:
         """The peer finished sending."""
@@ -250,6 +260,9 @@ class IOLoop:
                 callback()
             except Exception:
                 self.report(None, None)
+        if self.closing_idle:  # a callback may have answered the last request
+            for handler in list(self.connections.values()):
+                self.shut_if_idle(handler)
 
     def sync_listener(self) -> None:
         """Watch the listener exactly while the server lets this thread accept."""
@@ -323,6 +336,8 @@ class IOLoop:
         except Exception as exc:
             self.failed(handler, exc)
         prepare(handler, request, fd)
+        if self.closing_idle:
+            self.shut_if_idle(handler)
 
     def call(
         self, handler: ConnectionHandler[Any], callback: Callable[..., None], *args: Any
@@ -360,6 +375,8 @@ class IOLoop:
             return
         if not output:
             self.call(handler, handler.write_buffer_drained)
+            if self.closing_idle:
+                self.shut_if_idle(handler)
         self.watch(handler)
 
     def watch(self, handler: ConnectionHandler[Any]) -> None:
@@ -411,6 +428,24 @@ class IOLoop:
                 exc = exc or lost_error
             if handler._entry is not None:
                 server._ended(handler._entry, exc)
+
+    def close_idle(self) -> None:
+        """A drain began (see :mod:`pyserve.lifecycle.drain`): shut every idle
+        connection for reading now, and each other one as soon as it is idle."""
+        self.closing_idle = True
+        for handler in list(self.connections.values()):
+            self.shut_if_idle(handler)
+
+    def shut_if_idle(self, handler: ConnectionHandler[Any]) -> None:
+        """``shutdown(SHUT_RD)`` if the connection is idle: no input since the
+        handler last wrote, nothing left to send. What the client sent before is
+        still read (the kernel keeps it), then EOF: ``eof_received()`` ends it."""
+        if handler._unanswered or handler._output or handler._closing or handler._eof:
+            return
+        try:
+            handler.request.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # reset or closed already: the loop finds out when it reads
 
     def expire_idle(self) -> None:
         """Close the connections silent for longer than their idle timeout."""

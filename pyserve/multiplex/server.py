@@ -323,6 +323,12 @@ class MultiplexingMixIn(_Base):
             self._ended(entry)
             raise RuntimeError(f"{type(self).__name__} is closed: no I/O thread runs")
 
+    def _close_idle(self) -> None:
+        """Drain: the I/O thread shuts idle connections (``IOLoop.close_idle``)."""
+        io_loop = self._io
+        if io_loop is not None:
+            io_loop.call_soon(io_loop.close_idle)
+
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback()`` in the I/O thread (safe from any thread)."""
         self._io_loop().call_soon(callback)

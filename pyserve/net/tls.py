@@ -120,6 +120,8 @@ class TLSMixIn(_Base):
         # plain socket -> the SSLSocket it became. Each key is touched only by the
         # worker that owns that request, and single dict operations are atomic.
         self._tls_sockets: dict[socket.socket, ssl.SSLSocket] = {}
+        # ... and back: the registry knows a request by its plain socket.
+        self._tls_plain: dict[ssl.SSLSocket, socket.socket] = {}
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Complete the TLS handshake, then run the handler over the TLS socket."""
@@ -139,6 +141,7 @@ class TLSMixIn(_Base):
             self._handshake_failed(client_address, exc)
             return None
         self._tls_sockets[request] = tls  # from here on, shutdown_request ends tls
+        self._tls_plain[tls] = request
         try:
             _handshake(tls, time.monotonic() + self.tls_handshake_timeout)
         except OSError as exc:
@@ -146,6 +149,11 @@ class TLSMixIn(_Base):
             return None
         tls.settimeout(previous_timeout)
         return tls
+
+    def _watch_reader(self, request: Any, reader: Any) -> None:
+        """The handler's reader, entered under the plain socket the registry knows
+        (a drain closes idle TLS connections as it does plain ones)."""
+        super()._watch_reader(self._tls_plain.get(request, request), reader)
 
     def _handshake_failed(self, client_address: Any, exc: OSError) -> None:
         with self._tls_counter_lock:
@@ -165,6 +173,7 @@ class TLSMixIn(_Base):
         if tls is None:
             super().shutdown_request(request)
             return
+        self._tls_plain.pop(tls, None)
         try:
             tls.settimeout(0.0)
             tls.unwrap()  # sends close_notify, then would wait for the peer's: see above

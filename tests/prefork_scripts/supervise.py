@@ -10,7 +10,8 @@ Stream protocol (TCP: a threading server, or a pool with ``--kind pool``, whose
 workers accept themselves with ``--kind pool-accept``; Unix: a
 one-request-at-a-time server, or a one-worker pool with ``--kind unix-pool``),
 one line per command: ``pid`` -> this worker's pid; ``hold`` -> ``holding``, then
-waits for any line and answers ``released``; ``slow`` -> waits 50 ms, answers
+waits for any bytes (on the raw socket: never idle for a drain) and answers
+``released``; ``slow`` -> waits 50 ms, answers
 ``done <pid>``; ``forever`` -> ``stuck``, then never ends (it ignores EOF: a
 handler only a deadline can stop). UDP (one-at-a-time server): the datagram
 ``pid`` is answered with this worker's pid.
@@ -46,7 +47,10 @@ class Handler(StreamRequestHandler[Any]):
                 self.wfile.write(b"%d\n" % os.getpid())
             elif command == b"hold":
                 self.wfile.write(b"holding\n")
-                self.rfile.readline()
+                # The raw socket, not rfile: a handler waiting in rfile after
+                # answering is idle, and a drain would end it at once; this one
+                # must be waited for until the drain's deadline forces it.
+                self.request.recv(100)
                 self.wfile.write(b"released\n")
             elif command == b"slow":
                 time.sleep(0.05)
