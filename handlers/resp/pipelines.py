@@ -24,8 +24,10 @@ another constant word each make the count or a length disagree, and the
 general parser (:mod:`handlers.resp.protocol`) takes the buffer instead.
 
 A word's bytes may be anything (CR LF included): only lengths and the separator
-decide. Only commands of up to :data:`TEMPLATE_WORDS` words whose words are each
-under 1 KiB are cut this way, at most :data:`MAX_TEMPLATE_COMMANDS` per call.
+decide. Only a buffer that holds whole commands, all of the first one's length,
+of up to :data:`TEMPLATE_WORDS` words each under 1 KiB, at most
+:data:`MAX_TEMPLATE_COMMANDS` of them, is cut this way; anything else (half a
+command at the end, a longer pipeline) goes to :func:`cut_uniform` and the loop.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ BULK_HEADERS = [b"$%d" % n for n in range(1024)]
 ARRAY_HEADERS = {b"*%d" % n: n for n in range(1, 65)}
 #: Longest command (in words, the name included) cut from a template.
 TEMPLATE_WORDS = 4
-#: Most commands one call cuts (the rest waits for the next call).
+#: Most commands a buffer may hold to be cut from a template (a longer one goes the
+#: general way, which cuts it in bounded pieces).
 MAX_TEMPLATE_COMMANDS = 1024
 
 _FIRST_LINES = 2 * TEMPLATE_WORDS + 1
@@ -74,18 +77,18 @@ def _template(buffer: bytes) -> Optional[tuple[list[bytes], int]]:
 
 
 def cut_run(buffer: bytes, commands: list[list[bytes]]) -> int:
-    """Append the commands that repeat the first one's template with one word
-    varying; return how many bytes of ``buffer`` they took (0: not a template run,
-    nothing appended)."""
+    """Append the commands of ``buffer`` if all of them repeat the first one's
+    template with one word varying; return how many bytes they took (the whole
+    buffer; 0: not such a run, nothing appended)."""
     if buffer.count(b"\r\n", 0, 2048) <= _FIRST_LINES:
         return 0  # too few lines for two commands of up to TEMPLATE_WORDS words
     template = _template(buffer)
     if template is None:
         return 0
     head, width = template
-    runs = min(len(buffer) // width, MAX_TEMPLATE_COMMANDS)
-    if runs < 2:
-        return 0
+    runs, rest = divmod(len(buffer), width)
+    if rest or runs < 2 or runs > MAX_TEMPLATE_COMMANDS:
+        return 0  # not whole commands of the first one's length (the usual case cuts them all)
     words = head[2::2]
     start = len(head[0]) + len(head[1]) + len(words[0]) + 6  # the second word's header
     for place in range(1, len(words)):
