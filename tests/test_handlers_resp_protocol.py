@@ -332,3 +332,104 @@ def test_same_shaped_commands_cut_anywhere_parse_back(
     commands: list[list[bytes]], cuts: list[int]
 ) -> None:
     assert parse_in_pieces(commands, cuts) == commands
+
+
+# -- runs cut from a template (handlers.resp.pipelines) ----------------------------
+
+
+def parse_exactly(data: bytes) -> list[list[bytes]]:
+    """One command at a time through the exact parser (no fast path)."""
+    parser = CommandParser()
+    parser.feed(data)
+    found = []
+    while True:
+        command = parser.next_command()
+        if command is NEED_DATA:
+            return found
+        found.append(command)
+
+
+_WORD = st.binary(max_size=12) | st.sampled_from([b"\r\n", b"$3\r\n", b"*2\r\n$3\r\nGET\r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    template=st.lists(_WORD, min_size=1, max_size=3),
+    place=st.integers(min_value=1, max_value=3),
+    varying=st.lists(_WORD, min_size=1, max_size=20),
+    cut=st.integers(min_value=0, max_value=40),
+)
+def test_a_run_cut_from_a_template_parses_as_one_command_at_a_time(
+    template: list[bytes], place: int, varying: list[bytes], cut: int
+) -> None:
+    words = [b"GET", *template]
+    place = min(place, len(words) - 1)
+    commands = [[*words[:place], word, *words[place + 1 :]] for word in varying]
+    # ... and the first bytes of one more command (the rest is still on its way).
+    tail = encode_command(*words)[:cut]
+    data = b"".join(encode_command(*command) for command in commands) + tail
+    assert parse_all(data) == parse_exactly(data)
+
+
+@pytest.mark.parametrize(
+    "varying",
+    [
+        [b"key:%04d" % n for n in range(16)],  # one width: the template's fast path
+        [b"k", b"key", b"k", b"key"],  # widths that differ
+        [b"abcd", b"ab\r\n", b"\r\n$4", b"abcd"],  # CRLF and headers inside words
+        [b"x\r\n*2\r\n$3\r\nGET\r\n$4\r\n" * 2, b"y" * 40],  # a word holding the separator
+    ],
+)
+def test_a_varying_word_is_cut_exactly(varying: list[bytes]) -> None:
+    commands = [[b"GET", word] for word in varying]
+    data = b"".join(encode_command(*command) for command in commands)
+    assert parse_all(data) == commands
+
+
+def test_a_template_run_is_a_run_and_an_odd_name_is_not_taken_with_it() -> None:
+    run = [[b"HSET", b"h", b"field:%03d" % n, b"v"] for n in range(8)]
+    data = b"".join(encode_command(*command) for command in run)
+    parser = CommandParser()
+    parser.feed(data)
+    found = parser.drain()
+    assert found == run
+    assert type(found).__name__ == "Run"
+    mixed = [*run[:4], [b"hset", b"h", b"field:004", b"v"], *run[5:]]  # another spelling
+    data = b"".join(encode_command(*command) for command in mixed)
+    assert parse_all(data) == mixed
+    parser = CommandParser()
+    parser.feed(data)
+    assert type(parser.drain()).__name__ != "Run"
+
+
+_SEPARATOR = b"\r\n*2\r\n$3\r\nGET\r\n$30\r\n"  # between two GETs of 30-byte keys
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        # The last command differs after its varying word: only its tail tells.
+        [[b"SET", b"k1", b"v"], [b"SET", b"k2", b"v"], [b"SET", b"k3", b"X"]],
+        # A key holding the separator: one piece too many.
+        [[b"GET", key] for key in (b"a" * 30, b"c" * 5 + _SEPARATOR + b"d" * 5, b"e" * 30)],
+        # As many pieces as commands, but a key one byte longer hides a separator.
+        [
+            [b"GET", key]
+            for key in (
+                b"a" * 30,
+                b"c" * 5 + _SEPARATOR + b"d" * 5,
+                b"e" * 31,
+                b"e" * 31,
+                b"a" * 30,
+                b"c" * 5 + _SEPARATOR + b"d" * 5,
+                b"g" * 10 + _SEPARATOR,
+            )
+        ],
+    ],
+    ids=["tail", "extra-separator", "longer-key"],
+)
+def test_a_run_that_only_looks_like_its_template_parses_exactly(
+    commands: list[list[bytes]],
+) -> None:
+    data = b"".join(encode_command(*command) for command in commands)
+    assert parse_all(data) == commands == parse_exactly(data)

@@ -36,7 +36,10 @@ The parser keeps one ``bytes`` buffer and an offset into it, finds each CRLF wit
 buffer is compacted only when a call ends, so a pipeline of a thousand commands is
 not copied a thousand times. A batch of commands that all have one name and one
 width is returned as a :class:`Run`, which the session answers without checking
-each command again.
+each command again. A pipeline that repeats its first command with one word
+changing (``GET`` after ``GET`` with other keys of one length, ``LPOP queue``
+again and again) is cut with one split at the bytes between two such words (see
+:mod:`handlers.resp.pipelines`), before the buffer is cut at every CRLF.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from handlers.resp.inline import split_inline
+from handlers.resp.pipelines import ARRAY_HEADERS, BULK_HEADERS, cut_run, cut_uniform
 from pyserve import ProtocolError
 
 __all__ = ["ARGUMENT_OVERHEAD", "NEED_DATA", "Command", "CommandParser", "NeedData", "Run"]
@@ -79,10 +83,9 @@ ARGUMENT_OVERHEAD = 48
 # million tiny arguments) is never cut into millions of pieces at once.
 _SPLIT_LINES = 4096
 
-# "$0" ... "$1023": the fast path checks bulk headers by lookup (see _parse_simple).
-_BULK_HEADERS = [b"$%d" % n for n in range(1024)]
-# "*1" ... "*64" -> count: the fast path recognises array headers by lookup.
-_ARRAY_HEADERS = {b"*%d" % n: n for n in range(1, 65)}
+# "$0" ... "$1023" and "*1" ... "*64": headers checked by lookup (see _parse_simple).
+_BULK_HEADERS = BULK_HEADERS
+_ARRAY_HEADERS = ARRAY_HEADERS
 
 
 class CommandParser:
@@ -184,7 +187,7 @@ class CommandParser:
             while True:
                 if not self._remaining and self._failed is None:
                     self._run = False
-                    self._parse_simple(commands)
+                    self._parse_fast(commands)
                     if self._pos == len(self._buffer):  # all consumed: the usual case
                         return Run(commands) if self._run else commands
                 command = parse()
@@ -241,7 +244,21 @@ class CommandParser:
                 return self._parse_bulks([], count)
         return None
 
-    def _parse_simple(self, commands: list[Command]) -> None:
+    def _parse_fast(self, commands: list[Command]) -> None:
+        """The fast paths, from the first unparsed byte: a pipeline cut from its
+        first command's template (first in a call only), else :meth:`_parse_simple`."""
+        buffer = self._buffer
+        if self._pos:
+            buffer = buffer[self._pos :]
+        if not commands:
+            taken = cut_run(buffer, commands)
+            if taken:
+                self._run = True
+                self._pos += taken
+                return
+        self._parse_simple(buffer, commands)
+
+    def _parse_simple(self, buffer: bytes, commands: list[Command]) -> None:
         """Parse the common case fast: arguments free of CR LF, each under 1 KiB.
 
         The buffer is cut at every CRLF in one C call; a command ``*n`` is then the
@@ -252,16 +269,18 @@ class CommandParser:
         parser takes over from there. CRLF-terminated inline commands without quotes
         are split here too.
         """
-        buffer = self._buffer
-        if self._pos:
-            buffer = buffer[self._pos :]
         pieces = buffer.split(b"\r\n", _SPLIT_LINES)
         complete = len(pieces) - 1  # the last piece is not terminated yet
         header_for = _BULK_HEADERS.__getitem__
         counts = _ARRAY_HEADERS
         # One command alone (an unpipelined client) is no run: straight to the loop.
         single = counts.get(pieces[0], 0) * 2 + 1 == complete
-        index = 0 if single else self._parse_uniform(pieces, complete, commands)
+        index = 0
+        if not single:
+            index, run = cut_uniform(
+                pieces, complete, commands, self.max_array_length, self.max_inline_length
+            )
+            self._run = run
         append = commands.append
         try:
             while index < complete:
@@ -291,77 +310,6 @@ class CommandParser:
             self._pos += len(buffer) - len(pieces[-1])
         elif index:
             self._pos += sum(map(len, pieces[:index])) + 2 * index
-
-    def _parse_uniform(self, pieces: list[bytes], complete: int, commands: list[Command]) -> int:
-        """Take a run of same-shaped commands at once; return how many pieces it used.
-
-        A pipelining client usually sends many commands of one shape in a row (N
-        times ``*3 $3 SET $n key $n value``, or N inline ``PING`` lines). Such a run
-        is checked and cut with a few whole-list operations in C instead of a Python
-        loop per command: the array headers are every ``2n+1``-th piece, and the
-        k-th argument of every command, and its header, are each a slice with the
-        same step (a *column*). A column's headers are checked against its
-        arguments' lengths in one comparison; a column that holds one value
-        throughout (the command's name, a fixed key) needs only a count. Anything
-        else returns 0 and the loop in :meth:`_parse_simple` (then the exact
-        parser) takes over.
-        """
-        head = pieces[0]
-        count = _ARRAY_HEADERS.get(head)
-        if count is None:
-            return self._parse_inline_run(pieces, complete, commands)
-        stride = 2 * count + 1
-        usable = complete - complete % stride
-        heads = pieces[0:usable:stride]
-        runs = len(heads)
-        if count > self.max_array_length or runs < 2 or heads.count(head) != runs:
-            return 0
-        header_for = _BULK_HEADERS.__getitem__
-        columns = []
-        try:
-            for place in range(2, stride, 2):
-                column = pieces[place:usable:stride]
-                headers = pieces[place - 1 : usable : stride]
-                if column.count(column[0]) == runs:  # one value throughout
-                    if headers.count(header_for(len(column[0]))) != runs:
-                        return 0
-                elif list(map(header_for, map(len, column))) != headers:
-                    return 0
-                columns.append(column)
-        except IndexError:  # an argument of 1 KiB or more
-            return 0
-        if usable == complete and not commands:
-            names = columns[0]
-            self._run = names.count(names[0]) == runs
-        if count == 1:
-            commands.extend([[value] for value in columns[0]])
-        else:
-            commands.extend(map(list, zip(*columns)))
-        return usable
-
-    def _parse_inline_run(
-        self, pieces: list[bytes], complete: int, commands: list[Command]
-    ) -> int:
-        """A run of plain inline commands (no quotes, no ``*``, CRLF-terminated)."""
-        lines = pieces[:complete]
-        if len(lines) < 2:
-            return 0
-        block = b"".join(lines)  # the CRLFs are gone: any LF left is a bare one
-        if block.isalnum() and len(block) <= self.max_inline_length and b"" not in lines:
-            # One word a line (no spaces, quotes, "*" or bare LF): the usual PINGs.
-            self._run = not commands and lines.count(lines[0]) == len(lines)
-            commands.extend([[line] for line in lines])
-            return complete
-        if (
-            b"*" in block
-            or b'"' in block
-            or b"'" in block
-            or b"\n" in block
-            or max(map(len, lines)) > self.max_inline_length
-        ):
-            return 0
-        commands.extend(filter(None, map(bytes.split, lines)))
-        return complete
 
     def _parse_bulks(self, args: Command, remaining: int) -> Optional[Command]:
         buffer = self._buffer
