@@ -412,21 +412,19 @@ _SEPARATOR = b"\r\n*2\r\n$3\r\nGET\r\n$30\r\n"  # between two GETs of 30-byte ke
         [[b"SET", b"k1", b"v"], [b"SET", b"k2", b"v"], [b"SET", b"k3", b"X"]],
         # A key holding the separator: one piece too many.
         [[b"GET", key] for key in (b"a" * 30, b"c" * 5 + _SEPARATOR + b"d" * 5, b"e" * 30)],
-        # As many pieces as commands, but a key one byte longer hides a separator.
+        # As many pieces as commands and the first one's length in all, but one key
+        # a byte longer and one a byte shorter, each hiding a separator.
         [
             [b"GET", key]
             for key in (
                 b"a" * 30,
                 b"c" * 5 + _SEPARATOR + b"d" * 5,
-                b"e" * 31,
-                b"e" * 31,
-                b"a" * 30,
-                b"c" * 5 + _SEPARATOR + b"d" * 5,
-                b"g" * 10 + _SEPARATOR,
+                _SEPARATOR + b"y" * (31 - len(_SEPARATOR)),
+                b"z" * 29,
             )
         ],
     ],
-    ids=["tail", "extra-separator", "longer-key"],
+    ids=["tail", "extra-separator", "longer-and-shorter-keys"],
 )
 def test_a_run_that_only_looks_like_its_template_parses_exactly(
     commands: list[list[bytes]],
