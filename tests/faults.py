@@ -444,6 +444,27 @@ def server_has_read(server: Any, client: socket.socket) -> bool:
     return _queued(request, termios.FIONREAD) == 0
 
 
+def peer_process_has_read(client: socket.socket) -> bool:
+    """Whether the bytes ``client`` (IPv4, loopback) sent were read by the process
+    at the other end, wherever it runs: they left ``client``'s send queue, and the
+    peer socket's receive queue in /proc/net/tcp is empty (Linux)."""
+    if _queued(client, termios.TIOCOUTQ):
+        return False
+
+    def hex_address(address: tuple[str, int]) -> str:
+        packed = socket.inet_aton(address[0])
+        return f"{int.from_bytes(packed, 'little'):08X}:{address[1]:04X}"
+
+    # The peer's socket: its local address is our remote one, and the other way round.
+    wanted = (hex_address(client.getpeername()), hex_address(client.getsockname()))
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == wanted:
+                return int(fields[4].split(":")[1], 16) == 0
+    return False
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():

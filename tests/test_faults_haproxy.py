@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import HOST, TIMEOUT
+from faults import HOST, TIMEOUT, peer_process_has_read, wait_until
 from peers import ProxyProcess, listening_socket, require_binary
 from test_cli import Command, host_port
 from test_docs_cookbook import config_files
@@ -103,6 +103,17 @@ backend back
     )
 
 
+_LINE_ECHO = """
+import pyserve
+
+
+class LineEcho(pyserve.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+"""
+
+
 def _request(address: tuple[str, int], payload: bytes) -> bytes:
     with socket.create_connection(address, timeout=TIMEOUT) as client:
         client.sendall(payload)
@@ -121,8 +132,19 @@ def test_backend_drained_under_load_behind_haproxy_loses_no_request(
 ) -> None:
     require_binary("haproxy", "haproxy")  # before the backends start
     proxy_options = ["--proxy-protocol", "v2", "--trusted-proxy", HOST] if recipe else []
+    # A line protocol: half a line is a request in progress, which a drain waits
+    # for (pyserve's echo answers every byte at once, so it is never mid-request).
+    (tmp_path / "lineecho.py").write_text(_LINE_ECHO)
     backends = [
-        Command("echo", "--bind", f"{HOST}:0", "--drain-timeout", "30", *proxy_options)
+        Command(
+            "lineecho:LineEcho",
+            "--bind",
+            f"{HOST}:0",
+            "--drain-timeout",
+            "30",
+            *proxy_options,
+            cwd=tmp_path,
+        )
         for _ in range(2)
     ]
     try:
@@ -156,10 +178,14 @@ def test_backend_drained_under_load_behind_haproxy_loses_no_request(
                 thread.start()
             assert stop_now.wait(LOAD_DEADLINE), f"no load through HAProxy: {failures[:5]}"
             # A long request on the stopped backend keeps its drain going while
-            # the load goes on; it finishes after the load.
+            # the load goes on; it finishes after the load. (Half a line the
+            # backend has read: a request in progress, which a drain waits for,
+            # where an answered, idle connection is closed at once.)
             with socket.create_connection(addresses[0], timeout=TIMEOUT) as slow:
                 slow.sendall((PROXY_V2_LOCAL if recipe else b"") + b"slow\n")
                 assert slow.recv(100) == b"slow\n"
+                slow.sendall(b"still ")
+                wait_until(lambda: peer_process_has_read(slow), what="the backend read it")
                 backends[0].process.send_signal(signal.SIGTERM)  # drain it mid-load
                 for thread in clients:
                     thread.join(LOAD_DEADLINE)
@@ -171,7 +197,7 @@ def test_backend_drained_under_load_behind_haproxy_loses_no_request(
                     slow_answer = repr(exc).encode()
             stopped_status = backends[0].finish()[0]
             assert failures == [], f"{len(failures)} failed requests, first: {failures[:5]}"
-            assert slow_answer == b"last\n", "the drain cut the long request"
+            assert slow_answer == b"still last\n", "the drain cut the long request"
             assert stopped_status == cli.EXIT_OK
             assert sum(done) == CLIENTS * (REQUESTS_BEFORE_STOP + REQUESTS_AFTER_STOP)
     finally:
