@@ -64,6 +64,8 @@ nitpick_ignore_regex = [
     # see pyserve/_typing_free.py), so autodoc reads its annotations as text; these
     # aliases and type variables exist for the checker alone and cannot be linked.
     (r"py:class", r"SocketOption|_ServerT"),
+    # ... and the run-time stand-ins for typing's Generic and TypeVar.
+    (r"py:class", r"pyserve\._typing_free\.\w+"),
 ]
 
 

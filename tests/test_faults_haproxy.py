@@ -114,6 +114,28 @@ class LineEcho(pyserve.StreamRequestHandler):
 """
 
 
+def _line_echo_backends(tmp_path: Path, recipe: bool) -> list[Command]:
+    """Two ``pyserve`` commands serving a line echo (behind PROXY v2 for the recipe).
+
+    A line protocol: half a line is a request in progress, which a drain waits
+    for (pyserve's echo answers every byte at once, so it is never mid-request).
+    """
+    proxy_options = ["--proxy-protocol", "v2", "--trusted-proxy", HOST] if recipe else []
+    (tmp_path / "lineecho.py").write_text(_LINE_ECHO)
+    return [
+        Command(
+            "lineecho:LineEcho",
+            "--bind",
+            f"{HOST}:0",
+            "--drain-timeout",
+            "30",
+            *proxy_options,
+            cwd=tmp_path,
+        )
+        for _ in range(2)
+    ]
+
+
 def _request(address: tuple[str, int], payload: bytes) -> bytes:
     with socket.create_connection(address, timeout=TIMEOUT) as client:
         client.sendall(payload)
@@ -131,22 +153,7 @@ def test_backend_drained_under_load_behind_haproxy_loses_no_request(
     tmp_path: Path, recipe: bool
 ) -> None:
     require_binary("haproxy", "haproxy")  # before the backends start
-    proxy_options = ["--proxy-protocol", "v2", "--trusted-proxy", HOST] if recipe else []
-    # A line protocol: half a line is a request in progress, which a drain waits
-    # for (pyserve's echo answers every byte at once, so it is never mid-request).
-    (tmp_path / "lineecho.py").write_text(_LINE_ECHO)
-    backends = [
-        Command(
-            "lineecho:LineEcho",
-            "--bind",
-            f"{HOST}:0",
-            "--drain-timeout",
-            "30",
-            *proxy_options,
-            cwd=tmp_path,
-        )
-        for _ in range(2)
-    ]
+    backends = _line_echo_backends(tmp_path, recipe)
     try:
         addresses = [host_port(backend.addresses()[0]) for backend in backends]
         with _start_haproxy(tmp_path, addresses, recipe) as proxy:

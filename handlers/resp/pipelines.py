@@ -43,9 +43,9 @@ __all__ = [
     "cut_uniform",
 ]
 
-#: "$0" ... "$1023": a bulk header is checked by lookup, not by parsing digits.
+#: ``$0`` ... ``$1023``: a bulk header is checked by lookup, not by parsing digits.
 BULK_HEADERS = [b"$%d" % n for n in range(1024)]
-#: "*1" ... "*64" -> count: array headers recognised by lookup.
+#: ``*1`` ... ``*64`` to their count: array headers recognised by lookup.
 ARRAY_HEADERS = {b"*%d" % n: n for n in range(1, 65)}
 #: Longest command (in words, the name included) cut from a template.
 TEMPLATE_WORDS = 4
