@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import HOST, TIMEOUT, process_group_gone
+from faults import HOST, TIMEOUT, peer_process_has_read, process_group_gone, wait_until
 from test_cli import Command, _wait_for_stderr, host_port
 
 from pyserve.cli import command as cli
@@ -80,15 +80,26 @@ def pyserve_command(tmp_path: Path) -> Any:
         command.finish()
 
 
-def _mid_request(address: tuple[str, int]) -> socket.socket:
+def _connect(address: tuple[str, int]) -> socket.socket:
     client = socket.create_connection(address, timeout=TIMEOUT)
     assert client.recv(6) == b"ready\n"
     return client
 
 
+def _mid_request(address: tuple[str, int]) -> socket.socket:
+    """A client whose request is in progress: the server has read half its line.
+
+    (Only "ready" sent and nothing received would be an *idle* connection, which a
+    drain closes at once.)"""
+    client = _connect(address)
+    client.sendall(b"do")
+    wait_until(lambda: peer_process_has_read(client), what="the server read the half line")
+    return client
+
+
 def _ask(address: tuple[str, int], line: bytes) -> bytes:
     """A whole request from a new client: its echo of ``line``."""
-    with _mid_request(address) as client:
+    with _connect(address) as client:
         client.sendall(line)
         data = b""
         while not data.endswith(b"\n"):
@@ -100,7 +111,7 @@ def _ask(address: tuple[str, int], line: bytes) -> bytes:
 
 
 def _finish(client: socket.socket) -> bytes:
-    client.sendall(b"done\n")
+    client.sendall(b"ne\n")  # the rest of "done"
     data = b""
     while not data.endswith(b"\n"):
         chunk = client.recv(100)
