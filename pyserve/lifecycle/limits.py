@@ -289,19 +289,10 @@ class DeadlineReader(SocketReader):
         self._deadline = deadline
         self._saturated = saturated if busy_idle is not None else None
         self._busy_idle = _NEVER if busy_idle is None else busy_idle
-
-    def readinto(self, buffer: Any) -> int:
-        self.waiting = True
-        if self.drain_requested and self.answered:
-            self.shut()
-        try:
-            count = self._wait_and_read(buffer)
-        finally:
-            self.waiting = False
-        if count:
-            self.answered = False
-            self.received += count
-        return count
+        # SocketReader.readinto (and its idle tracking) reads through _recv_into:
+        # here that is the timed wait, which reads through the socket's own.
+        self._read_now = self._recv_into
+        self._recv_into = self._wait_and_read
 
     def _wait_and_read(self, buffer: Any) -> int:
         waited_since = time.monotonic()
@@ -316,7 +307,7 @@ class DeadlineReader(SocketReader):
             wait = min(idle_left, remaining, self._busy_idle)
             self._sock.settimeout(wait)
             try:
-                return self._recv_into(buffer)
+                return self._read_now(buffer)
             except socket.timeout:
                 saturated = self._saturated
                 if saturated is not None and saturated():
