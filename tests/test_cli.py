@@ -26,6 +26,7 @@ from peers import make_certificates, require_binary
 import pyserve
 from pyserve.cli import build as cli_build
 from pyserve.cli import command as cli
+from pyserve.cli.target import resolve_target
 
 DEADLINE = 10.0
 # Where the pyserve under test lives (the source tree, or site-packages under tox):
@@ -615,3 +616,45 @@ def test_parse_bind_round_trips(text: str, transport: str, address: Any) -> None
 def test_parse_bind_of_adopted_sockets(text: str, transport: str, address: Any) -> None:
     bind = cli_build.parse_bind(text)
     assert (bind.transport, bind.address) == (transport, address)
+
+
+def test_max_connections_per_client_refuses_one_host_not_another(run: Any) -> None:
+    """``--max-connections-per-client 1``: 127.0.0.1's second connection is
+    refused while 127.0.0.2 is still served."""
+    command = run("--bind", "127.0.0.1:0", "--max-connections-per-client", "1")
+    [address] = command.addresses()
+    with socket.create_connection(host_port(address), timeout=DEADLINE) as first:
+        first.sendall(b"held\n")
+        assert first.recv(5) == b"held\n"
+        with socket.create_connection(host_port(address), timeout=DEADLINE) as second:
+            assert _read_all(second) == b""
+        other = socket.create_connection(
+            host_port(address), timeout=DEADLINE, source_address=("127.0.0.2", 0)
+        )
+        with other:
+            other.sendall(b"elsewhere\n")
+            assert other.recv(10) == b"elsewhere\n"
+    assert command.stop() == cli.EXIT_OK
+    assert "max_connections_per_client=1 reached" in command.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ((), 256),  # thread: a thread per connection, bounded per address
+        (("--concurrency", "pool"), 32 + 32),  # max_workers plus half the queue
+        (("--concurrency", "pool", "--max-workers", "4"), 4 + 32),
+        (("--max-connections-per-client", "0"), None),  # explicitly off
+        (("--concurrency", "pool", "--max-connections-per-client", "0"), None),
+        (("--max-connections-per-client", "9"), 9),
+    ],
+)
+def test_the_per_client_limit_is_on_by_default(options: tuple[str, ...], expected: Any) -> None:
+    args = cli.build_parser().parse_args(["echo", *options])
+    target = resolve_target(args.target)
+    bind = cli_build.parse_bind("127.0.0.1:0")
+    server, _ = cli_build.build_server(target, bind, args.concurrency, cli.features_from(args))
+    try:
+        assert server.max_connections_per_client == expected
+    finally:
+        server.server_close()

@@ -132,11 +132,15 @@ def test_idle_clients_holding_every_worker_give_one_up_to_a_waiting_client(
 
 
 def test_busy_clients_are_never_cut_off_while_the_pool_is_saturated() -> None:
-    """Only a silent connection gives up its worker: one that keeps talking stays."""
+    """Only a silent connection gives up its worker: one that keeps talking stays.
+    (One that has not said anything yet gives its worker up at once, see
+    test_pool_reclaim.py: the talker speaks before the waiter comes.)"""
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=1)
     server.busy_idle_timeout = 0.2
     with serving(server), socket.create_connection(server.server_address) as talker:
         talker.settimeout(DEADLINE)
+        talker.sendall(b"hello\n")
+        assert talker.recv(16) == b"hello\n"
         waiter = socket.create_connection(server.server_address, timeout=DEADLINE)
         with waiter:
             waiter.sendall(b"waiting\n")

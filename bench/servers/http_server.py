@@ -45,7 +45,9 @@ def main() -> None:
     else:
         # The pool strategy of the module, mixed into the stdlib's HTTPServer.
         pool = importlib.import_module(args.module).ThreadPoolMixIn
-        base = type("PoolHTTPServer", (pool, http.server.HTTPServer), {"daemon_threads": True})
+        # One load-generating machine: no per-client limit (see echo_socketserver).
+        base = type("PoolHTTPServer", (pool, http.server.HTTPServer),
+                    {"daemon_threads": True, "max_connections_per_client": None})
     attrs = {} if args.backlog is None else {"request_queue_size": args.backlog}
     server_class = type("BenchHTTPServer", (base,), attrs)
     handler = functools.partial(QuietHandler, directory=root)

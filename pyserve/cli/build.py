@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 CONCURRENCY = ("sync", "thread", "pool", "fork", "multiplex")
+#: ``--concurrency thread``'s default ``max_connections_per_client``: a thread
+#: per connection costs memory, so one address may hold this many at once.
+THREAD_PER_CLIENT = 256
 
 
 # -- --bind -------------------------------------------------------------------------
@@ -216,6 +219,10 @@ def server_class(bind: Bind, concurrency: str, features: list[Features]) -> type
         # Request threads are joined by server_close() (block_on_close); a forced
         # stop ends the process instead of waiting for them.
         attributes["daemon_threads"] = False
+        if bind.transport == "tcp":
+            # A thread per connection: one address may not make threads without
+            # end. (Unix-socket peers all share one empty address: not there.)
+            attributes.setdefault("max_connections_per_client", THREAD_PER_CLIENT)
     bases = (*mixins, *strategy_mixins(concurrency), transport)
     name = "".join(base.__name__.replace("MixIn", "") for base in bases)
     composed = type(name, bases, attributes)

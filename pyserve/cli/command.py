@@ -8,7 +8,7 @@ minute (then ``nc 127.0.0.1 9999``). The general form::
             [--max-workers N] [--processes N] [--drain-timeout S] [--socket-mode OCTAL]
             [--tls-cert PEM [--tls-key PEM] [--tls-ca PEM [--tls-verify-client]]]
             [--proxy-protocol v1|v2|auto --trusted-proxy NETWORK...]
-            [--idle-timeout S] [--max-connections N]
+            [--idle-timeout S] [--max-connections N] [--max-connections-per-client N]
             [--trace] [--access-log] [--log-level LEVEL]
 
 TARGET is a name from the handlers registry (``echo``, ``daytime``, ...; see
@@ -73,7 +73,7 @@ from typing import Any, Callable, Optional, Union
 import pyserve
 from pyserve.cli import build as cli_build
 from pyserve.cli import features as cli_features
-from pyserve.cli.build import Bind, Features, format_address, parse_bind
+from pyserve.cli.build import THREAD_PER_CLIENT, Bind, Features, format_address, parse_bind
 from pyserve.cli.exits import (
     EXIT_ADDRESS_IN_USE,
     EXIT_CRASHED,
@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_positive(parser, "--max-connections", int, "refuse connections beyond N in flight at once")
     parser.add_argument(
+        "--max-connections-per-client",
+        type=_count_or_zero,
+        default=None,
+        metavar="N",
+        help="refuse a client host's connections beyond N in flight at once; 0: no limit "
+        f"(default: {THREAD_PER_CLIENT} with thread, max-workers plus half the queue with pool)",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="explain mode: print every hook call on stderr"
     )
     parser.add_argument(
@@ -249,6 +257,13 @@ def _add_positive(
     )
 
 
+def _count_or_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         value = kind(text)
@@ -266,7 +281,9 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 def features_from(args: argparse.Namespace) -> list[Features]:
     return [
         cli_features.pool_feature(args.concurrency, args.max_workers),
-        cli_features.limits_feature(args.idle_timeout, args.max_connections),
+        cli_features.limits_feature(
+            args.idle_timeout, args.max_connections, args.max_connections_per_client
+        ),
         cli_features.proxy_feature(args.proxy_protocol, args.trusted_proxy),
         cli_features.tls_feature(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify_client),
         cli_features.socket_mode_feature(args.socket_mode),

@@ -46,14 +46,21 @@ def pool_feature(concurrency: str, max_workers: Optional[int]) -> Features:
     return ((), {"max_workers": max_workers})
 
 
-def limits_feature(idle_timeout: Optional[float], max_connections: Optional[int]) -> Features:
-    """``--idle-timeout`` and ``--max-connections``: the per-connection protections
-    of :mod:`pyserve.lifecycle.limits`, as server attributes (every stream handler obeys them)."""
+def limits_feature(
+    idle_timeout: Optional[float],
+    max_connections: Optional[int],
+    max_per_client: Optional[int] = None,
+) -> Features:
+    """``--idle-timeout``, ``--max-connections`` and ``--max-connections-per-client``
+    (0: no limit): the per-connection protections of :mod:`pyserve.lifecycle.limits`,
+    as server attributes (every stream handler obeys them)."""
     attributes: dict[str, Any] = {}
     if idle_timeout is not None:
         attributes["idle_timeout"] = idle_timeout
     if max_connections is not None:
         attributes["max_connections"] = max_connections
+    if max_per_client is not None:
+        attributes["max_connections_per_client"] = max_per_client or None
     return ((), attributes)
 
 

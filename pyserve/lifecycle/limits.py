@@ -32,7 +32,9 @@ read from ``rfile`` obeys:
   every worker busy and requests waiting), a connection idle this long while it
   is saturated is closed. Idle keep-alive clients would otherwise hold every
   worker while new clients wait out the full ``idle_timeout``; this frees a
-  worker within seconds, and only when someone is waiting for one.
+  worker within seconds, and only when someone is waiting for one. The pool
+  also frees one at once, the moment a client waits, from a connection that has
+  sent nothing yet or is idle past this already (:meth:`SocketReader.give_up`).
 
 These limits sit at the socket, under ``rfile``'s buffer, for plain and TLS
 sockets alike.
@@ -168,6 +170,9 @@ class SocketReader(io.RawIOBase):
     answered = True  #: everything received has been answered (nothing yet, at first)
     received = 0  #: bytes read from the connection so far
     drain_requested = False  #: a drain asked: shut for reading as soon as idle
+    #: ``time.monotonic()`` when the blocked read began (readers that time their
+    #: reads say; infinity: unknown), for :meth:`give_up`.
+    idle_since = _NEVER
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
@@ -222,6 +227,25 @@ class SocketReader(io.RawIOBase):
             self.shut()
             return True
         return False
+
+    def give_up(self, now: float, idle_for: float) -> bool:
+        """For a saturated pool (any thread): shut the connection for reading if
+        its worker is better spent on a waiting client; True if it was shut.
+
+        Two kinds qualify, and only while their read blocks: a connection that
+        has not sent a byte since it was accepted, and one that was answered and
+        has been idle at least ``idle_for`` seconds (``now`` is
+        ``time.monotonic()``). A client in the middle of a request, or one that
+        talks again within ``idle_for``, keeps its worker. The handler sees
+        end-of-file, as in a drain; a TLS session still ends with close_notify.
+        """
+        if not self.waiting or self.drain_requested:
+            return False
+        if self.received and not (self.answered and now - self.idle_since >= idle_for):
+            return False
+        self.drain_requested = True  # its next idle read ends too; TLS closes cleanly
+        self.shut()
+        return True
 
     def shut(self) -> None:
         """``shutdown(SHUT_RD)``: a blocked read returns EOF, writes still work.
@@ -295,7 +319,13 @@ class DeadlineReader(SocketReader):
         self._recv_into = self._wait_and_read
 
     def _wait_and_read(self, buffer: Any) -> int:
-        waited_since = time.monotonic()
+        self.idle_since = waited_since = time.monotonic()
+        try:
+            return self._wait_until_read(buffer, waited_since)
+        finally:
+            self.idle_since = _NEVER
+
+    def _wait_until_read(self, buffer: Any, waited_since: float) -> int:
         while True:
             now = time.monotonic()
             remaining = self._deadline_at - now

@@ -171,6 +171,8 @@ class WorkersAccept(AcceptHooksInTurn):
 
         def _note_saturation(self) -> None: ...
 
+        def _reclaim_worker(self) -> bool: ...
+
     # -- workers accept: entering and leaving the mode -----------------------------
 
     def _workers_can_accept(self) -> bool:
@@ -298,8 +300,11 @@ class WorkersAccept(AcceptHooksInTurn):
             if self._backlog_watched:
                 self._backlog_watched = False
                 self._unwatch(self._listener_fd)
-            if self.saturated():
+            saturated = self.saturated()
+            if saturated:
                 self._note_saturation()
+        if saturated:
+            self._reclaim_worker()
 
     def _serve_here(self, worker: _Worker, request: Any, client_address: Any) -> None:
         """Run a request in the worker that accepted it (``process_request()``).

@@ -52,7 +52,12 @@ Workers are daemon threads: a pool never keeps a process alive by itself.
 :mod:`pyserve.lifecycle.drain`), then stops and joins the workers.
 
 The pool servers protect themselves by default (see :mod:`pyserve.lifecycle.limits`): a
-pool has few threads, so a client that dawdles must not keep one.
+pool has few threads, so a client that dawdles must not keep one. When a request
+waits for a worker, ``_reclaim_worker()`` at once shuts the oldest connection that
+has not sent anything yet (or is idle past ``busy_idle_timeout``) for reading; its
+handler ends and its worker takes the waiting request. And one client host may
+have at most ``max_workers`` plus half the queue in flight, so a flood from one
+address leaves queue room for the rest.
 """
 
 from __future__ import annotations
@@ -87,6 +92,9 @@ else:
 logger = logging.getLogger("pyserve")
 
 _POOL_FULL = "pool-full"
+#: ThreadPoolMixIn.max_connections_per_client's default: a share of the pool.
+_SHARE_OF_POOL = object()
+_IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 class ThreadPoolMixIn(WorkersAccept):
     """Run requests on at most ``max_workers`` reused threads, with backpressure.
@@ -112,6 +120,8 @@ class ThreadPoolMixIn(WorkersAccept):
     - ``idle_timeout`` (60 s), ``request_deadline`` (300 s), ``max_line_length``
       (64 KiB), ``busy_idle_timeout`` (5 s while saturated): protections for
       stream handlers, on by default here
+    - ``max_connections_per_client``: ``max_workers`` plus half of
+      ``queue_size`` by default (see the property)
     - ``saturation_log_interval``: at most one "pool saturated" WARNING this often
 
     :meth:`saturated` says whether requests are waiting for a worker now.
@@ -143,6 +153,30 @@ class ThreadPoolMixIn(WorkersAccept):
     saturation_log_interval: float = 60.0
     #: How long shutdown() waits for workers to leave the accept path.
     _accept_exit_timeout: float = 5.0
+
+    @property
+    def max_connections_per_client(self) -> Optional[int]:
+        """Connections in flight at once from one client host; beyond it a new one
+        is refused (see :mod:`pyserve.lifecycle.limits`).
+
+        By default ``max_workers`` plus half of ``queue_size`` (rounded up): one
+        host may fill every worker and half the queue, so a flood from one address always leaves
+        queue room for everyone else, and an honest host is refused only what
+        would otherwise wait in the listen backlog. None on Unix sockets, whose
+        peers all share one (empty) address. Set a number, or None for no limit,
+        on the server or in a subclass.
+        """
+        if self._per_client_limit is _SHARE_OF_POOL:
+            if getattr(self, "address_family", None) not in _IP_FAMILIES:
+                return None  # Unix-socket peers have no address to tell them apart
+            return self.max_workers + (self.queue_size + 1) // 2
+        return self._per_client_limit  # type: ignore[return-value]
+
+    @max_connections_per_client.setter
+    def max_connections_per_client(self, value: Optional[int]) -> None:
+        self._per_client_limit = value
+
+    _per_client_limit: object = _SHARE_OF_POOL
 
     def __init__(
         self,
@@ -211,6 +245,7 @@ class ThreadPoolMixIn(WorkersAccept):
                 self._serve_here(worker, request, client_address)
                 return
         job = (request, client_address, self._track(request, client_address))
+        queued = False
         with self._pool_lock:
             if self._pool_closed:
                 raise RuntimeError("the thread pool is closed")
@@ -227,8 +262,10 @@ class ThreadPoolMixIn(WorkersAccept):
                     # The system refused a thread (its limit, or memory): the
                     # request waits for a worker that exists.
                     self._pending.append(job)
+                    queued = True
             else:
                 self._pending.append(job)
+                queued = True
                 self._note_saturation()
             if (
                 not self._pool_held
@@ -238,6 +275,8 @@ class ThreadPoolMixIn(WorkersAccept):
             ):
                 self._pool_held = True
                 self._hold_accept(_POOL_FULL)
+        if queued:
+            self._reclaim_worker()
 
     def saturated(self) -> bool:
         """True while requests wait for a worker (every worker is busy).
@@ -253,6 +292,23 @@ class ThreadPoolMixIn(WorkersAccept):
         # at the listener for a moment, yet free.
         return self._worker_mode and len(self._registry) >= self.max_workers
 
+    def _reclaim_worker(self) -> bool:
+        """A request waits for a worker: free one held by a connection that is not
+        using it (see :meth:`SocketReader.give_up
+        <pyserve.lifecycle.limits.SocketReader.give_up>`), the longest-held first.
+        True if one was shut (its worker takes the waiting request as the handler
+        ends). Called without the pool lock: it takes the registry's.
+        """
+        idle_for = self.busy_idle_timeout
+        if idle_for is None:
+            return False
+        now = time.monotonic()
+        for entry in self._registry.entries():  # oldest first
+            reader = entry.reader
+            if reader is not None and reader.give_up(now, idle_for):
+                return True
+        return False
+
     def _note_saturation(self) -> None:
         """One WARNING per ``saturation_log_interval`` while the pool is saturated
         (called with the pool lock held)."""
@@ -266,9 +322,9 @@ class ThreadPoolMixIn(WorkersAccept):
         self._saturation_log.report(
             logging.WARNING,
             "saturated",
-            "thread pool saturated: all %d workers busy, %s; idle "
-            "connections give up their worker after busy_idle_timeout=%ss; raise "
-            "max_workers (or --max-workers) if this persists",
+            "thread pool saturated: all %d workers busy, %s; connections that "
+            "sent nothing give up their worker at once, idle ones after "
+            "busy_idle_timeout=%ss; raise max_workers (or --max-workers) if this persists",
             self.max_workers,
             waiting,
             self.busy_idle_timeout,
