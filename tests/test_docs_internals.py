@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import pyserve
+from pyserve.explain import SERVER_HOOKS
 from pyserve.multiplex.server import MultiplexingMixIn
 from pyserve.pool.workers import ThreadPoolMixIn
 from pyserve.testing import serving
@@ -31,22 +32,13 @@ from pyserve.testing import serving
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = (ROOT / "docs" / "internals.rst").read_text()
 
-# The server hooks a strategy may override (the stdlib's, and the loop's own).
-HOOKS = {
-    "serve_forever",
-    "_handle_request_noblock",
-    "service_actions",
+# The server hooks a strategy may override: those explain traces (the stdlib's
+# and the loop's own), and the two it does not trace (no request passes them).
+HOOKS = (set(SERVER_HOOKS) - {"handle_request", "_child_exited"}) | {
     "handle_timeout",
-    "get_request",
-    "verify_request",
-    "process_request",
-    "process_request_thread",
-    "finish_request",
-    "shutdown_request",
-    "close_request",
     "server_close",
-    "handle_error",
 }
+
 
 STRATEGIES = {
     "ThreadingMixIn": pyserve.ThreadingMixIn,
