@@ -25,6 +25,7 @@ from faults import wait_until
 from peers import Certificates, make_certificates
 
 import pyserve
+from pyserve.net.proxy import ProxyProtocolMixIn
 from pyserve.net.tls import TLSMixIn
 from pyserve.testing import serving
 
@@ -43,6 +44,10 @@ class TLSPool(TLSMixIn, pyserve.ThreadPoolTCPServer):
     """The ready pool server with TLS: every protection at its default."""
 
 
+class ProxiedPool(ProxyProtocolMixIn, pyserve.ThreadPoolTCPServer):
+    """The ready pool server behind a PROXY-protocol proxy on this machine."""
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("certs"))
@@ -58,6 +63,9 @@ def pool(transport: str, certs: Certificates, **options: Any) -> Iterator[Any]:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(certs.cert), str(certs.key))
         server = TLSPool(("127.0.0.1", 0), LineEcho, ssl_context=context, max_workers=WORKERS)
+    elif transport == "proxy":
+        server = ProxiedPool(("127.0.0.1", 0), LineEcho, trusted_proxies=["127.0.0.1"],
+                             max_workers=WORKERS)
     else:
         server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=WORKERS)
         server.workers_accept = None if transport == "workers-accept" else False
@@ -73,6 +81,8 @@ def connect(server: Any, transport: str, certs: Certificates, stack: ExitStack,
         server.server_address, timeout=DEADLINE,
         source_address=None if source is None else (source, 0),
     )
+    if transport == "proxy":
+        raw.sendall(b"PROXY TCP4 203.0.113.9 10.0.0.1 40000 80\r\n")
     if transport != "tls":
         return stack.enter_context(raw)
     context = ssl.create_default_context(cafile=str(certs.ca))
@@ -85,14 +95,18 @@ def workers_blocked_in_read(server: Any, count: int) -> bool:
 
 
 def ended(sock: socket.socket) -> bool:
-    """Whether the server closed this connection (refused, or given up)."""
+    """Whether the server closed this connection (refused, or given up); what it
+    sent first (a TLS alert) is read and dropped."""
     sock.settimeout(0.2)
     try:
-        return sock.recv(1) == b""
+        for _ in range(100):
+            if not sock.recv(4096):
+                return True
     except ConnectionResetError:
         return True
     except socket.timeout:
-        return False
+        pass
+    return False
 
 
 def round_trip(client: socket.socket, line: bytes) -> float:
@@ -217,3 +231,45 @@ def test_unix_socket_pools_have_no_default_per_client_limit(tmp_path: Any) -> No
         assert server.max_connections_per_client is None
     finally:
         server.server_close()
+
+
+@pytest.mark.parametrize("transport", ["tls", "proxy"])
+def test_a_connection_silent_before_its_handshake_or_header_gives_its_worker_up(
+    transport: str, certs: Certificates
+) -> None:
+    """Plain TCP connections that never send a TLS hello (or a PROXY header) hold
+    every worker in the handshake (header) phase, before any handler reads: the
+    next client is served at once, not after tls_handshake_timeout (10 s) or
+    proxy_header_timeout (5 s)."""
+    with pool(transport, certs, busy_idle_timeout=30.0) as server, ExitStack() as stack:
+        silent = [
+            stack.enter_context(socket.create_connection(server.server_address, timeout=DEADLINE))
+            for _ in range(WORKERS)
+        ]
+        wait_until(lambda: workers_blocked_in_read(server, WORKERS), DEADLINE)
+        late = connect(server, transport, certs, stack)
+        waited = round_trip(late, b"my turn\n")
+        assert waited < 2.0, f"waited {waited:.3f}s for a worker"
+        assert ended(silent[0])
+
+
+@pytest.mark.parametrize("transport", ["tls", "proxy"])
+def test_a_drain_does_not_cut_a_handshake_or_header_in_progress(
+    transport: str, certs: Certificates
+) -> None:
+    """A peer that has begun its TLS hello (PROXY header) is not idle: a drain
+    waits for it to finish and the request is served."""
+    with pool(transport, certs) as server, ExitStack() as stack:
+        raw = stack.enter_context(socket.create_connection(server.server_address,
+                                                           timeout=DEADLINE))
+        first = b"PROX" if transport == "proxy" else b"\x16\x03\x01"  # a hello's first bytes
+        raw.sendall(first)
+        wait_until(lambda: any(
+            e.reader is not None and e.reader.received for e in server._registry.entries()),
+            DEADLINE)
+        server._close_idle()  # what a drain does to idle connections
+        if transport == "proxy":
+            raw.sendall(b"Y TCP4 203.0.113.9 10.0.0.1 40000 80\r\nstill here\n")
+            assert raw.recv(64) == b"still here\n"
+        else:
+            assert not ended(raw)  # the server waits for the rest of the hello

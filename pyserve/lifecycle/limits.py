@@ -215,6 +215,17 @@ class SocketReader(io.RawIOBase):
             self.received += count
         return count
 
+    @classmethod
+    def standing_in(cls, sock: socket.socket) -> SocketReader:
+        """A reader for a connection whose handler has not begun: what a server
+        reads before it (a TLS handshake, a PROXY header) is waiting for the
+        peer, so a drain or a saturated pool may end it like an idle read. The
+        server sets ``received`` when the peer's first bytes arrive and clears
+        ``waiting`` when it is done; the handler's own reader then replaces it."""
+        reader = cls(sock)
+        reader.waiting = True
+        return reader
+
     def tell(self) -> int:
         """Bytes read from the connection so far (``rfile.tell()``: bytes consumed)."""
         return self.received

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
 from pyserve.errors import ProtocolError
+from pyserve.lifecycle.limits import SocketReader
 from pyserve.logs import RateLimitedLog, escape
 from pyserve.net.proxy_header import (
     DEFAULT_MAX_V2_LENGTH,
@@ -234,6 +235,10 @@ class ProxyProtocolMixIn(_Base):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Read the PROXY header, then run the handler with the real client's address."""
+        # Until the handler reads, the header is the connection's reader: a peer
+        # that sends nothing gives its worker up like any silent connection.
+        waiting = SocketReader.standing_in(request)
+        self._watch_reader(request, waiting)
         try:
             header = self.read_proxy_header(request)
         except (ProtocolError, OSError, EOFError) as exc:
@@ -247,6 +252,8 @@ class ProxyProtocolMixIn(_Base):
                 _reason(exc),
             )
             return
+        finally:
+            waiting.waiting = False
         super().finish_request(request, self._client_address(header, client_address))
 
     def read_proxy_header(self, request: socket.socket) -> ProxyHeader:
@@ -256,6 +263,9 @@ class ProxyProtocolMixIn(_Base):
         or ``OSError`` (including ``socket.timeout``).
         """
         parser = ProxyParser(max_v2_length=self.proxy_max_v2_length)
+        # The stand-in reader finish_request() entered: told when the peer speaks.
+        entry = self._registry.get(request)
+        waiting = None if entry is None else entry.reader
         started = time.monotonic()
         deadline = started + self.proxy_header_timeout
         previous_timeout = request.gettimeout()
@@ -286,6 +296,8 @@ class ProxyProtocolMixIn(_Base):
                     continue  # look at the pool, then wait again
                 if not chunk:
                     raise EOFError("connection closed before the PROXY header ended")
+                if waiting is not None:  # the peer spoke: not idle (for drain too)
+                    waiting.received, waiting.answered = 1, False
                 parser.feed(chunk)
                 event = parser.next_event()
                 if event is NEED_DATA:

@@ -42,6 +42,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from pyserve.base import BaseServer
+from pyserve.lifecycle.limits import SocketReader
 from pyserve.logs import RateLimitedLog, escape
 
 __all__ = ["TLSMixIn"]
@@ -142,11 +143,17 @@ class TLSMixIn(_Base):
             return None
         self._tls_sockets[request] = tls  # from here on, shutdown_request ends tls
         self._tls_plain[tls] = request
+        # Until the handler reads, the handshake is the connection's reader: a
+        # client that never sends its hello gives its worker up like a silent one.
+        waiting = SocketReader.standing_in(tls)
+        self._watch_reader(tls, waiting)
         try:
-            _handshake(tls, time.monotonic() + self.tls_handshake_timeout)
+            _handshake(tls, time.monotonic() + self.tls_handshake_timeout, waiting)
         except OSError as exc:
             self._handshake_failed(client_address, exc)
             return None
+        finally:
+            waiting.waiting = False
         tls.settimeout(previous_timeout)
         return tls
 
@@ -182,10 +189,13 @@ class TLSMixIn(_Base):
         super().shutdown_request(tls)
 
 
-def _handshake(tls: ssl.SSLSocket, deadline: float) -> None:
-    """Drive a non-blocking handshake to its end, or raise ``socket.timeout``."""
+def _handshake(tls: ssl.SSLSocket, deadline: float, waiting: SocketReader) -> None:
+    """Drive a non-blocking handshake to its end, or raise ``socket.timeout``;
+    ``waiting.received`` is set once the client has sent something."""
     tls.settimeout(0.0)
     while True:
+        if not waiting.received and _has_data(tls):  # the client spoke: mid-handshake,
+            waiting.received, waiting.answered = 1, False  # not idle (for drain too)
         try:
             tls.do_handshake()
             return
@@ -196,6 +206,17 @@ def _handshake(tls: ssl.SSLSocket, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not _wait(tls, readable, writable, remaining):
             raise socket.timeout("handshake timed out")
+
+
+def _has_data(sock: socket.socket) -> bool:
+    """Whether bytes wait on the connection, under any TLS layer (a peek)."""
+    try:
+        return bool(_peek(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing yet (BlockingIOError), or reset: the handshake will say
+        return False
+
+
+_peek = socket.socket.recv  # the plain socket's: an SSLSocket refuses flags
 
 
 def _wait(sock: socket.socket, readable: bool, writable: bool, timeout: float) -> bool:
