@@ -12,7 +12,10 @@ synchronous default, ``ThreadingMixIn``, a thread pool, ``ForkingMixIn``):
   ``ssl_context`` and completes the handshake within ``tls_handshake_timeout``
   seconds *in total* (the socket is non-blocking and each wait gets what is left
   of the deadline, so a client trickling one byte at a time is cut off as
-  surely as one that never speaks). Then the handler runs with the
+  surely as one that never speaks). On a saturated thread pool a handshake
+  still unfinished after a second ends at once, and one whose client has sent
+  nothing at all gives its worker to a waiting client immediately (see
+  :mod:`pyserve.pool.workers`). Then the handler runs with the
   ``ssl.SSLSocket`` as its ``request``: ``StreamRequestHandler``'s ``rfile`` and
   ``wfile`` work over it unchanged.
 * A failed handshake (a plain-text client, an untrusted certificate, a timeout,
@@ -39,7 +42,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.base import BaseServer
 from pyserve.lifecycle.limits import SocketReader
@@ -148,7 +151,13 @@ class TLSMixIn(_Base):
         waiting = SocketReader.standing_in(tls)
         self._watch_reader(tls, waiting)
         try:
-            _handshake(tls, time.monotonic() + self.tls_handshake_timeout, waiting)
+            saturated = getattr(self, "saturated", None)
+            _handshake(
+                tls,
+                time.monotonic() + self.tls_handshake_timeout,
+                waiting,
+                saturated if callable(saturated) else None,
+            )
         except OSError as exc:
             self._handshake_failed(client_address, exc)
             return None
@@ -189,9 +198,23 @@ class TLSMixIn(_Base):
         super().shutdown_request(tls)
 
 
-def _handshake(tls: ssl.SSLSocket, deadline: float, waiting: SocketReader) -> None:
+#: While a pool is saturated, a handshake still unfinished after this long gives
+#: its worker up: a client sends its hello at once, and the whole handshake takes
+#: two round trips; a trickle is an attack.
+_SATURATED_HANDSHAKE_WAIT = 1.0
+
+
+def _handshake(
+    tls: ssl.SSLSocket,
+    deadline: float,
+    waiting: SocketReader,
+    saturated: Optional[Callable[[], bool]],
+) -> None:
     """Drive a non-blocking handshake to its end, or raise ``socket.timeout``;
-    ``waiting.received`` is set once the client has sent something."""
+    ``waiting.received`` is set once the client has sent something. With
+    ``saturated`` (a pool's), a handshake unfinished after a second ends as soon
+    as requests wait for a worker."""
+    started = time.monotonic()
     tls.settimeout(0.0)
     while True:
         if not waiting.received and _has_data(tls):  # the client spoke: mid-handshake,
@@ -203,8 +226,16 @@ def _handshake(tls: ssl.SSLSocket, deadline: float, waiting: SocketReader) -> No
             readable, writable = True, False
         except ssl.SSLWantWriteError:
             readable, writable = False, True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not _wait(tls, readable, writable, remaining):
+        now = time.monotonic()
+        remaining = deadline - now
+        if remaining <= 0:
+            raise socket.timeout("handshake timed out")
+        wait = remaining
+        if saturated is not None:
+            if now - started >= _SATURATED_HANDSHAKE_WAIT and saturated():
+                raise socket.timeout("handshake unfinished while every worker was busy")
+            wait = min(remaining, _SATURATED_HANDSHAKE_WAIT / 2)  # then look at the pool
+        if not _wait(tls, readable, writable, wait) and wait == remaining:
             raise socket.timeout("handshake timed out")
 
 
