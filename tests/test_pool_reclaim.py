@@ -13,6 +13,7 @@ from one address leaves room in the queue for everyone else.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -261,26 +262,39 @@ def test_a_connection_silent_before_its_handshake_or_header_gives_its_worker_up(
         assert ended(silent[0])
 
 
-@pytest.mark.parametrize("transport", ["tls", "proxy"])
-def test_a_drain_does_not_cut_a_handshake_or_header_in_progress(
-    transport: str, certs: Certificates
-) -> None:
-    """A peer that has begun its TLS hello (PROXY header) is not idle: a drain
-    waits for it to finish and the request is served."""
-    with pool(transport, certs) as server, ExitStack() as stack:
+def test_a_drain_does_not_cut_a_tls_handshake_in_progress(certs: Certificates) -> None:
+    """A client that has begun its TLS hello is not idle: a drain waits for it."""
+    with pool("tls", certs) as server, ExitStack() as stack:
         raw = stack.enter_context(socket.create_connection(server.server_address,
                                                            timeout=DEADLINE))
-        first = b"PROX" if transport == "proxy" else b"\x16\x03\x01"  # a hello's first bytes
-        raw.sendall(first)
+        raw.sendall(b"\x16\x03\x01")  # a hello's first bytes
         wait_until(lambda: any(
             e.reader is not None and e.reader.received for e in server._registry.entries()),
             DEADLINE)
         server._close_idle()  # what a drain does to idle connections
-        if transport == "proxy":
-            raw.sendall(b"Y TCP4 203.0.113.9 10.0.0.1 40000 80\r\nstill here\n")
-            assert raw.recv(64) == b"still here\n"
-        else:
-            assert not ended(raw)  # the server waits for the rest of the hello
+        assert not ended(raw)  # the server waits for the rest of the hello
+
+
+def test_a_trickled_proxy_header_gives_its_worker_up_at_once(
+    certs: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real proxy sends its header whole: peers trickling one are cut the moment
+    a client waits (their header ends in end-of-file), not by the half-second
+    check of a saturated pool (which ends it as a timeout)."""
+    caplog.set_level(logging.INFO, logger="pyserve")
+    with pool("proxy", certs, busy_idle_timeout=30.0) as server, ExitStack() as stack:
+        for _ in range(WORKERS):
+            raw = stack.enter_context(socket.create_connection(server.server_address,
+                                                               timeout=DEADLINE))
+            raw.sendall(b"PROX")
+        wait_until(lambda: workers_blocked_in_read(server, WORKERS), DEADLINE)
+        started = time.monotonic()
+        late = connect(server, "proxy", certs, stack)
+        round_trip(late, b"my turn\n")
+        assert time.monotonic() - started < 2.0
+    reasons = [r.getMessage() for r in caplog.records if "Bad PROXY header" in r.getMessage()]
+    assert any("before the PROXY header ended" in m for m in reasons), reasons
+    assert not any("timed out" in m for m in reasons), reasons
 
 
 def test_a_trickled_tls_hello_gives_its_worker_up_within_a_second_when_others_wait(

@@ -235,8 +235,10 @@ class ProxyProtocolMixIn(_Base):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Read the PROXY header, then run the handler with the real client's address."""
-        # Until the handler reads, the header is the connection's reader: a peer
-        # that sends nothing gives its worker up like any silent connection.
+        # Until the handler reads, the header is the connection's reader, silent
+        # until the header is whole: a real proxy sends it at once, in one packet,
+        # so a peer that sends nothing, or a trickle, gives its worker up (to a
+        # client waiting for one, or to a drain) like any silent connection.
         waiting = SocketReader.standing_in(request)
         self._watch_reader(request, waiting)
         try:
@@ -263,9 +265,6 @@ class ProxyProtocolMixIn(_Base):
         or ``OSError`` (including ``socket.timeout``).
         """
         parser = ProxyParser(max_v2_length=self.proxy_max_v2_length)
-        # The stand-in reader finish_request() entered: told when the peer speaks.
-        entry = self._registry.get(request)
-        waiting = None if entry is None else entry.reader
         started = time.monotonic()
         deadline = started + self.proxy_header_timeout
         previous_timeout = request.gettimeout()
@@ -296,8 +295,6 @@ class ProxyProtocolMixIn(_Base):
                     continue  # look at the pool, then wait again
                 if not chunk:
                     raise EOFError("connection closed before the PROXY header ended")
-                if waiting is not None:  # the peer spoke: not idle (for drain too)
-                    waiting.received, waiting.answered = 1, False
                 parser.feed(chunk)
                 event = parser.next_event()
                 if event is NEED_DATA:
