@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 from typing import TYPE_CHECKING, Any
 
 from pyserve.multiplex.connection import ConnectionHandler
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["flush", "send_gathered"]
 
 _write = os.write
+_READ = select.POLLIN
 
 #: Buffers of a turn up to this size are joined and sent with one system call;
 #: a larger one goes piece by piece (copying megabytes to save a call is a loss).
@@ -65,16 +67,25 @@ def send_gathered(loop: IOLoop) -> None:
         handler._output_size -= sent
         if sent < len(data):
             output[0] = data[sent:]
-        else:
-            output.popleft()
-            if not output:
-                if handler._closing:
-                    loop.finish(handler, None)
-                    continue
-                loop.call(handler, handler.write_buffer_drained)
-                if loop.closing_idle:
-                    loop.shut_if_idle(handler)
-        loop.watch(handler)  # the rest waits for room
+            loop.watch(handler)  # the rest waits for room
+            continue
+        output.popleft()
+        if output:
+            loop.watch(handler)
+            continue
+        if handler._closing:
+            loop.finish(handler, None)
+            continue
+        try:
+            handler.write_buffer_drained()
+        except Exception as exc:  # as any callback's error: logged, and it ends
+            loop.failed(handler, exc)
+            continue
+        if loop.closing_idle:
+            loop.shut_if_idle(handler)
+        # Watched for reading only, as it was (the usual case): nothing to change.
+        if handler._events != _READ or handler._eof:
+            loop.watch(handler)
 
 
 def _joined(output: collections.deque[bytes]) -> bytes:
