@@ -354,7 +354,7 @@ _WORD = st.binary(max_size=12) | st.sampled_from([b"\r\n", b"$3\r\n", b"*2\r\n$3
 
 @settings(max_examples=300, deadline=None)
 @given(
-    template=st.lists(_WORD, min_size=1, max_size=3),
+    template=st.lists(_WORD, max_size=3),
     place=st.integers(min_value=1, max_value=3),
     varying=st.lists(_WORD, min_size=1, max_size=20),
     cut=st.integers(min_value=0, max_value=40),
@@ -435,7 +435,7 @@ def test_a_run_that_only_looks_like_its_template_parses_exactly(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    template=st.lists(_WORD, min_size=1, max_size=3),
+    template=st.lists(_WORD, max_size=3),
     place=st.integers(min_value=1, max_value=3),
     size=st.integers(min_value=0, max_value=12),
     data=st.data(),
@@ -469,6 +469,19 @@ def test_a_remembered_template_takes_only_the_batches_it_fits(
         parser.feed(batch)
         found += parser.drain()
     assert found == parse_exactly(b"".join(sent))
+
+
+def test_a_repeated_command_of_one_word_is_a_run_and_another_word_breaks_it() -> None:
+    ping = encode_command(b"PING")
+    parser = CommandParser()
+    parser.feed(ping * 16)
+    found = parser.drain()
+    assert found == [[b"PING"]] * 16
+    assert type(found).__name__ == "Run"
+    parser.feed(ping * 7 + encode_command(b"PINT") + ping * 8)  # as long, another name
+    found = parser.drain()
+    assert found == [[b"PING"]] * 7 + [[b"PINT"]] + [[b"PING"]] * 8
+    assert type(found).__name__ != "Run"
 
 
 def test_a_batch_of_the_remembered_shape_is_cut_as_a_run() -> None:

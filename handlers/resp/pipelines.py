@@ -21,7 +21,9 @@ byte for byte the template with its own word in place: its array and bulk
 headers, its name and its other words are the template's, already checked. A
 word containing the separator, a command of another length, another name or
 another constant word each make the count or a length disagree, and the
-general parser (:mod:`handlers.resp.protocol`) takes the buffer instead.
+general parser (:mod:`handlers.resp.protocol`) takes the buffer instead. A
+command of one word (``PING``) has nothing that varies: a buffer that is that
+command repeated, compared in one go, is its run.
 
 A word's bytes may be anything (CR LF included): only lengths and the separator
 decide. Only a buffer that holds whole commands, all of the first one's length,
@@ -59,11 +61,11 @@ _FIRST_LINES = 2 * TEMPLATE_WORDS + 1
 
 def _template(buffer: bytes) -> Optional[tuple[list[bytes], int]]:
     """The first command's pieces (``*n``, then header and word by turns) and its
-    length in bytes, if it can be a template: 2 to TEMPLATE_WORDS words, each
+    length in bytes, if it can be a template: up to TEMPLATE_WORDS words, each
     under 1 KiB, its headers right, all of it in ``buffer``."""
     head = buffer.split(b"\r\n", _FIRST_LINES)
     count = ARRAY_HEADERS.get(head[0])
-    if count is None or count < 2 or count > TEMPLATE_WORDS:
+    if count is None or count > TEMPLATE_WORDS:
         return None
     lines = 2 * count + 1
     if len(head) <= lines:
@@ -113,6 +115,12 @@ class RunCutter:
             return 0
         head, width = found
         words = head[2::2]
+        if len(words) == 1:  # nothing varies: the run repeats its first command
+            template = (buffer[:width], b"", width, words, 0)
+            taken = _cut(buffer, commands, template)
+            if taken:
+                self._last = template
+            return taken
         start = len(head[0]) + len(head[1]) + len(words[0]) + 6  # the second word's header
         for place in range(1, len(words)):
             start += len(head[2 * place + 1]) + 2  # the word itself
@@ -143,6 +151,12 @@ def _cut(buffer: bytes, commands: list[list[bytes]], template: Template) -> int:
     runs, rest = divmod(len(buffer), width)
     if rest or runs < 2 or runs > MAX_TEMPLATE_COMMANDS:
         return 0  # not whole commands of the first one's length (the usual case cuts them all)
+    if not place:  # a command of one word (PING), all of it the prefix
+        if buffer != prefix * runs:
+            return 0
+        name = words[0]
+        commands.extend([[name] for _ in range(runs)])
+        return width * runs
     # Splitting the stretch from the first varying word to the last at every
     # separator: one piece per command, none longer than the word, proves them all.
     varying = buffer[len(prefix) : len(buffer) - len(suffix)].split(suffix + prefix)
