@@ -55,6 +55,9 @@ def send_gathered(loop: IOLoop) -> None:
         if handler._closed:
             continue
         output = handler._output
+        if not output:  # a flush for writability sent it already, this turn
+            loop.watch(handler)
+            continue
         data = output[0] if len(output) == 1 else _joined(output)
         try:
             raw = handler._raw
