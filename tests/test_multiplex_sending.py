@@ -8,6 +8,7 @@ from typing import Any, Callable
 from conftest import TIMEOUT, recv_exactly, wait_until
 
 import pyserve
+from pyserve.multiplex.sending import JOIN_LIMIT
 from pyserve.testing import read_until_eof
 
 Serve = Callable[..., Any]
@@ -89,3 +90,19 @@ def test_close_after_a_write_sends_it_then_ends(serve: Serve) -> None:
     with connect(server) as client:
         client.sendall(b"x")
         assert read_until_eof(client) == b"bye"
+
+
+def test_a_turn_of_output_too_big_to_join_arrives_whole_and_in_order(serve: Serve) -> None:
+    """Writes of one turn past JOIN_LIMIT go out one by one (the rest when the
+    socket has room), never copied together, and the peer gets every byte."""
+    pieces = [bytes([65 + n]) * (JOIN_LIMIT // 2 + 1) for n in range(4)]
+
+    class Big(pyserve.ConnectionHandler[Any]):
+        def data_received(self, data: bytes) -> None:
+            for piece in pieces:
+                self.write(piece)
+
+    server = serve(pyserve.MultiplexingTCPServer(LOCAL, Big))
+    with connect(server) as client:
+        client.sendall(b"go")
+        assert recv_exactly(client, sum(map(len, pieces))) == b"".join(pieces)
