@@ -181,6 +181,15 @@ def _commands(words: list[bytes], place: int, varying: list[bytes]) -> list[list
         if place == 1:
             return [[name, word, third] for word in varying]
         return [[name, second, word] for word in varying]
+    if len(words) == 4:
+        name, second, third, fourth = words
+        if place == 1:
+            commands = [[name, word, third, fourth] for word in varying]
+        elif place == 2:
+            commands = [[name, second, word, fourth] for word in varying]
+        else:
+            commands = [[name, second, third, word] for word in varying]
+        return commands
     before = words[:place]
     after = words[place + 1 :]
     return [[*before, word, *after] for word in varying]
