@@ -354,7 +354,7 @@ _WORD = st.binary(max_size=12) | st.sampled_from([b"\r\n", b"$3\r\n", b"*2\r\n$3
 
 @settings(max_examples=300, deadline=None)
 @given(
-    template=st.lists(_WORD, min_size=1, max_size=3),
+    template=st.lists(_WORD, max_size=3),
     place=st.integers(min_value=1, max_value=3),
     varying=st.lists(_WORD, min_size=1, max_size=20),
     cut=st.integers(min_value=0, max_value=40),
@@ -431,3 +431,64 @@ def test_a_run_that_only_looks_like_its_template_parses_exactly(
 ) -> None:
     data = b"".join(encode_command(*command) for command in commands)
     assert parse_all(data) == commands == parse_exactly(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    template=st.lists(_WORD, max_size=3),
+    place=st.integers(min_value=1, max_value=3),
+    size=st.integers(min_value=0, max_value=12),
+    data=st.data(),
+)
+def test_a_remembered_template_takes_only_the_batches_it_fits(
+    template: list[bytes], place: int, size: int, data: st.DataObject
+) -> None:
+    """The parser remembers the template of its last run: a later batch of the
+    same shape is cut from it, and one that differs anywhere (another word in
+    one command, a varying word of another length or holding the separator,
+    half a command at the end) is parsed exactly."""
+    words = [b"GET", *template]
+    place = min(place, len(words) - 1)
+    # Varying words of one length (a run; the second batch's mostly the first's).
+    batches = []
+    for least in (2, 1):
+        word = st.binary(min_size=size, max_size=size)
+        varying = data.draw(st.lists(word, min_size=least, max_size=8))
+        batches.append([[*words[:place], item, *words[place + 1 :]] for item in varying])
+        size = data.draw(st.sampled_from([size, size, size + 1]))
+    change = data.draw(st.none() | st.tuples(st.integers(0, 7), st.integers(0, 3), _WORD))
+    if change is not None:
+        command, position, other = change
+        changed = batches[1][command % len(batches[1])]
+        changed[position % len(changed)] = other
+    sent = [b"".join(encode_command(*command) for command in batch) for batch in batches]
+    sent[1] += encode_command(*words)[: data.draw(st.integers(0, 40))]
+    parser = CommandParser()
+    found = []
+    for batch in sent:
+        parser.feed(batch)
+        found += parser.drain()
+    assert found == parse_exactly(b"".join(sent))
+
+
+def test_a_repeated_command_of_one_word_is_a_run_and_another_word_breaks_it() -> None:
+    ping = encode_command(b"PING")
+    parser = CommandParser()
+    parser.feed(ping * 16)
+    found = parser.drain()
+    assert found == [[b"PING"]] * 16
+    assert type(found).__name__ == "Run"
+    parser.feed(ping * 7 + encode_command(b"PINT") + ping * 8)  # as long, another name
+    found = parser.drain()
+    assert found == [[b"PING"]] * 7 + [[b"PINT"]] + [[b"PING"]] * 8
+    assert type(found).__name__ != "Run"
+
+
+def test_a_batch_of_the_remembered_shape_is_cut_as_a_run() -> None:
+    parser = CommandParser()
+    for first in (0, 16, 32):
+        batch = [[b"SET", b"key:%06d" % n, b"value"] for n in range(first, first + 16)]
+        parser.feed(b"".join(encode_command(*command) for command in batch))
+        found = parser.drain()
+        assert found == batch
+        assert type(found).__name__ == "Run"

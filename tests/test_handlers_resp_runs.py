@@ -194,6 +194,37 @@ def test_a_run_on_one_key_answers_as_one_command_at_a_time(
     assert snapshot(fast) == snapshot(plain)
 
 
+@settings_
+@given(
+    present=st.lists(st.binary(max_size=60), min_size=8, max_size=8),
+    keys=st.one_of(
+        st.lists(st.integers(0, 9), min_size=1, max_size=12),  # some twice, some new
+        st.permutations(range(8)).flatmap(lambda order: st.just(list(order))),  # all differ
+        st.tuples(st.integers(0, 9), st.integers(1, 20)).map(lambda k: [k[0]] * k[1]),
+    ),
+    new_values=st.lists(st.binary(max_size=80), min_size=20, max_size=20),
+    headroom=st.one_of(st.none(), st.integers(-100, 400)),
+)
+def test_a_set_run_answers_as_one_command_at_a_time(
+    present: list[bytes],
+    keys: list[int],
+    new_values: list[bytes],
+    headroom: Any,
+) -> None:
+    """SET runs written at once (one key again and again, or keys that all hold
+    strings) store, count and refuse exactly as one SET at a time, near the cap."""
+    fast, _, plain, _ = two_worlds(0, watch=False)
+    for session in (fast, plain):
+        for number, value in enumerate(present):
+            session.execute([[b"SET", b"s%d" % number, value]])
+        if headroom is not None:
+            session.store.max_memory = max(1, session.store.used_memory + headroom)
+    run = [[b"SET", b"s%d" % key, new_values[index]] for index, key in enumerate(keys)]
+    pieces = [session.execute_some(run) for session in (fast, plain)]
+    assert pieces[0] == pieces[1]
+    assert snapshot(fast) == snapshot(plain)
+
+
 def test_a_hash_run_that_shrinks_overall_still_meets_the_cap_part_way() -> None:
     # One at a time the first HSET passes the cap (OOM) although the second
     # frees more than it took: the one-call path must not net them out.

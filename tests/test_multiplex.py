@@ -516,40 +516,40 @@ def test_a_handler_runs_on_any_transport() -> None:
 def test_a_write_after_the_handler_closed_its_socket_never_reaches_another_socket(
     serve: Serve,
 ) -> None:
-    """write() uses the socket's descriptor as the socket has it *now*: a handler
-    that closed ``request`` itself (not ``close()``) frees the number, and a new
-    socket may take it at once; the write must fail (EBADF), not go there."""
+    """write() uses the socket's descriptor as the socket has it *when it sends*
+    (the end of the turn): a handler that closed ``request`` itself (not
+    ``close()``) frees the number, and a new socket may take it at once; the send
+    must fail (EBADF) and end the connection, not go there."""
     outcome: list[Any] = []
 
     class ClosesItsSocket(pyserve.ConnectionHandler[Any]):
         def data_received(self, data: bytes) -> None:
             number = self.request.fileno()
             self.request.close()
-            ours, peer = socket.socketpair()  # the lowest free numbers: ours reuses it
-            try:
-                self.write(b"secret")
+            # The lowest free numbers: ours reuses it, and stays open until the
+            # gathered write has been tried.
+            self.pair = socket.socketpair()
+            outcome.append(self.pair[0].fileno() == number)
+            self.write(b"secret")
+
+        def connection_lost(self, exc: Optional[BaseException]) -> None:
+            ours, peer = self.pair
+            with ours, peer:
                 peer.setblocking(False)
                 try:
                     leaked = peer.recv(64)
                 except BlockingIOError:
                     leaked = b""
-                outcome.append((ours.fileno() == number, leaked))
-            finally:
-                ours.close()
-                peer.close()
-
-        def connection_lost(self, exc: Optional[BaseException]) -> None:
-            outcome.append(type(exc))
+            outcome.append((type(exc), leaked))
 
     server = serve(pyserve.MultiplexingTCPServer(LOCAL, ClosesItsSocket))
     with connect(server) as client:
         client.sendall(b"go")
         wait_until(lambda: len(outcome) == 2)
-    # The failed write ended the connection at once (connection_lost first).
-    lost, (reused, leaked) = outcome
-    assert leaked == b""
+    reused, (lost, leaked) = outcome
     assert reused, "the freed number was not reused: the test proved nothing"
-    assert lost is OSError
+    assert leaked == b""
+    assert lost is OSError  # the failed send ended the connection
 
 
 class ChunkRecorder(pyserve.ConnectionHandler[Any]):

@@ -21,7 +21,9 @@ byte for byte the template with its own word in place: its array and bulk
 headers, its name and its other words are the template's, already checked. A
 word containing the separator, a command of another length, another name or
 another constant word each make the count or a length disagree, and the
-general parser (:mod:`handlers.resp.protocol`) takes the buffer instead.
+general parser (:mod:`handlers.resp.protocol`) takes the buffer instead. A
+command of one word (``PING``) has nothing that varies: a buffer that is that
+command repeated, compared in one go, is its run.
 
 A word's bytes may be anything (CR LF included): only lengths and the separator
 decide. Only a buffer that holds whole commands, all of the first one's length,
@@ -39,6 +41,7 @@ __all__ = [
     "BULK_HEADERS",
     "MAX_TEMPLATE_COMMANDS",
     "TEMPLATE_WORDS",
+    "RunCutter",
     "cut_run",
     "cut_uniform",
 ]
@@ -58,11 +61,11 @@ _FIRST_LINES = 2 * TEMPLATE_WORDS + 1
 
 def _template(buffer: bytes) -> Optional[tuple[list[bytes], int]]:
     """The first command's pieces (``*n``, then header and word by turns) and its
-    length in bytes, if it can be a template: 2 to TEMPLATE_WORDS words, each
+    length in bytes, if it can be a template: up to TEMPLATE_WORDS words, each
     under 1 KiB, its headers right, all of it in ``buffer``."""
     head = buffer.split(b"\r\n", _FIRST_LINES)
     count = ARRAY_HEADERS.get(head[0])
-    if count is None or count < 2 or count > TEMPLATE_WORDS:
+    if count is None or count > TEMPLATE_WORDS:
         return None
     lines = 2 * count + 1
     if len(head) <= lines:
@@ -76,41 +79,95 @@ def _template(buffer: bytes) -> Optional[tuple[list[bytes], int]]:
     return head, sum(map(len, head)) + 2 * lines
 
 
-def cut_run(buffer: bytes, commands: list[list[bytes]]) -> int:
-    """Append the commands of ``buffer`` if all of them repeat the first one's
-    template with one word varying; return how many bytes they took (the whole
-    buffer; 0: not such a run, nothing appended)."""
-    if buffer.count(b"\r\n", 0, 2048) <= _FIRST_LINES:
-        return 0  # too few lines for two commands of up to TEMPLATE_WORDS words
-    template = _template(buffer)
-    if template is None:
+#: A template that cut a run: its bytes before and after its varying word, its
+#: length, its words, and the varying word's place among them.
+Template = tuple[bytes, bytes, int, list[bytes], int]
+
+
+class RunCutter:
+    """Cuts runs from a template (see the module's text), remembering the last
+    template that cut one: a client sends batches of one shape again and again,
+    and a buffer whose first command fits that template (the bytes before and
+    after its varying word are the template's) is cut without finding and
+    checking the template again. The cut itself checks every command as before.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: Optional[Template] = None
+
+    def cut(self, buffer: bytes, commands: list[list[bytes]]) -> int:
+        """Append the commands of ``buffer`` if all of them repeat one template
+        with one word varying; return how many bytes they took (the whole
+        buffer; 0: not such a run, nothing appended)."""
+        last = self._last
+        if last is not None and buffer.startswith(last[0]):
+            prefix, suffix, width, words, place = last
+            if buffer.startswith(suffix, len(prefix) + len(words[place])):
+                taken = _cut(buffer, commands, last)
+                if taken:
+                    return taken
+        if buffer.count(b"\r\n", 0, 2048) <= _FIRST_LINES:
+            return 0  # too few lines for two commands of up to TEMPLATE_WORDS words
+        found = _template(buffer)
+        if found is None:
+            return 0
+        head, width = found
+        words = head[2::2]
+        if len(words) == 1:  # nothing varies: the run repeats its first command
+            template = (buffer[:width], b"", width, words, 0)
+            taken = _cut(buffer, commands, template)
+            if taken:
+                self._last = template
+            return taken
+        start = len(head[0]) + len(head[1]) + len(words[0]) + 6  # the second word's header
+        for place in range(1, len(words)):
+            start += len(head[2 * place + 1]) + 2  # the word itself
+            stop = start + len(words[place])
+            prefix = buffer[:start]
+            suffix = buffer[stop:width]
+            # The second command must fit this template; a cheap look before a split.
+            if buffer.startswith(prefix, width) and buffer.startswith(suffix, width + stop):
+                template = (prefix, suffix, width, words, place)
+                taken = _cut(buffer, commands, template)
+                if taken:
+                    self._last = template
+                    return taken
+            start = stop + 2
         return 0
-    head, width = template
+
+
+def cut_run(buffer: bytes, commands: list[list[bytes]]) -> int:
+    """:meth:`RunCutter.cut` without a memory."""
+    return RunCutter().cut(buffer, commands)
+
+
+def _cut(buffer: bytes, commands: list[list[bytes]], template: Template) -> int:
+    """Append the commands of ``buffer`` if it is a run of ``template`` (its
+    first command too); return the bytes taken (0: not such a run, nothing
+    appended)."""
+    prefix, suffix, width, words, place = template
     runs, rest = divmod(len(buffer), width)
     if rest or runs < 2 or runs > MAX_TEMPLATE_COMMANDS:
         return 0  # not whole commands of the first one's length (the usual case cuts them all)
-    words = head[2::2]
-    start = len(head[0]) + len(head[1]) + len(words[0]) + 6  # the second word's header
-    for place in range(1, len(words)):
-        start += len(head[2 * place + 1]) + 2  # the word itself
-        size = len(words[place])
-        stop = start + size
-        # The second command must fit this template; a cheap look before a split.
-        if (
-            buffer[width : width + start] == buffer[:start]
-            and buffer[width + stop : 2 * width] == buffer[stop:width]
-        ):
-            last = (runs - 1) * width
-            varying = buffer[start : last + stop].split(buffer[stop:width] + buffer[:start])
-            if (
-                len(varying) == runs
-                and max(map(len, varying)) == size
-                and buffer[last + stop : last + width] == buffer[stop:width]
-            ):
-                commands.extend(_commands(words, place, varying))
-                return runs * width
-        start = stop + 2
-    return 0
+    if not place:  # a command of one word (PING), all of it the prefix
+        if buffer != prefix * runs:
+            return 0
+        name = words[0]
+        commands.extend([[name] for _ in range(runs)])
+        return width * runs
+    # Splitting the stretch from the first varying word to the last at every
+    # separator: one piece per command, none longer than the word, proves them all.
+    varying = buffer[len(prefix) : len(buffer) - len(suffix)].split(suffix + prefix)
+    if (
+        len(varying) != runs
+        or max(map(len, varying)) != width - len(prefix) - len(suffix)
+        or not buffer.endswith(suffix)
+    ):
+        return 0
+    commands.extend(_commands(words, place, varying))
+    return runs * width
 
 
 def _commands(words: list[bytes], place: int, varying: list[bytes]) -> list[list[bytes]]:
@@ -124,6 +181,15 @@ def _commands(words: list[bytes], place: int, varying: list[bytes]) -> list[list
         if place == 1:
             return [[name, word, third] for word in varying]
         return [[name, second, word] for word in varying]
+    if len(words) == 4:
+        name, second, third, fourth = words
+        if place == 1:
+            commands = [[name, word, third, fourth] for word in varying]
+        elif place == 2:
+            commands = [[name, second, word, fourth] for word in varying]
+        else:
+            commands = [[name, second, third, word] for word in varying]
+        return commands
     before = words[:place]
     after = words[place + 1 :]
     return [[*before, word, *after] for word in varying]

@@ -47,7 +47,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from handlers.resp.inline import split_inline
-from handlers.resp.pipelines import ARRAY_HEADERS, BULK_HEADERS, cut_run, cut_uniform
+from handlers.resp.pipelines import ARRAY_HEADERS, BULK_HEADERS, RunCutter, cut_uniform
 from pyserve import ProtocolError
 
 __all__ = ["ARGUMENT_OVERHEAD", "NEED_DATA", "Command", "CommandParser", "NeedData", "Run"]
@@ -141,6 +141,7 @@ class CommandParser:
         self._failed: Optional[ProtocolError] = None
         # The last drain's commands so far are one run (see Run).
         self._run = False
+        self._cutter = RunCutter()  # remembers the last batch's template
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
@@ -251,7 +252,7 @@ class CommandParser:
         if self._pos:
             buffer = buffer[self._pos :]
         if not commands:
-            taken = cut_run(buffer, commands)
+            taken = self._cutter.cut(buffer, commands)
             if taken:
                 self._run = True
                 self._pos += taken

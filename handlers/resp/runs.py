@@ -30,7 +30,9 @@ functions use :meth:`~handlers.resp.store.KeyValueStore.put_run` and the same
 checks the one-command paths make.
 
 *One key*: a producer pushes many items onto one queue, a consumer pops many
-from it, a loader fills one hash. When every command of the run names the same
+from it, a loader fills one hash, a client reads a hot key again and again (GET
+then formats its reply once; SET, in the store's ``put_run``, stores the last
+value). When every command of the run names the same
 key, which already holds a collection of the right kind and no TTL, the list and
 hash runs change it in one call (``extend``, ``update``) after checking the
 whole run against the cap and the budget at once; when a check cannot be made
@@ -112,6 +114,14 @@ def get_run(session: Session, run: list[list[bytes]], budget: int) -> tuple[byte
     store = session.store
     get = store.data.get
     expires = store.expires
+    key = run[0][1]
+    if run[-1][1] == key and list(map(_KEY, run)).count(key) == len(run):
+        # One key read again and again (a hot key): one look-up, one reply.
+        value = get(key)
+        if type(value) is bytes and not (expires and key in expires):
+            reply = b"$%d\r\n%b\r\n" % (len(value), value)
+            count = _how_many(len(run), len(reply), budget)
+            return reply * count, count
     replies = []
     size = 0
     for _name, key in run:

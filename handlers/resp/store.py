@@ -43,6 +43,7 @@ another.
 from __future__ import annotations
 
 import heapq
+import operator
 import threading
 import time
 from typing import Any, Optional
@@ -52,6 +53,11 @@ from handlers.resp.keyspace import Keyspace
 from handlers.resp.values import KEY_OVERHEAD, Value, type_name, value_size
 
 __all__ = ["DEFAULT_MAX_MEMORY", "KeyValueStore", "OutOfMemory", "WrongType"]
+
+_KEY = operator.itemgetter(1)
+_VALUE = operator.itemgetter(2)
+_STRINGS = {bytes}
+_POSITIVE = (0).__lt__
 
 #: INCR and friends work on signed 64-bit integers, as in Redis.
 _INT64_MIN = -(2**63)
@@ -182,13 +188,16 @@ class KeyValueStore:
         """
         if self._deadlines or self.watchers:
             return 0
+        run = run[:limit] if limit < len(run) else run
+        done = self._put_at_once(run)
+        if done:
+            return done
         values = self.data
         get = values.get
         cap = self.max_memory
         used = self.used_memory
-        done = 0
         try:
-            for _name, key, value in run[:limit]:
+            for _name, key, value in run:
                 old = get(key)
                 growth = _string_growth(key, value, old)
                 if growth > 0 and cap and used + growth > cap:
@@ -202,6 +211,41 @@ class KeyValueStore:
         finally:
             self.used_memory = used
         return done
+
+    def _put_at_once(self, run: list[list[bytes]]) -> int:
+        """The writes of ``run`` with a few calls in C, when the cap cannot stop
+        one of them part-way: one key written again and again (a hot key), or
+        keys that all differ and all hold strings already (a refresh). How many
+        were stored: all, or none (then one at a time decides)."""
+        count = len(run)
+        keys = list(map(_KEY, run))
+        values = self.data
+        cap = self.max_memory
+        if keys.count(keys[0]) == count:
+            key = keys[0]
+            old = values.get(key)
+            if old is not None and type(old) is not bytes:
+                return 0
+            news = list(map(_VALUE, run))
+            base = KEY_OVERHEAD + len(key) if old is None else -len(old)
+            # After each write the key holds that value: the longest is the peak.
+            if cap and self.used_memory + base + max(map(len, news)) > cap:
+                return 0
+            self.keyspace.store(key, news[-1])
+            self.used_memory += base + len(news[-1])
+            return count
+        olds: list[Any] = list(map(values.get, keys))
+        if set(map(type, olds)) != _STRINGS or len(set(keys)) != count:
+            return 0
+        news = list(map(_VALUE, run))
+        growths = list(map(int.__sub__, map(len, news), map(len, olds)))
+        # A write is refused only if it grows past the cap: the growing ones,
+        # all together, bound what any of them meets.
+        if cap and self.used_memory + sum(filter(_POSITIVE, growths)) > cap:
+            return 0
+        values.update(zip(keys, news))
+        self.used_memory += sum(growths)
+        return count
 
     def set(
         self,

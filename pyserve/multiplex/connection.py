@@ -10,6 +10,14 @@ connection with ``close()``. None of these may block: a callback
 that waits stalls every connection of the server. How the I/O thread drives
 them is in :mod:`pyserve.multiplex.server`.
 
+Output is *gathered* per turn of the I/O loop: what ``write()`` is given in a
+turn (the callbacks for the readiness one ``poll()`` reported) waits in the
+handler's buffer, and the loop sends every connection's buffer at the end of the
+turn, one system call each. A client waiting on many connections (a benchmark,
+a proxy, a pool) is then woken once per burst of replies instead of once per
+reply: on a busy server that wake-up is the costliest part of a send. A handler
+on another transport (one that gathers nothing) sends at once.
+
 What a handler needs from the loop that drives it is written down here, as the
 :class:`Transport` protocol (two methods), so this module does not import the
 server's loop and the loop is one implementation among possible others (a test
@@ -107,6 +115,10 @@ class ConnectionHandler(Generic[ServerT_co]):
         self._receive_size = 0  # receive_size, as it was when the connection opened
         self._send: Callable[[bytes], int] = self._send_unopened
         self._raw: Any = None  # the request, when the loop writes to it with os.write
+        # The loop's list of connections whose output waits for the end of the
+        # turn (None: write() sends at once), and whether this one is in it.
+        self._gathered: Optional[list[ConnectionHandler[Any]]] = None
+        self._later = False
 
     def _send_unopened(self, data: bytes) -> int:
         """``_send`` until a loop opens the connection (which sets it directly)."""
@@ -149,12 +161,21 @@ class ConnectionHandler(Generic[ServerT_co]):
         return self._output_size
 
     def write(self, data: bytes) -> None:
-        """Send ``data``: now as far as the kernel takes it, the rest when it can."""
+        """Send ``data``: at the end of the I/O loop's turn (see the module's
+        text) as far as the kernel takes it, the rest when it can."""
         if self._closing:
             return
         self._unanswered = False  # for a drain: what arrived has been answered
         # (A size compared with 0 is cheaper than a deque's truth: the hot path.)
-        if self._output_size == 0:  # nothing queued: try the kernel first (the usual case)
+        if self._output_size == 0:  # nothing queued (the usual case)
+            gathered = self._gathered
+            if gathered is not None:  # sent with the turn's other output
+                if data:
+                    self._output.append(data)
+                    self._output_size = len(data)
+                    self._later = True
+                    gathered.append(self)
+                return
             try:
                 # A plain socket: write(2) on its descriptor, without the argument
                 # tuple send() parses (closed under us, fileno() is -1: EBADF).
@@ -173,7 +194,7 @@ class ConnectionHandler(Generic[ServerT_co]):
             return
         self._output.append(data)
         self._output_size += len(data)
-        if self._loop is not None:
+        if self._loop is not None and not self._later:  # (gathered: the turn's end sends)
             self._loop.watch(self)
 
     def close(self) -> None:
@@ -181,7 +202,7 @@ class ConnectionHandler(Generic[ServerT_co]):
         if self._closing:
             return
         self._closing = True
-        if self._loop is not None:
+        if self._loop is not None and not self._later:  # (gathered: finished once sent)
             if self._output:
                 self._loop.watch(self)  # stops reading; finish() once the buffer is out
             else:

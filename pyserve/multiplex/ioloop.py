@@ -20,7 +20,9 @@ and, while it may accept, the listener:
 the connection waits for) is served inline: one read (the function
 :mod:`~pyserve.multiplex.reading` chose when it opened), the bytes to
 ``data_received()``; any other event goes to ``serve_other()``, which flushes
-buffered output when writable, then reads.
+buffered output when writable, then reads. What the handlers write in a turn
+is sent at its end, each connection's with one call (``send_gathered()``, see
+:mod:`~pyserve.multiplex.sending`).
 ``watch()`` re-registers what a handler needs (write when output waits; read
 unless closing, at EOF or over ``max_write_buffer``);
 ``finish()`` ends a connection exactly once. An exception from a callback ends
@@ -44,6 +46,7 @@ from pyserve.lifecycle.registry import LiveRequest
 from pyserve.multiplex.connection import ConnectionHandler
 from pyserve.multiplex.inbox import Inbox
 from pyserve.multiplex.reading import SMALL_READ, prepare, read_rest
+from pyserve.multiplex.sending import flush, send_gathered
 
 __all__ = ["IOLoop"]
 
@@ -85,6 +88,9 @@ class IOLoop:
         self.connections: dict[int, ConnectionHandler[Any]] = {}
         self.listener_fd = -1  # the listener, while this thread accepts
         self.stopping = False
+        # The connections given output in this turn, sent at its end (see
+        # pyserve.multiplex.sending); every handler opened here appends to it.
+        self.gathered: list[ConnectionHandler[Any]] = []
         # A drain began: shut connections for reading as soon as they are idle.
         self.closing_idle = False
         # Idle timeouts: the earliest moment one may have expired (inf: none set).
@@ -152,11 +158,16 @@ class IOLoop:
     def serve(self) -> None:
         poll = self.poller.poll
         scale = self.timeout_scale
+        gathered = self.gathered
         while not self.stopping:
             timeout = -1.0  # forever: both pollers take -1 (PyPy's epoll refuses None)
-            if self.next_expiry != _NEVER:
+            if gathered:
+                timeout = 0.0  # output gathered after the last turn: a turn now
+            elif self.next_expiry != _NEVER:
                 timeout = max(0.0, self.next_expiry - time.monotonic()) * scale
             self.dispatch(poll(timeout))
+            if gathered:
+                send_gathered(self)
             if self.next_expiry != _NEVER and self.next_expiry <= time.monotonic():
                 self.expire_idle()  # no clock read per turn while no idle timeout is set
 
@@ -219,7 +230,7 @@ class IOLoop:
         # then this event is stale, and reading or writing finds nothing.)
         events = (_READ | _WRITE if reported & _FAULT else reported) & handler._events
         if events & _WRITE:
-            self.flush(handler)
+            flush(self, handler)
         if not events & _READ or handler._closing:
             return
         try:
@@ -319,6 +330,7 @@ class IOLoop:
         handler._loop = self
         handler._entry = entry
         handler._send = request.send
+        handler._gathered = self.gathered
         handler._fd = fd
         handler._idle = handler_setting(handler, "idle_timeout")
         if handler._idle is not None:
@@ -354,35 +366,10 @@ class IOLoop:
         self.report(handler.request, handler.client_address)
         self.finish(handler, exc)
 
-    def flush(self, handler: ConnectionHandler[Any]) -> None:
-        output = handler._output
-        while output:
-            data = output[0]
-            try:
-                sent = handler._send(data)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.call(handler, _raise, exc)
-                return
-            handler._output_size -= sent
-            if sent < len(data):
-                output[0] = data[sent:]
-                break
-            output.popleft()
-        if not output and handler._closing:
-            self.finish(handler, None)
-            return
-        if not output:
-            self.call(handler, handler.write_buffer_drained)
-            if self.closing_idle:
-                self.shut_if_idle(handler)
-        self.watch(handler)
-
     def watch(self, handler: ConnectionHandler[Any]) -> None:
         """Watch what ``handler`` needs now: output to send, room to read."""
-        if handler._closed:
-            return
+        if handler._closed or handler._later:
+            return  # (gathered output: watched once the turn's end has sent it)
         events = _WRITE if handler._output else 0
         if (
             not handler._closing

@@ -26,11 +26,12 @@ ends the connection with ``close()``. None of these may block: a callback that
 sleeps or waits stalls every connection. (A sans-IO parser, see
 :mod:`handlers`, fits this shape exactly.)
 
-* ``write()`` sends at once when it can; what the kernel does not take waits in
-  the handler's buffer and goes out when the socket is writable again. When more
-  than ``max_write_buffer`` bytes wait, the connection stops being read until the
-  buffer drains, so a peer that sends requests but never reads replies costs
-  bounded memory and cannot slow the others.
+* ``write()`` sends at the end of the I/O loop's turn, with the other replies of
+  that turn (see :mod:`pyserve.multiplex.sending`); what the kernel does not
+  take waits in the handler's buffer and goes out when the socket is writable
+  again. When more than ``max_write_buffer`` bytes wait, the connection stops
+  being read until the buffer drains, so a peer that sends requests but never
+  reads replies costs bounded memory and cannot slow the others.
 * ``close()`` sends what is buffered, then shuts the connection down
   (``shutdown_request()``: FIN, then close) and calls ``connection_lost(None)``.
 * An exception from a callback (a ``pyserve.ProtocolError`` from a parser, say)
