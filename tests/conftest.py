@@ -182,7 +182,7 @@ warnings.simplefilter("ignore", DeprecationWarning)
 def report(**values):
     print("RESULT " + json.dumps(values), flush=True)
 
-def finishes(call, deadline=5.0):
+def finishes(call, deadline=2.5):
     # call() in a daemon thread; its duration, or exit 3 if it is still running at
     # the deadline (the stdlib's hangs end here, reported, instead of at the kill).
     done = threading.Event()

@@ -105,12 +105,13 @@ def test_idle_clients_holding_every_worker_give_one_up_to_a_waiting_client(
     caplog: pytest.LogCaptureFixture, workers_accept: Optional[bool]
 ) -> None:
     """Defaults but for a small pool: four idle keep-alive clients hold every worker;
-    a fifth client is served within busy_idle_timeout (5 s), not idle_timeout (60 s),
+    a fifth client is served within busy_idle_timeout (5 s by default), not idle_timeout (60 s),
     and one WARNING says the pool is saturated and what helps (also when workers
     accept, and the fifth client waits in the kernel's backlog, not in a queue)."""
     server = pyserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho, max_workers=4)
     server.workers_accept = workers_accept
-    assert server.busy_idle_timeout is not None
+    assert server.busy_idle_timeout == 5.0  # the default; a second here keeps the test short
+    server.busy_idle_timeout = 1.0
     with serving(server), ExitStack() as stack:
         for _ in range(4):
             idle = stack.enter_context(socket.create_connection(server.server_address))

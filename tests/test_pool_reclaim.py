@@ -144,7 +144,7 @@ def test_a_connection_idle_past_busy_idle_timeout_is_given_up_the_moment_one_wai
 ) -> None:
     """Answered clients idle longer than busy_idle_timeout already: the waiting
     client does not wait for their next check (a slice of busy_idle_timeout)."""
-    idle_for = 1.5
+    idle_for = 1.0
     with pool(transport, certs, busy_idle_timeout=idle_for) as server, ExitStack() as stack:
         talkers = [connect(server, transport, certs, stack) for _ in range(WORKERS)]
         for talker in talkers:
