@@ -110,6 +110,16 @@ def ended(sock: socket.socket) -> bool:
     return False
 
 
+def served(server: Any, transport: str, certs: Certificates, stack: ExitStack,
+           source: Optional[str] = None) -> tuple[socket.socket, float]:
+    """A new client, and the seconds from its connect to its first answer
+    (the wait for a worker, the handshake and one line)."""
+    started = time.monotonic()
+    client = connect(server, transport, certs, stack, source)
+    round_trip(client, b"my turn\n")
+    return client, time.monotonic() - started
+
+
 def round_trip(client: socket.socket, line: bytes) -> float:
     started = time.monotonic()
     client.sendall(line)
@@ -127,10 +137,7 @@ def test_silent_connections_give_their_workers_to_a_waiting_client_at_once(
     with pool(transport, certs, busy_idle_timeout=30.0) as server, ExitStack() as stack:
         silent = [connect(server, transport, certs, stack) for _ in range(WORKERS)]
         wait_until(lambda: workers_blocked_in_read(server, WORKERS), DEADLINE)
-        started = time.monotonic()
-        late = connect(server, transport, certs, stack)
-        round_trip(late, b"my turn\n")
-        waited = time.monotonic() - started
+        late, waited = served(server, transport, certs, stack)
         assert waited < 2.0, f"waited {waited:.3f}s for a worker"
         assert silent[0].recv(16) == b""  # the longest-held one gave its worker up
         # The served client keeps its worker while it talks.
@@ -151,10 +158,7 @@ def test_a_connection_idle_past_busy_idle_timeout_is_given_up_the_moment_one_wai
             round_trip(talker, b"hi\n")
         wait_until(lambda: workers_blocked_in_read(server, WORKERS), DEADLINE)
         time.sleep(idle_for * 1.2)  # the point of the test: they have been idle that long
-        started = time.monotonic()
-        late = connect(server, transport, certs, stack)
-        round_trip(late, b"my turn\n")
-        waited = time.monotonic() - started
+        _, waited = served(server, transport, certs, stack)
         assert waited < idle_for * 0.5, f"waited {waited:.3f}s for a worker"
 
 
@@ -218,10 +222,8 @@ def test_a_flood_from_one_address_does_not_starve_another(
         flood = [connect(server, transport, certs, stack) for _ in range(limit * 4)]
         if transport == "hand-off":  # workers-accept has no queue to fill
             wait_until(lambda: server.stats.rejected > 0, DEADLINE)
-        started = time.monotonic()
-        other = connect(server, transport, certs, stack, source="127.0.0.2")
-        round_trip(other, b"hello from elsewhere\n")
-        assert time.monotonic() - started < 2.0
+        _, waited = served(server, transport, certs, stack, source="127.0.0.2")
+        assert waited < 2.0
         assert server._registry.from_host("127.0.0.1") <= limit
         assert sum(ended(sock) for sock in flood) >= server.stats.rejected
     lines = [r for r in caplog.records if "max_connections_per_client" in r.getMessage()]
@@ -254,10 +256,7 @@ def test_a_connection_silent_before_its_handshake_or_header_gives_its_worker_up(
             for _ in range(WORKERS)
         ]
         wait_until(lambda: workers_blocked_in_read(server, WORKERS), DEADLINE)
-        started = time.monotonic()
-        late = connect(server, transport, certs, stack)
-        round_trip(late, b"my turn\n")
-        waited = time.monotonic() - started
+        _, waited = served(server, transport, certs, stack)
         assert waited < 2.0, f"waited {waited:.3f}s for a worker"
         assert ended(silent[0])
 
@@ -288,10 +287,8 @@ def test_a_trickled_proxy_header_gives_its_worker_up_at_once(
                                                                timeout=DEADLINE))
             raw.sendall(b"PROX")
         wait_until(lambda: workers_blocked_in_read(server, WORKERS), DEADLINE)
-        started = time.monotonic()
-        late = connect(server, "proxy", certs, stack)
-        round_trip(late, b"my turn\n")
-        assert time.monotonic() - started < 2.0
+        _, waited = served(server, "proxy", certs, stack)
+        assert waited < 2.0
     reasons = [r.getMessage() for r in caplog.records if "Bad PROXY header" in r.getMessage()]
     assert any("before the PROXY header ended" in m for m in reasons), reasons
     assert not any("timed out" in m for m in reasons), reasons
@@ -313,8 +310,5 @@ def test_a_trickled_tls_hello_gives_its_worker_up_within_a_second_when_others_wa
         wait_until(lambda: sum(
             1 for e in server._registry.entries() if e.reader is not None and e.reader.received
         ) >= WORKERS, DEADLINE)
-        started = time.monotonic()
-        late = connect(server, "tls", certs, stack)
-        round_trip(late, b"my turn\n")
-        waited = time.monotonic() - started
+        _, waited = served(server, "tls", certs, stack)
         assert waited < server.tls_handshake_timeout / 2, f"waited {waited:.3f}s"

@@ -136,6 +136,13 @@ class ConnectionLimits:
         )
 
 
+def saturation_probe(server: Any) -> Optional[Callable[[], bool]]:
+    """The server's ``saturated()`` (a thread pool's: requests wait for a worker),
+    or None for a server that cannot be saturated."""
+    saturated = getattr(server, "saturated", None)
+    return saturated if callable(saturated) else None
+
+
 def handler_setting(handler: Any, name: str) -> Any:
     """The handler's own value of a protection, else its server's, else None."""
     value = getattr(handler, name, None)
@@ -220,8 +227,10 @@ class SocketReader(io.RawIOBase):
         """A reader for a connection whose handler has not begun: what a server
         reads before it (a TLS handshake, a PROXY header) is waiting for the
         peer, so a drain or a saturated pool may end it like an idle read. The
-        server sets ``received`` when the peer's first bytes arrive and clears
-        ``waiting`` when it is done; the handler's own reader then replaces it."""
+        server sets ``received`` (and clears ``answered``) once the peer is
+        mid-way through what it sends (a TLS hello; never for a PROXY header,
+        which a real proxy sends whole), and clears ``waiting`` when it is
+        done; the handler's own reader then replaces it."""
         reader = cls(sock)
         reader.waiting = True
         return reader
@@ -390,9 +399,9 @@ def make_rfile(handler: Any, fast_raw: io.RawIOBase, size: int) -> Optional[io.B
     deadline = handler_setting(handler, "request_deadline")
     max_line = handler_setting(handler, "max_line_length")
     busy_idle = handler_setting(handler, "busy_idle_timeout")
-    saturated = getattr(handler.server, "saturated", None) if busy_idle is not None else None
-    if not callable(saturated):
-        busy_idle = saturated = None
+    saturated = saturation_probe(handler.server) if busy_idle is not None else None
+    if saturated is None:
+        busy_idle = None
     if idle is None and deadline is None and max_line is None and busy_idle is None:
         return None
     sock = handler.connection

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pyserve.base import BaseServer
 from pyserve.errors import ProtocolError
-from pyserve.lifecycle.limits import SocketReader
+from pyserve.lifecycle.limits import SocketReader, saturation_probe
 from pyserve.logs import RateLimitedLog, escape
 from pyserve.net.proxy_header import (
     DEFAULT_MAX_V2_LENGTH,
@@ -270,9 +270,7 @@ class ProxyProtocolMixIn(_Base):
         previous_timeout = request.gettimeout()
         # A pool that can be saturated (every worker busy, requests waiting) cuts
         # a trickling header short: a real proxy sends it in one packet.
-        saturated = getattr(self, "saturated", None)
-        if not callable(saturated):
-            saturated = None
+        saturated = saturation_probe(self)
         try:
             while True:
                 now = time.monotonic()

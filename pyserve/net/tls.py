@@ -45,7 +45,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyserve.base import BaseServer
-from pyserve.lifecycle.limits import SocketReader
+from pyserve.lifecycle.limits import SocketReader, saturation_probe
 from pyserve.logs import RateLimitedLog, escape
 
 __all__ = ["TLSMixIn"]
@@ -151,13 +151,8 @@ class TLSMixIn(_Base):
         waiting = SocketReader.standing_in(tls)
         self._watch_reader(tls, waiting)
         try:
-            saturated = getattr(self, "saturated", None)
-            _handshake(
-                tls,
-                time.monotonic() + self.tls_handshake_timeout,
-                waiting,
-                saturated if callable(saturated) else None,
-            )
+            deadline = time.monotonic() + self.tls_handshake_timeout
+            _handshake(tls, deadline, waiting, saturation_probe(self))
         except OSError as exc:
             self._handshake_failed(client_address, exc)
             return None
